@@ -1,0 +1,79 @@
+"""The web app: Twilio's webhooks and media stream, and a health check. Thin by design."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from . import realtime_beta, realtime_client
+from .bridge import Bridge, Connector
+from .call import Call
+from .profile import Profile, load_profile
+from .settings import Settings
+from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
+
+log = logging.getLogger("telephony.app")
+
+DIALECTS = {"beta": realtime_beta}
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio used to reach us: PUBLIC_URL, else rebuilt from the proxy's headers."""
+    if settings.public_url:
+        return settings.public_url
+    headers = request.headers
+    proto = (headers.get("x-forwarded-proto") or request.url.scheme).split(",")[0].strip()
+    host = (headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def create_app(settings: Settings | None = None, profile: Profile | None = None,
+               connector_factory: Callable[[Settings], Connector] | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    profile = profile or load_profile(settings.profile_path())
+    dialect = DIALECTS[settings.realtime_dialect]
+    active: set[Call] = set()
+
+    def default_connector(s: Settings) -> Connector:
+        return lambda: realtime_client.connect(s, dialect.headers)
+
+    connector = (connector_factory or default_connector)(settings)
+
+    async def voice(request: Request) -> Response:
+        form = await request.form()
+        parameters = {
+            "call_sid": str(form.get("CallSid", "")),
+            "from": str(form.get("From", "")),
+            "to": str(form.get("To", "")),
+            "direction": str(form.get("Direction", "")),
+        }
+        base = public_base_url(request, settings)
+        xml = connect_stream(websocket_url(base, MEDIA_STREAM_PATH), parameters, profile.fallback)
+        return Response(xml, media_type="application/xml")
+
+    async def media_stream(ws: WebSocket) -> None:
+        await ws.accept()
+        call = Call(profile, settings.audio_codec)
+        active.add(call)
+        try:
+            await Bridge(ws, call, dialect, connector).run()
+        finally:
+            active.discard(call)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "active_calls": len(active)})
+
+    app = Starlette(routes=[
+        Route("/twilio/voice", voice, methods=["POST"]),
+        WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
+        Route("/healthz", healthz, methods=["GET"]),
+    ])
+    app.state.settings = settings
+    app.state.active_calls = active
+    return app

@@ -1,0 +1,204 @@
+"""The shell around one call: two pumps (Twilio, Realtime) feeding one ``Call`` object.
+
+Actions are queued synchronously, in the order the core returned them, into one queue per
+socket with a single writer each. That is what keeps a ``clear`` from overtaking the media
+it must drop, or media of an interrupted item from slipping out after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from . import realtime as rt
+from . import twilio_wire as tw
+from .call import Action, Call, EndStream, OpenRealtime, Record, ToRealtime, ToTwilio
+from .realtime_client import RealtimeTransport
+
+log = logging.getLogger("telephony.bridge")
+
+TICK_S = 0.05
+QUEUE_LIMIT = 2000  # messages; ~40 s of audio. Past it the peer is stalled and we drop.
+CLOSE_TIMEOUT_S = 1.0
+
+Connector = Callable[[], Awaitable[RealtimeTransport]]
+RecordSink = Callable[[Call, Record], None]
+
+
+@dataclass
+class BridgeStats:
+    twilio_in: int = 0
+    twilio_out: int = 0
+    realtime_in: int = 0
+    realtime_out: int = 0
+
+
+class Bridge:
+    def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
+                 on_record: RecordSink | None = None) -> None:
+        self.ws = ws
+        self.call = call
+        self.dialect = dialect
+        self.connector = connector
+        self.on_record = on_record
+        self.stats = BridgeStats()
+        self._loop = asyncio.get_running_loop()
+        self._twilio_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._realtime_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._upstream: RealtimeTransport | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._writers: list[asyncio.Task] = []
+        self._done = asyncio.Event()
+        self._warned_unknown: set[str] = set()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    @property
+    def sid(self) -> str:
+        return self.call.call_sid or "?"
+
+    # --- Dispatch: the only place actions turn into I/O ---
+
+    def dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToTwilio):
+                self._enqueue(self._twilio_out, tw.serialize(action.message, self.call.stream_sid or ""),
+                              "Twilio")
+            elif isinstance(action, ToRealtime):
+                self._enqueue(self._realtime_out, json.dumps(self.dialect.encode(action.command)),
+                              "Realtime")
+            elif isinstance(action, OpenRealtime):
+                self._spawn(self._realtime_pump())
+            elif isinstance(action, EndStream):
+                log.info("call %s: ending stream: %s", self.sid, action.reason)
+                self._done.set()
+            elif isinstance(action, Record):
+                if self.on_record is not None:
+                    self.on_record(self.call, action)
+
+    def _enqueue(self, queue: asyncio.Queue, text: str, peer: str) -> None:
+        try:
+            queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning("call %s: %s is not reading; message dropped", self.sid, peer)
+
+    def _spawn(self, coro, writer: bool = False) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        if writer:
+            self._writers.append(task)
+
+    # --- Pumps ---
+
+    async def run(self) -> None:
+        """Serves the call until either side ends it; then closes both within a second."""
+        self._spawn(self._twilio_writer(), writer=True)
+        self._spawn(self._ticker())
+        reader = asyncio.create_task(self._twilio_reader())
+        try:
+            await self._done.wait()
+        finally:
+            reader.cancel()
+            await self._shutdown()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _twilio_reader(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                self.stats.twilio_in += 1
+                text = message.get("text")
+                try:
+                    event = tw.parse(text if text is not None else message.get("bytes") or b"")
+                except tw.TwilioProtocolError as exc:
+                    log.warning("call %s: bad Twilio message: %s", self.sid, exc)
+                    continue
+                if event is None:
+                    log.info("call %s: Twilio event ignored: %.80s", self.sid, text)
+                    continue
+                self.dispatch(self.call.on_twilio(event, self.now()))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if not self.call.ended:
+                self.dispatch(self.call.on_twilio(tw.Stop(), self.now()))
+            self._done.set()
+
+    async def _twilio_writer(self) -> None:
+        while (text := await self._twilio_out.get()) is not None:
+            await self.ws.send_text(text)
+            self.stats.twilio_out += 1
+
+    async def _realtime_pump(self) -> None:
+        try:
+            self._upstream = await self.connector()
+        except Exception as exc:  # refused, timed out, rejected handshake
+            log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
+            self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))
+            return
+        if self._done.is_set():
+            return
+        self._spawn(self._realtime_writer(self._upstream), writer=True)
+        self.dispatch(self.call.on_realtime_open(self.now()))
+        reason = "closed by the provider"
+        try:
+            while True:
+                text = await self._upstream.recv()
+                self.stats.realtime_in += 1
+                try:
+                    event = self.dialect.decode(text)
+                except rt.RealtimeProtocolError as exc:
+                    log.warning("call %s: bad Realtime message: %s", self.sid, exc)
+                    continue
+                if isinstance(event, rt.Unknown) and event.type not in self._warned_unknown:
+                    self._warned_unknown.add(event.type)
+                    log.info("call %s: Realtime event %r not known to the %s dialect; ignored",
+                             self.sid, event.type, self.dialect.name)
+                self.dispatch(self.call.on_realtime(event, self.now()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = _describe(exc)
+        self.dispatch(self.call.on_realtime_closed(reason))
+
+    async def _realtime_writer(self, upstream: RealtimeTransport) -> None:
+        while (text := await self._realtime_out.get()) is not None:
+            await upstream.send(text)
+            self.stats.realtime_out += 1
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.dispatch(self.call.on_tick(self.now()))
+
+    async def _shutdown(self) -> None:
+        # Let the writers flush what the core already decided to send, then stop them.
+        for queue in (self._twilio_out, self._realtime_out):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if self._writers:
+            await asyncio.wait(self._writers, timeout=CLOSE_TIMEOUT_S / 2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._upstream is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._upstream.close(), CLOSE_TIMEOUT_S / 2)
+        if self.ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,0 +1,296 @@
+"""The call core: one phone call bridged to one Realtime session, with no I/O at all.
+
+It is *told* what happened (a Twilio event, a Realtime event, the clock) and *answers* with
+the actions to carry out. The shells own the sockets, the tasks and the clock. Everything
+time-dependent takes ``now`` (seconds, monotonic) as an argument, so tests drive it with a
+fake clock and no sleeps.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from . import realtime as rt
+from . import twilio_wire as tw
+from .audio import make_codec
+from .playout import PlayoutLedger
+from .profile import Profile
+
+log = logging.getLogger("telephony.call")
+
+# Caller audio that arrives before the model is connected is kept (up to this much) and sent
+# once it is: the caller's first words are not lost while the upstream handshake runs.
+EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
+DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
+
+
+# --- Actions the shells carry out ---
+
+
+@dataclass(frozen=True)
+class ToTwilio:
+    message: tw.TwilioMessage
+
+
+@dataclass(frozen=True)
+class ToRealtime:
+    command: rt.Command
+
+
+@dataclass(frozen=True)
+class OpenRealtime:
+    """Connect upstream now (the stream has started and its parameters are known)."""
+
+
+@dataclass(frozen=True)
+class EndStream:
+    """Close both sockets; Twilio then runs the TwiML after <Connect> (the spoken fallback)."""
+
+    reason: str
+    abnormal: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    """A fact for the call record and metrics."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Union[ToTwilio, ToRealtime, OpenRealtime, EndStream, Record]
+
+
+@dataclass
+class _Response:
+    id: str
+    items: set[str] = field(default_factory=set)
+
+
+class Call:
+    """One call's state. Not thread-safe; the shells feed it from one event loop."""
+
+    def __init__(self, profile: Profile, audio_codec: str = "pcm16") -> None:
+        self.profile = profile
+        self.audio_format = audio_codec
+        self.codec = make_codec(audio_codec)
+        self.ledger = PlayoutLedger()
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.parameters: dict[str, str] = {}
+        self.realtime_open = False
+        self.ended = False
+        self._early_audio: list[str] = []
+        self._response: _Response | None = None  # the response in progress, if any
+        self._dropped_responses: set[str] = set()
+        self._dropped_items: set[str] = set()
+        self._transcripts: dict[str, list[str]] = {}  # agent item → transcript deltas
+        self._dtmf: list[str] = []
+        self._dtmf_last = 0.0
+        self._dropped_deltas = 0
+
+    # --- Twilio side ---
+
+    def on_twilio(self, event: tw.TwilioEvent, now: float) -> list[Action]:
+        if self.ended:
+            return []
+        if isinstance(event, tw.Media):
+            return self._on_media(event)
+        if isinstance(event, tw.Mark):
+            if not self.ledger.echoed(event.name, now):
+                log.debug("call %s: mark %r is not pending (cleared or unknown)", self.call_sid, event.name)
+            return []
+        if isinstance(event, tw.Start):
+            return self._on_start(event)
+        if isinstance(event, tw.Dtmf):
+            self._dtmf.append(event.digit)
+            self._dtmf_last = now
+            return []
+        if isinstance(event, tw.Stop):
+            return self._end("caller hung up (Twilio stop)")
+        return []  # Connected: nothing to do until start
+
+    def _on_start(self, event: tw.Start) -> list[Action]:
+        if self.stream_sid is not None:
+            log.warning("call %s: second start (stream %s) ignored", self.call_sid, event.stream_sid)
+            return []
+        if (event.encoding, event.sample_rate, event.channels) != ("audio/x-mulaw", 8000, 1):
+            log.error("call %s: unsupported media format %s/%d/%d", event.call_sid, event.encoding,
+                      event.sample_rate, event.channels)
+            self.call_sid = event.call_sid
+            return self._end(f"unsupported media format {event.encoding}", abnormal=True)
+        self.stream_sid = event.stream_sid
+        self.call_sid = event.call_sid
+        self.parameters = dict(event.custom_parameters)
+        return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
+                OpenRealtime()]
+
+    def _on_media(self, event: tw.Media) -> list[Action]:
+        if self.stream_sid is None:
+            log.warning("call ?: media before start dropped")
+            return []
+        if event.track not in ("inbound", "inbound_track"):
+            return []
+        try:
+            audio = self.codec.caller_to_model(event.payload)
+        except (binascii.Error, ValueError) as exc:
+            log.warning("call %s: media payload is not base64 (%s); frame dropped", self.call_sid, exc)
+            return []
+        if not self.realtime_open:
+            if len(self._early_audio) < EARLY_AUDIO_FRAMES:
+                self._early_audio.append(audio)
+            return []
+        return [ToRealtime(rt.AppendAudio(audio))]
+
+    # --- Realtime side ---
+
+    def on_realtime_open(self, now: float) -> list[Action]:
+        """The upstream socket is up: configure the session, greet, send the early audio."""
+        self.realtime_open = True
+        actions: list[Action] = [
+            ToRealtime(rt.ConfigureSession(self.profile.session_config(self.codec.model_format)))]
+        greeting = self.parameters.get("greeting", self.profile.greeting)
+        if greeting:
+            actions.append(ToRealtime(rt.CreateResponse(
+                f"Greet the caller by saying exactly this, then wait for them: {greeting}")))
+        actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
+        self._early_audio.clear()
+        return actions
+
+    def on_realtime_closed(self, reason: str) -> list[Action]:
+        self.realtime_open = False
+        if self.ended:
+            return []
+        log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
+        return self._end(f"Realtime closed: {reason}", abnormal=True)
+
+    def on_realtime(self, event: rt.Event, now: float) -> list[Action]:
+        if self.ended:
+            return []
+        if isinstance(event, rt.AudioDelta):
+            return self._on_audio_delta(event, now)
+        if isinstance(event, rt.SpeechStarted):
+            return self._barge_in(event, now)
+        if isinstance(event, rt.ResponseCreated):
+            self._response = _Response(event.response_id)
+            return []
+        if isinstance(event, rt.AudioDone):
+            return self._on_audio_done(event)
+        if isinstance(event, rt.TranscriptDelta):
+            if event.item_id not in self._dropped_items:
+                self._transcripts.setdefault(event.item_id, []).append(event.delta)
+            return []
+        if isinstance(event, rt.ResponseDone):
+            if self._response and self._response.id == event.response_id:
+                self._response = None
+            return [Record("response_done", {"response_id": event.response_id,
+                                             "status": event.status, "usage": event.usage})]
+        if isinstance(event, rt.InputTranscript):
+            return [Record("caller_transcript", {"item_id": event.item_id, "text": event.transcript})]
+        if isinstance(event, rt.TranscriptDone):
+            return [Record("agent_transcript", {"item_id": event.item_id, "text": event.transcript})]
+        if isinstance(event, rt.RealtimeError):
+            return self._on_error(event)
+        return []
+
+    def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
+        if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
+            self._dropped_deltas += 1  # audio of an interrupted response still in flight
+            return []
+        if self._response is not None and self._response.id == event.response_id:
+            self._response.items.add(event.item_id)
+        try:
+            chunk = self.codec.model_to_caller(event.audio)
+        except (binascii.Error, ValueError) as exc:
+            log.warning("call %s: audio delta is not base64 (%s); dropped", self.call_sid, exc)
+            return []
+        if chunk.model_ms <= 0:
+            return []
+        name = self.ledger.sent(event.item_id, chunk.model_ms, now)
+        actions: list[Action] = []
+        if chunk.payload:
+            actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
+        actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
+
+    def _on_audio_done(self, event: rt.AudioDone) -> list[Action]:
+        if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
+            return []
+        tail = self.codec.end_of_item()
+        return [ToTwilio(tw.SendMedia(tail))] if tail else []
+
+    def _barge_in(self, event: rt.SpeechStarted, now: float) -> list[Action]:
+        """The caller started talking: stop the agent now and tell the model what was heard."""
+        actions: list[Action] = []
+        item = self.ledger.playing_item
+        if item is None and self._response is not None and self._response.items:
+            # Everything sent has played, but the response is still producing audio.
+            item = next(iter(self._response.items))
+        heard = None
+        if item is not None:
+            heard = round(min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item)))
+        if self.ledger.unplayed:
+            actions.append(ToTwilio(tw.SendClear()))
+            self.ledger.clear()
+            self.codec.interrupted()
+        if item is not None:
+            actions.append(ToRealtime(rt.TruncateItem(item, heard)))
+            self._dropped_items.add(item)
+            self._cut_transcript(item, heard)
+        if self._response is not None:
+            actions.append(ToRealtime(rt.CancelResponse()))
+            self._dropped_responses.add(self._response.id)
+            self._dropped_items.update(self._response.items)
+            self._response = None
+        if item is not None or actions:
+            actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard}))
+        return actions
+
+    def _cut_transcript(self, item_id: str, heard_ms: int) -> None:
+        """Keeps the share of the agent's text that matches the share of audio heard."""
+        parts = self._transcripts.get(item_id)
+        sent = self.ledger.sent_ms(item_id)
+        if parts and sent > 0:
+            text = "".join(parts)
+            cut = round(len(text) * heard_ms / sent)
+            if cut < len(text) and not text[cut].isspace():
+                cut = text.rfind(" ", 0, cut) + 1  # a word cut short was not really said
+            self._transcripts[item_id] = [text[:cut]]
+
+    def _on_error(self, event: rt.RealtimeError) -> list[Action]:
+        log.error("call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
+                  event.code, event.event_id, event.message)
+        actions: list[Action] = [Record("realtime_error", {"type": event.type, "code": event.code})]
+        if event.fatal:
+            actions.extend(self._end(f"Realtime error {event.code or event.type}", abnormal=True))
+        return actions
+
+    # --- Clock ---
+
+    def on_tick(self, now: float) -> list[Action]:
+        if self.ended or not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
+            return []
+        digits = "".join(self._dtmf)
+        self._dtmf.clear()
+        if not self.realtime_open:
+            return []
+        actions: list[Action] = [
+            ToRealtime(rt.AddUserText(f"The caller pressed {digits} on the keypad.")),
+            Record("dtmf", {"digits": digits})]
+        if self._response is None:
+            actions.append(ToRealtime(rt.CreateResponse()))
+        return actions
+
+    # --- Ending ---
+
+    def _end(self, reason: str, abnormal: bool = False) -> list[Action]:
+        if self.ended:
+            return []
+        self.ended = True
+        return [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
+
+    def agent_transcript(self, item_id: str) -> str:
+        return "".join(self._transcripts.get(item_id, []))

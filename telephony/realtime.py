@@ -1,0 +1,297 @@
+"""The call core's own Realtime vocabulary, free of any dialect's event names.
+
+Dialect modules (``realtime_beta``, ``realtime_ga``) translate these commands into wire
+events and wire events into these events. The call core only ever sees this module.
+"""
+
+from __future__ import annotations
+
+import json
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+
+class RealtimeProtocolError(ValueError):
+    """A Realtime message we cannot parse; the text says why."""
+
+
+# --- Session configuration ---
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    instructions: str
+    voice: str
+    audio_format: str = "pcm16"  # "pcm16" (24 kHz) or "g711_ulaw" (8 kHz)
+    turn_detection: TurnDetection = field(default_factory=TurnDetection)
+    transcription_model: str | None = None
+    tools: tuple[Tool, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscriptionConfig:
+    model: str
+    audio_format: str = "pcm16"
+    language: str | None = None
+    turn_detection: TurnDetection = field(default_factory=TurnDetection)
+
+
+# --- Commands: what the core asks of the model ---
+
+
+@dataclass(frozen=True)
+class ConfigureSession:
+    config: SessionConfig
+
+
+@dataclass(frozen=True)
+class ConfigureTranscription:
+    config: TranscriptionConfig
+
+
+@dataclass(frozen=True)
+class AppendAudio:
+    audio: str  # base64, in the session's input format
+
+
+@dataclass(frozen=True)
+class CreateResponse:
+    instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelResponse:
+    response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TruncateItem:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class AddUserText:
+    text: str
+
+
+@dataclass(frozen=True)
+class AddFunctionOutput:
+    call_id: str
+    output: str
+
+
+Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CreateResponse,
+                CancelResponse, TruncateItem, AddUserText, AddFunctionOutput]
+
+
+# --- Events: what the model tells the core ---
+
+
+@dataclass(frozen=True)
+class SessionReady:
+    created: bool  # session.created (True) or session.updated (False)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio: str  # base64, in the session's output format
+
+
+@dataclass(frozen=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class TranscriptDelta:
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class TranscriptDone:
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class RealtimeError:
+    type: str
+    code: str | None
+    message: str
+    event_id: str | None  # the client event that caused it, when the server says
+
+    @property
+    def fatal(self) -> bool:
+        """Errors about one client event leave the session usable; these do not."""
+        return (self.type in FATAL_ERROR_TYPES or (self.code or "") in FATAL_ERROR_CODES)
+
+
+FATAL_ERROR_TYPES = frozenset({"server_error", "authentication_error", "permission_error"})
+FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficient_quota"})
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A known event the bridge does not act on (rate limits, item lifecycle…)."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An event type the dialect does not know; logged once per type."""
+
+    type: str
+
+
+Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated,
+              AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
+              ItemTruncated, RealtimeError, Ignored, Unknown]
+
+
+class Dialect(Protocol):
+    """One wire protocol: ``encode`` commands, ``decode`` server text."""
+
+    name: str
+    headers: dict[str, str]
+
+    def encode(self, command: Command) -> dict[str, Any]: ...
+
+    def decode(self, text: str | bytes) -> Event: ...
+
+
+# --- Decoding shared by the dialects: each names its wire events, the fields are the same. ---
+
+
+def _s(msg: dict, key: str) -> str:
+    value = msg.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _i(msg: dict, key: str) -> int:
+    value = msg.get(key)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def _decode_error(msg: dict) -> RealtimeError:
+    err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+    return RealtimeError(type=_s(err, "type") or "error", code=_s(err, "code") or None,
+                         message=_s(err, "message"), event_id=_s(err, "event_id") or None)
+
+
+_BUILDERS = {
+    "session.created": lambda m: SessionReady(True),
+    "session.updated": lambda m: SessionReady(False),
+    "transcription_session.updated": lambda m: SessionReady(False),
+    "input_audio_buffer.speech_started": lambda m: SpeechStarted(_s(m, "item_id"), _i(m, "audio_start_ms")),
+    "input_audio_buffer.speech_stopped": lambda m: SpeechStopped(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "conversation.item.input_audio_transcription.completed":
+        lambda m: InputTranscript(_s(m, "item_id"), _s(m, "transcript")),
+    "response.created": lambda m: ResponseCreated(_s(m.get("response") or {}, "id")),
+    "audio.delta": lambda m: AudioDelta(_s(m, "response_id"), _s(m, "item_id"), _s(m, "delta")),
+    "audio.done": lambda m: AudioDone(_s(m, "response_id"), _s(m, "item_id")),
+    "transcript.delta": lambda m: TranscriptDelta(_s(m, "response_id"), _s(m, "item_id"), _s(m, "delta")),
+    "transcript.done": lambda m: TranscriptDone(_s(m, "response_id"), _s(m, "item_id"), _s(m, "transcript")),
+    "response.function_call_arguments.done": lambda m: FunctionCall(
+        _s(m, "response_id"), _s(m, "item_id"), _s(m, "call_id"), _s(m, "name"), _s(m, "arguments")),
+    "response.done": lambda m: ResponseDone(
+        _s(m.get("response") or {}, "id"), _s(m.get("response") or {}, "status") or "completed",
+        (m.get("response") or {}).get("usage")),
+    "conversation.item.truncated": lambda m: ItemTruncated(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "error": _decode_error,
+}
+
+# Events both dialects send that the bridge does not act on.
+COMMON_IGNORED = frozenset({
+    "input_audio_buffer.committed", "input_audio_buffer.cleared", "conversation.created",
+    "conversation.item.created", "conversation.item.deleted", "response.output_item.added",
+    "response.output_item.done", "response.content_part.added", "response.content_part.done",
+    "response.function_call_arguments.delta", "rate_limits.updated",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.failed",
+    "conversation.item.input_audio_transcription.segment",
+})
+
+
+def decode_with(text: str | bytes, renames: dict[str, str], ignored: frozenset[str]) -> Event:
+    """Parses one server message; ``renames`` maps a dialect's own names to the shared ones."""
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        raise RealtimeProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise RealtimeProtocolError("message without a 'type'")
+    kind = msg["type"]
+    builder = _BUILDERS.get(renames.get(kind, kind))
+    if builder is not None:
+        return builder(msg)
+    if kind in ignored or kind in COMMON_IGNORED:
+        return Ignored(kind)
+    return Unknown(kind)

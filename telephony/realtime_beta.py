@@ -1,0 +1,87 @@
+"""The beta Realtime dialect (``OpenAI-Beta: realtime=v1``), spoken by OPE.AI.
+
+Flat ``session.update``, ``response.audio.delta``; transcription sessions are configured
+with ``transcription_session.update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import realtime as rt
+
+name = "beta"
+headers = {"OpenAI-Beta": "realtime=v1"}
+
+_RENAMES = {
+    "response.audio.delta": "audio.delta",
+    "response.audio.done": "audio.done",
+    "response.audio_transcript.delta": "transcript.delta",
+    "response.audio_transcript.done": "transcript.done",
+}
+_IGNORED = frozenset({"response.text.delta", "response.text.done", "transcription_session.created"})
+
+
+def _turn_detection(td: rt.TurnDetection) -> dict[str, Any]:
+    return {"type": "server_vad", "threshold": td.threshold,
+            "prefix_padding_ms": td.prefix_padding_ms,
+            "silence_duration_ms": td.silence_duration_ms}
+
+
+def _session(config: rt.SessionConfig) -> dict[str, Any]:
+    session: dict[str, Any] = {
+        "modalities": ["audio", "text"],
+        "instructions": config.instructions,
+        "voice": config.voice,
+        "input_audio_format": config.audio_format,
+        "output_audio_format": config.audio_format,
+        "turn_detection": {**_turn_detection(config.turn_detection),
+                           "create_response": True, "interrupt_response": True},
+    }
+    if config.transcription_model:
+        session["input_audio_transcription"] = {"model": config.transcription_model}
+    if config.tools:
+        session["tools"] = [{"type": "function", "name": t.name, "description": t.description,
+                             "parameters": t.parameters} for t in config.tools]
+        session["tool_choice"] = "auto"
+    return session
+
+
+def encode(command: rt.Command) -> dict[str, Any]:
+    if isinstance(command, rt.AppendAudio):
+        return {"type": "input_audio_buffer.append", "audio": command.audio}
+    if isinstance(command, rt.ConfigureSession):
+        return {"type": "session.update", "session": _session(command.config)}
+    if isinstance(command, rt.TruncateItem):
+        return {"type": "conversation.item.truncate", "item_id": command.item_id,
+                "content_index": 0, "audio_end_ms": command.audio_end_ms}
+    if isinstance(command, rt.CancelResponse):
+        event: dict[str, Any] = {"type": "response.cancel"}
+        if command.response_id:
+            event["response_id"] = command.response_id
+        return event
+    if isinstance(command, rt.CreateResponse):
+        if command.instructions is None:
+            return {"type": "response.create"}
+        return {"type": "response.create", "response": {"instructions": command.instructions}}
+    if isinstance(command, rt.AddUserText):
+        return {"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": command.text}]}}
+    if isinstance(command, rt.AddFunctionOutput):
+        return {"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": command.call_id, "output": command.output}}
+    if isinstance(command, rt.ConfigureTranscription):
+        cfg = command.config
+        transcription: dict[str, Any] = {"model": cfg.model}
+        if cfg.language:
+            transcription["language"] = cfg.language
+        return {"type": "transcription_session.update", "session": {
+            "input_audio_format": cfg.audio_format,
+            "input_audio_transcription": transcription,
+            "turn_detection": _turn_detection(cfg.turn_detection)}}
+    raise TypeError(f"beta dialect cannot encode {command!r}")
+
+
+def decode(text: str | bytes) -> rt.Event:
+    return rt.decode_with(text, _RENAMES, _IGNORED)

@@ -1,0 +1,92 @@
+"""Settings: every environment variable the service reads, in one typed object (12-factor).
+
+Each variable is documented in the README with its default. Secrets are kept out of
+``repr`` so a settings object can be logged safely.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_REALTIME_URL = "wss://api-platform.ope.ai/v1/realtime"
+DEFAULT_REALTIME_MODEL = "opeai/AudioLLM/Voice2"
+
+
+class SettingsError(ValueError):
+    """A variable has a value we cannot use; the message names it (never its secret value)."""
+
+
+def _bool(name: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    realtime_url: str = DEFAULT_REALTIME_URL
+    realtime_model: str = DEFAULT_REALTIME_MODEL
+    realtime_api_key: str = field(default="", repr=False)
+    realtime_dialect: str = "beta"
+    audio_codec: str = "pcm16"
+    public_url: str | None = None
+    agent_profile: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        get = lambda key, default="": (env.get(key) or default).strip()  # noqa: E731
+        public_url = get("PUBLIC_URL").rstrip("/") or None
+        if public_url and not public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"PUBLIC_URL must start with https:// or http://, not {public_url!r}")
+        url = get("REALTIME_URL", DEFAULT_REALTIME_URL)
+        if url != "local" and not url.startswith(("ws://", "wss://")):
+            raise SettingsError(f"REALTIME_URL must be a ws:// or wss:// URL (or 'local'), not {url!r}")
+        return cls(
+            realtime_url=url,
+            realtime_model=get("REALTIME_MODEL", DEFAULT_REALTIME_MODEL),
+            realtime_api_key=get("REALTIME_API_KEY") or get("API_KEY"),
+            realtime_dialect=_choice("REALTIME_DIALECT", get("REALTIME_DIALECT", "beta"), ("beta", "ga")),
+            audio_codec=_choice("AUDIO_CODEC", get("AUDIO_CODEC", "pcm16"), ("pcm16", "g711_ulaw")),
+            public_url=public_url,
+            agent_profile=get("AGENT_PROFILE"),
+            host=get("HOST", "0.0.0.0"),
+            port=_int("PORT", get("PORT", "8000")),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def secrets(self) -> list[str]:
+        """Values that must never be printed (used to scrub logs)."""
+        return [getattr(self, f.name) for f in fields(self) if not f.repr and getattr(self, f.name)]
+
+    def profile_path(self) -> Path:
+        """AGENT_PROFILE, else config/agent.toml here, else the copy installed with the package."""
+        if self.agent_profile:
+            return Path(self.agent_profile)
+        local = Path("config/agent.toml")
+        if local.is_file():
+            return local
+        return Path(str(resources.files("telephony.config").joinpath("agent.toml")))

@@ -1,0 +1,183 @@
+"""A simulated Twilio caller that speaks the Media Streams protocol as Twilio does.
+
+It sends ``connected`` and ``start`` (with the TwiML's ``<Parameter>``s), then one 20 ms
+μ-law ``media`` frame every 20 ms at real time, timestamped like Twilio's. It plays the
+agent's audio back at real time from a buffer: a ``mark`` is echoed when playback reaches
+it, and ``clear`` drops the buffer and echoes every pending mark at once, as Twilio does.
+Both tracks are recorded frame by frame on one clock, so what the caller said and what the
+caller heard line up in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+FRAME_MS = 20
+FRAME_BYTES = 160  # μ-law 8 kHz
+ULAW_SILENCE = b"\xff"
+
+
+@dataclass
+class TimelineEntry:
+    t: float  # seconds since the stream started
+    kind: str  # "clear", "mark", "agent_audio_start", "agent_audio_stop", "caller_done"…
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CallResult:
+    caller: bytes  # μ-law, what was sent, one byte per 1/8000 s
+    agent: bytes  # μ-law, what was played, same clock
+    timeline: list[TimelineEntry]
+    marks_echoed: list[str]
+    marks_echoed_by_clear: list[str]
+    clears: list[float]  # seconds since start
+    received: list[dict[str, Any]]  # every message the bridge sent (payloads elided)
+    close_code: int | None = None
+
+
+class TwilioCallSimulator:
+    def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
+                 custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
+                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None) -> None:
+        """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
+
+        ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
+        """
+        self.url = url
+        self.caller_audio = caller_audio
+        self.call_sid = call_sid or "CA" + uuid.uuid4().hex
+        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.account_sid = "AC" + "0" * 32
+        self.custom_parameters = custom_parameters or {}
+        self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
+        self.hang_up = hang_up
+        self.extra = sorted(extra_messages or [])
+        self._seq = 0
+        self._buffer = bytearray()  # agent audio queued for playback
+        self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
+        self._queued_total = 0  # bytes ever queued (positions are in this stream)
+        self._played_total = 0
+        self._caller = bytearray()
+        self._agent = bytearray()
+        self._timeline: list[TimelineEntry] = []
+        self._echoed: list[str] = []
+        self._echoed_by_clear: list[str] = []
+        self._clears: list[float] = []
+        self._received: list[dict[str, Any]] = []
+        self._t0 = 0.0
+        self._agent_playing = False
+        self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
+
+    def _now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def _note(self, kind: str, **detail: Any) -> None:
+        entry = TimelineEntry(round(self._now(), 4), kind, detail)
+        self._timeline.append(entry)
+        self.events.put_nowait(entry)
+
+    def _message(self, event: str, **body: Any) -> str:
+        self._seq += 1
+        return json.dumps({"event": event, "sequenceNumber": str(self._seq),
+                           "streamSid": self.stream_sid, **body})
+
+    async def run(self) -> CallResult:
+        close_code = None
+        async with websockets.connect(self.url, max_size=2**24, compression=None) as ws:
+            self._t0 = time.monotonic()
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            self._seq = 1
+            await ws.send(self._message("start", start={
+                "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
+                "tracks": ["inbound"], "customParameters": self.custom_parameters,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
+            receiver = asyncio.create_task(self._receive(ws))
+            try:
+                await self._pace(ws, receiver)
+            finally:
+                receiver.cancel()
+                try:
+                    await receiver
+                except (asyncio.CancelledError, websockets.ConnectionClosed):
+                    pass
+            close_code = ws.close_code
+        return CallResult(bytes(self._caller), bytes(self._agent), self._timeline, self._echoed,
+                          self._echoed_by_clear, self._clears, self._received, close_code)
+
+    async def _pace(self, ws, receiver: asyncio.Task) -> None:
+        """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
+        n_frames = int(self.duration_s * 1000 / FRAME_MS)
+        extra = deque(self.extra)
+        for k in range(n_frames):
+            delay = self._t0 + k * FRAME_MS / 1000 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if receiver.done():
+                return  # the bridge closed the stream
+            while extra and extra[0][0] <= k * FRAME_MS / 1000:
+                await ws.send(extra.popleft()[1])
+            frame = self.caller_audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
+            if len(frame) < FRAME_BYTES:
+                if k * FRAME_BYTES < len(self.caller_audio) <= (k + 1) * FRAME_BYTES:
+                    self._note("caller_audio_end")
+                frame = frame + ULAW_SILENCE * (FRAME_BYTES - len(frame))
+            self._caller += frame
+            await ws.send(self._message("media", media={
+                "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
+                "payload": base64.b64encode(frame).decode("ascii")}))
+            await self._play_frame(ws)
+        if self.hang_up:
+            await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
+                                                      "callSid": self.call_sid}))
+
+    async def _play_frame(self, ws) -> None:
+        played = bytes(self._buffer[:FRAME_BYTES])
+        del self._buffer[:FRAME_BYTES]
+        self._played_total += len(played)
+        if played and not self._agent_playing:
+            self._agent_playing = True
+            self._note("agent_audio_start")
+        elif not played and self._agent_playing:
+            self._agent_playing = False
+            self._note("agent_audio_stop")
+        self._agent += played + ULAW_SILENCE * (FRAME_BYTES - len(played))
+        while self._marks and self._marks[0][0] <= self._played_total:
+            name = self._marks.popleft()[1]
+            self._echoed.append(name)
+            await ws.send(self._message("mark", mark={"name": name}))
+
+    async def _receive(self, ws) -> None:
+        async for text in ws:
+            msg = json.loads(text)
+            event = msg.get("event")
+            if event == "media":
+                audio = base64.b64decode(msg["media"]["payload"])
+                self._buffer += audio
+                self._queued_total += len(audio)
+                self._received.append({"event": "media", "bytes": len(audio)})
+            elif event == "mark":
+                self._marks.append((self._queued_total, msg["mark"]["name"]))
+                self._received.append(msg)
+            elif event == "clear":
+                self._received.append(msg)
+                self._clears.append(self._now())
+                dropped = len(self._buffer)
+                self._buffer.clear()
+                self._queued_total = self._played_total
+                self._note("clear", dropped_ms=dropped / 8, played_ms=self._played_total / 8)
+                while self._marks:  # Twilio echoes every pending mark on clear
+                    name = self._marks.popleft()[1]
+                    self._echoed_by_clear.append(name)
+                    await ws.send(self._message("mark", mark={"name": name}))
+            else:
+                self._received.append(msg)

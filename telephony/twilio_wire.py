@@ -1,0 +1,155 @@
+"""Twilio Media Streams wire format: JSON text frames in, typed events out, and back.
+
+Parsing is strict about what the call needs and lenient about the rest: a message missing a
+field the call relies on raises ``TwilioProtocolError`` with a reason the shell logs; the
+call itself goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Union
+
+
+class TwilioProtocolError(ValueError):
+    """A Media Streams message we cannot use; the text says why."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    protocol: str = "Call"
+
+
+@dataclass(frozen=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str = ""
+    tracks: tuple[str, ...] = ("inbound",)
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    encoding: str = "audio/x-mulaw"
+    sample_rate: int = 8000
+    channels: int = 1
+
+
+@dataclass(frozen=True)
+class Media:
+    payload: str  # base64 μ-law 8 kHz, as received
+    timestamp_ms: int = 0
+    track: str = "inbound"
+
+
+@dataclass(frozen=True)
+class Mark:
+    name: str
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    call_sid: str = ""
+
+
+TwilioEvent = Union[Connected, Start, Media, Mark, Dtmf, Stop]
+
+
+def _obj(msg: dict, key: str) -> dict:
+    value = msg.get(key)
+    if not isinstance(value, dict):
+        raise TwilioProtocolError(f"{msg.get('event')!r} message without a {key!r} object")
+    return value
+
+
+def _str(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise TwilioProtocolError(f"{where} without {key!r}")
+    return value
+
+
+def parse(text: str | bytes) -> TwilioEvent | None:
+    """One frame → one event; None for event types we do not use (logged by the caller)."""
+    if isinstance(text, (bytes, bytearray)):
+        raise TwilioProtocolError("binary frame: Media Streams sends JSON text")
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        raise TwilioProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise TwilioProtocolError("JSON that is not an object")
+    event = msg.get("event")
+    if event == "media":
+        media = _obj(msg, "media")
+        payload = media.get("payload")
+        if not isinstance(payload, str):
+            raise TwilioProtocolError("media without a 'payload' string")
+        try:
+            timestamp = int(media.get("timestamp") or 0)
+        except (TypeError, ValueError):
+            timestamp = 0
+        return Media(payload, timestamp, str(media.get("track") or "inbound"))
+    if event == "mark":
+        return Mark(_str(_obj(msg, "mark"), "name", "mark"))
+    if event == "start":
+        start = _obj(msg, "start")
+        fmt = start.get("mediaFormat") or {}
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict):
+            raise TwilioProtocolError("start with customParameters that are not an object")
+        return Start(
+            stream_sid=_str(start, "streamSid", "start") if "streamSid" in start
+            else _str(msg, "streamSid", "start"),
+            call_sid=_str(start, "callSid", "start"),
+            account_sid=str(start.get("accountSid") or ""),
+            tracks=tuple(start.get("tracks") or ("inbound",)),
+            custom_parameters={str(k): str(v) for k, v in params.items()},
+            encoding=str(fmt.get("encoding") or "audio/x-mulaw"),
+            sample_rate=int(fmt.get("sampleRate") or 8000),
+            channels=int(fmt.get("channels") or 1),
+        )
+    if event == "dtmf":
+        return Dtmf(_str(_obj(msg, "dtmf"), "digit", "dtmf"))
+    if event == "stop":
+        stop = msg.get("stop") if isinstance(msg.get("stop"), dict) else {}
+        return Stop(str(stop.get("callSid") or ""))
+    if event == "connected":
+        return Connected(str(msg.get("protocol") or "Call"))
+    if isinstance(event, str):
+        return None
+    raise TwilioProtocolError("message without an 'event' name")
+
+
+# --- What we send: typed messages, serialised by ``serialize`` in the shell. ---
+
+
+@dataclass(frozen=True)
+class SendMedia:
+    payload: str  # base64 μ-law 8 kHz
+
+
+@dataclass(frozen=True)
+class SendMark:
+    name: str
+
+
+@dataclass(frozen=True)
+class SendClear:
+    pass
+
+
+TwilioMessage = Union[SendMedia, SendMark, SendClear]
+
+
+def serialize(msg: TwilioMessage, stream_sid: str) -> str:
+    sid = json.dumps(stream_sid)
+    if isinstance(msg, SendMedia):
+        # Built as text: this is the hot path of every agent frame, and base64 needs no escaping.
+        return '{"event":"media","streamSid":%s,"media":{"payload":"%s"}}' % (sid, msg.payload)
+    if isinstance(msg, SendMark):
+        return '{"event":"mark","streamSid":%s,"mark":{"name":%s}}' % (sid, json.dumps(msg.name))
+    return '{"event":"clear","streamSid":%s}' % sid

@@ -1,0 +1,37 @@
+"""TwiML documents the webhooks answer, built with the twilio package."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+MEDIA_STREAM_PATH = "/twilio/media-stream"
+
+
+def websocket_url(public_base: str, path: str = MEDIA_STREAM_PATH) -> str:
+    """https://host → wss://host/path (Twilio requires wss:// and no query string)."""
+    if public_base.startswith("https://"):
+        return "wss://" + public_base[len("https://"):] + path
+    if public_base.startswith("http://"):
+        return "ws://" + public_base[len("http://"):] + path
+    raise ValueError(f"public base URL must be http(s)://, not {public_base!r}")
+
+
+def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str) -> str:
+    """<Connect><Stream> with the call's context as <Parameter>s, then a spoken fallback.
+
+    Verbs after </Connect> run only when the stream ends, so the fallback is heard exactly
+    when the bridge gives up on a call (model unreachable, fatal error).
+    """
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in parameters.items():
+        if value:
+            stream.parameter(name=name, value=value)
+    response.append(connect)
+    if fallback:
+        response.say(fallback)
+    response.hangup()
+    return str(response)

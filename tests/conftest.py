@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from telephony.app import create_app
+from telephony.profile import Profile, load_profile
+from telephony.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def profile() -> Profile:
+    return load_profile(ROOT / "config" / "agent.toml")
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings, profile: Profile | None = None, **kwargs):
+    """The real app under a real uvicorn server on a free loopback port."""
+    app = create_app(settings, profile or load_profile(ROOT / "config" / "agent.toml"), **kwargs)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=1 << 20)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield app, f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

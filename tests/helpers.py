@@ -1,0 +1,70 @@
+"""Shared test helpers: signals, schema checks."""
+
+from __future__ import annotations
+
+import audioop
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter
+
+from openai.types.beta.realtime import RealtimeClientEvent as BetaClientEvent
+from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
+
+_ADAPTERS = {
+    ("beta", "client"): TypeAdapter(BetaClientEvent),
+    ("beta", "server"): TypeAdapter(BetaServerEvent),
+}
+
+
+def validate_event(event: dict[str, Any], dialect: str = "beta", side: str = "client") -> None:
+    """Validates against the openai package's model, and refuses fields the model does not know
+    (the models themselves accept extras, which would let a misspelt field through)."""
+    model = _ADAPTERS[(dialect, side)].validate_python(event)
+    dumped = model.model_dump(exclude_unset=True)
+    _assert_no_extra(event, dumped, event.get("type", "?"))
+
+
+def _assert_no_extra(sent: Any, known: Any, where: str) -> None:
+    if isinstance(sent, dict):
+        assert isinstance(known, dict), where
+        extra = set(sent) - set(known)
+        assert not extra, f"{where}: fields the schema does not know: {extra}"
+        for key, value in sent.items():
+            _assert_no_extra(value, known[key], f"{where}.{key}")
+    elif isinstance(sent, list):
+        for i, (a, b) in enumerate(zip(sent, known)):
+            _assert_no_extra(a, b, f"{where}[{i}]")
+
+
+def ulaw_tone(freq: float, seconds: float, amplitude: float = 8000.0) -> bytes:
+    t = np.arange(int(8000 * seconds)) / 8000
+    return audioop.lin2ulaw((amplitude * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes(), 2)
+
+
+def ulaw_silence(seconds: float) -> bytes:
+    return b"\xff" * int(8000 * seconds)
+
+
+def dominant_freq(ulaw: bytes, rate: int = 8000) -> float:
+    x = np.frombuffer(audioop.ulaw2lin(ulaw, 2), "<i2").astype(np.float64)
+    if len(x) < 64 or np.sqrt(np.mean(x ** 2)) < 100:
+        return 0.0
+    mag = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(mag) * rate / len(x))
+
+
+def active_spans(ulaw: bytes, frame: int = 160, threshold: float = 200.0) -> list[tuple[float, float]]:
+    """(start s, end s) of stretches where the audio is not silent, frame by frame."""
+    pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), "<i2").astype(np.float64)
+    spans, start = [], None
+    for i in range(0, len(pcm) - frame + 1, frame):
+        loud = np.sqrt(np.mean(pcm[i:i + frame] ** 2)) >= threshold
+        if loud and start is None:
+            start = i
+        elif not loud and start is not None:
+            spans.append((start / 8000, i / 8000))
+            start = None
+    if start is not None:
+        spans.append((start / 8000, len(pcm) / 8000))
+    return spans

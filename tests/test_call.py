@@ -1,0 +1,224 @@
+"""The call core driven message by message with a fake clock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from telephony import realtime as rt
+from telephony import twilio_wire as tw
+from telephony.call import Call, EndStream, OpenRealtime, Record, ToRealtime, ToTwilio
+
+ULAW_FRAME = base64.b64encode(b"\xff" * 160).decode()
+
+
+def pcm_ms(ms: int) -> str:
+    """A 440 Hz tone of ``ms`` milliseconds, PCM16 24 kHz, base64."""
+    t = np.arange(ms * 24) / 24000
+    return base64.b64encode((8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()).decode()
+
+
+def twilio(actions, kind=None):
+    msgs = [a.message for a in actions if isinstance(a, ToTwilio)]
+    return [m for m in msgs if kind is None or isinstance(m, kind)]
+
+
+def realtime(actions, kind=None):
+    cmds = [a.command for a in actions if isinstance(a, ToRealtime)]
+    return [c for c in cmds if kind is None or isinstance(c, kind)]
+
+
+def started_call(profile, codec="pcm16") -> Call:
+    call = Call(profile, codec)
+    actions = call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    assert any(isinstance(a, OpenRealtime) for a in actions)
+    call.on_realtime_open(0.0)
+    return call
+
+
+def play(call: Call, response_id: str, item_id: str, chunks: int, ms: int, now: float):
+    """Feeds a response's audio; returns the mark names sent."""
+    call.on_realtime(rt.ResponseCreated(response_id), now)
+    marks = []
+    for _ in range(chunks):
+        actions = call.on_realtime(rt.AudioDelta(response_id, item_id, pcm_ms(ms)), now)
+        assert len(twilio(actions, tw.SendMedia)) == 1
+        marks += [m.name for m in twilio(actions, tw.SendMark)]
+    return marks
+
+
+def test_open_configures_session_and_greets(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"from": "+15550001"}), 0.0)
+    actions = call.on_realtime_open(0.0)
+    config = realtime(actions, rt.ConfigureSession)[0].config
+    assert config.audio_format == "pcm16" and config.voice == profile.voice
+    greet = realtime(actions, rt.CreateResponse)[0]
+    assert profile.greeting in greet.instructions
+
+
+def test_caller_audio_is_forwarded_per_frame_and_early_audio_kept(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    assert call.on_twilio(tw.Media(ULAW_FRAME), 0.0) == []  # upstream not open yet: kept
+    actions = call.on_realtime_open(0.02)
+    assert len(realtime(actions, rt.AppendAudio)) == 1
+    actions = call.on_twilio(tw.Media(ULAW_FRAME), 0.04)
+    (append,) = realtime(actions, rt.AppendAudio)
+    assert len(base64.b64decode(append.audio)) == 160 * 3 * 2  # 20 ms at 24 kHz, 16 bit
+
+
+def test_agent_audio_goes_out_as_media_then_mark(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 0.0)
+    assert [type(m) for m in twilio(actions)] == [tw.SendMedia, tw.SendMark]
+    ulaw = base64.b64decode(twilio(actions, tw.SendMedia)[0].payload)
+    assert abs(len(ulaw) - 800) <= 16  # 100 ms at 8 kHz, less the filter's delay
+
+
+def test_barge_in_mid_playback_clears_truncates_and_cancels(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=5, ms=200, now=1.0)  # 1 s of audio queued at t=1.0
+    call.on_twilio(tw.Mark(marks[0]), 1.2)  # first 200 ms heard
+    actions = call.on_realtime(rt.SpeechStarted("u1", 500), 1.33)  # 130 ms into the second chunk
+    assert twilio(actions) == [tw.SendClear()]
+    (truncate,) = realtime(actions, rt.TruncateItem)
+    assert truncate.item_id == "i1" and truncate.audio_end_ms == 330
+    assert realtime(actions, rt.CancelResponse)
+    order = [type(a.command) for a in actions if isinstance(a, ToRealtime)]
+    assert order == [rt.TruncateItem, rt.CancelResponse]
+
+
+def test_barge_in_with_nothing_playing_sends_nothing(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=1, ms=100, now=0.0)
+    call.on_twilio(tw.Mark(marks[0]), 0.1)
+    call.on_realtime(rt.AudioDone("r1", "i1"), 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 2.0)
+    assert twilio(actions) == [] and realtime(actions) == []
+
+
+def test_marks_echoed_by_clear_are_not_heard(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=3, ms=100, now=0.0)
+    call.on_twilio(tw.Mark(marks[0]), 0.1)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    for name in marks[1:]:  # Twilio echoes the pending marks after the clear
+        call.on_twilio(tw.Mark(name), 0.12)
+    assert call.ledger.heard_ms("i1", 5.0) == 100
+
+
+def test_truncate_never_beyond_the_items_audio(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    call.on_twilio(tw.Mark(marks[0]), 0.1)
+    # The clock says 10 s have passed, but only 200 ms were ever sent.
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 10.0)
+    assert realtime(actions, rt.TruncateItem)[0].audio_end_ms == 200
+
+
+def test_barge_in_after_playout_while_response_still_generating(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    for m in marks:
+        call.on_twilio(tw.Mark(m), 0.2)
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.3)
+    assert twilio(actions) == []  # nothing buffered at Twilio: no clear
+    assert realtime(actions, rt.TruncateItem)[0].audio_end_ms == 200
+    assert realtime(actions, rt.CancelResponse)
+
+
+def test_stale_deltas_of_interrupted_response_are_dropped(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.05)
+    assert call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 0.06) == []
+    assert call.on_realtime(rt.AudioDone("r1", "i1"), 0.07) == []
+
+
+def test_second_response_after_interruption_plays_normally(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.05)
+    call.on_realtime(rt.ResponseDone("r1", "cancelled"), 0.1)
+    marks = play(call, "r2", "i2", chunks=2, ms=100, now=1.0)
+    assert len(marks) == 2
+    call.on_twilio(tw.Mark(marks[0]), 1.1)
+    assert call.ledger.heard_ms("i2", 1.1) == pytest.approx(100)
+    actions = call.on_realtime(rt.SpeechStarted("u2", 0), 1.15)
+    assert realtime(actions, rt.TruncateItem)[0] == rt.TruncateItem("i2", 150)
+
+
+def test_interrupted_transcript_is_cut_to_what_was_heard(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    marks = []
+    for word in ("one ", "two ", "three ", "four "):
+        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 0.0)
+        marks += [m.name for m in twilio(actions, tw.SendMark)]
+        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), 0.0)
+    call.on_twilio(tw.Mark(marks[0]), 0.1)
+    call.on_twilio(tw.Mark(marks[1]), 0.2)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.2)  # half of 400 ms heard, "three" cut short
+    assert call.agent_transcript("i1") == "one two "
+
+
+def test_twilio_stop_ends_the_stream(profile):
+    call = started_call(profile)
+    actions = call.on_twilio(tw.Stop("CA1"), 1.0)
+    assert any(isinstance(a, EndStream) and not a.abnormal for a in actions)
+    assert call.on_twilio(tw.Media(ULAW_FRAME), 1.1) == []
+
+
+def test_fatal_realtime_error_ends_with_fallback_but_client_error_does_not(profile):
+    call = started_call(profile)
+    actions = call.on_realtime(rt.RealtimeError("invalid_request_error", "response_cancel_not_active",
+                                                "no active response", "evt_1"), 1.0)
+    assert not any(isinstance(a, EndStream) for a in actions)
+    actions = call.on_realtime(rt.RealtimeError("server_error", None, "boom", None), 1.0)
+    assert any(isinstance(a, EndStream) and a.abnormal for a in actions)
+
+
+def test_realtime_close_ends_stream_abnormally(profile):
+    call = started_call(profile)
+    actions = call.on_realtime_closed("connection reset")
+    assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
+
+
+def test_media_before_start_and_bad_payload_are_dropped(profile):
+    call = Call(profile)
+    assert call.on_twilio(tw.Media(ULAW_FRAME), 0.0) == []
+    call = started_call(profile)
+    assert call.on_twilio(tw.Media("not base64!!"), 0.0) == []
+    assert realtime(call.on_twilio(tw.Media(ULAW_FRAME), 0.02), rt.AppendAudio)
+
+
+def test_dtmf_burst_becomes_one_user_message(profile):
+    call = started_call(profile)
+    for i, digit in enumerate("123#"):
+        call.on_twilio(tw.Dtmf(digit), 0.3 * i)
+        assert call.on_tick(0.3 * i + 0.1) == []
+    actions = call.on_tick(0.9 + 1.0)
+    (text,) = realtime(actions, rt.AddUserText)
+    assert "123#" in text.text
+    assert realtime(actions, rt.CreateResponse)
+    assert call.on_tick(5.0) == []
+
+
+def test_non_mulaw_start_is_refused(profile):
+    call = Call(profile)
+    actions = call.on_twilio(tw.Start("MZ1", "CA1", encoding="audio/x-alaw"), 0.0)
+    assert any(isinstance(a, EndStream) for a in actions)
+    assert not any(isinstance(a, OpenRealtime) for a in actions)
+
+
+def test_records_barge_in_with_heard_ms(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.12)
+    (rec,) = [a for a in actions if isinstance(a, Record)]
+    assert rec.kind == "barge_in" and rec.data == {"item_id": "i1", "heard_ms": 120}
