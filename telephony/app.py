@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import realtime_beta, realtime_client
+from . import realtime_beta, realtime_client, realtime_ga
 from .bridge import Bridge, Connector
 from .call import Call
 from .profile import Profile, load_profile
@@ -20,7 +20,7 @@ from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
 
 log = logging.getLogger("telephony.app")
 
-DIALECTS = {"beta": realtime_beta}
+DIALECTS = {"beta": realtime_beta, "ga": realtime_ga}
 
 
 def public_base_url(request: Request, settings: Settings) -> str:

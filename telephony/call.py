@@ -24,7 +24,8 @@ log = logging.getLogger("telephony.call")
 # Caller audio that arrives before the model is connected is kept (up to this much) and sent
 # once it is: the caller's first words are not lost while the upstream handshake runs.
 EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
-DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
+DTMF_GAP_S = 1.0
+BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active"})  # digits closer together than this are one burst, one message
 
 
 # --- Actions the shells carry out ---
@@ -261,8 +262,10 @@ class Call:
             self._transcripts[item_id] = [text[:cut]]
 
     def _on_error(self, event: rt.RealtimeError) -> list[Action]:
-        log.error("call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
-                  event.code, event.event_id, event.message)
+        # Our cancel racing the server's own VAD cancel is expected, not a fault.
+        level = logging.INFO if event.code in BENIGN_ERROR_CODES else logging.ERROR
+        log.log(level, "call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
+                event.code, event.event_id, event.message)
         actions: list[Action] = [Record("realtime_error", {"type": event.type, "code": event.code})]
         if event.fatal:
             actions.extend(self._end(f"Realtime error {event.code or event.type}", abnormal=True))

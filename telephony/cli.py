@@ -24,6 +24,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .doctor import run_doctor
+
+    return asyncio.run(run_doctor(Settings.from_env(), connect=args.connect, out=sys.stdout))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telephony", description="Phone calls ⇄ Realtime voice models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="interface to listen on (default: HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, default=None, help="port (default: PORT or 8000)")
     serve.set_defaults(func=_serve)
+    doctor = sub.add_parser("doctor", help="check the configuration; --connect makes one Realtime handshake")
+    doctor.add_argument("--connect", action="store_true", help="open one Realtime session and report it")
+    doctor.set_defaults(func=_doctor)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -22,7 +22,7 @@ _RENAMES = {
 _IGNORED = frozenset({"response.text.delta", "response.text.done", "transcription_session.created"})
 
 
-def _turn_detection(td: rt.TurnDetection) -> dict[str, Any]:
+def server_vad(td: rt.TurnDetection) -> dict[str, Any]:
     return {"type": "server_vad", "threshold": td.threshold,
             "prefix_padding_ms": td.prefix_padding_ms,
             "silence_duration_ms": td.silence_duration_ms}
@@ -35,7 +35,7 @@ def _session(config: rt.SessionConfig) -> dict[str, Any]:
         "voice": config.voice,
         "input_audio_format": config.audio_format,
         "output_audio_format": config.audio_format,
-        "turn_detection": {**_turn_detection(config.turn_detection),
+        "turn_detection": {**server_vad(config.turn_detection),
                            "create_response": True, "interrupt_response": True},
     }
     if config.transcription_model:
@@ -79,7 +79,7 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "transcription_session.update", "session": {
             "input_audio_format": cfg.audio_format,
             "input_audio_transcription": transcription,
-            "turn_detection": _turn_detection(cfg.turn_detection)}}
+            "turn_detection": server_vad(cfg.turn_detection)}}
     raise TypeError(f"beta dialect cannot encode {command!r}")
 
 

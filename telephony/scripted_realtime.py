@@ -139,6 +139,10 @@ class _Session:
                                                      "param": None, "event_id": culprit.get("event_id")}})
 
     def _session(self) -> dict[str, Any]:
+        if self.server.dialect == "ga":
+            fmt = {"type": "audio/pcmu"} if self.audio_format == "g711_ulaw" else {"type": "audio/pcm", "rate": 24000}
+            return {"type": "realtime", "id": "sess_scripted", "object": "realtime.session",
+                    "audio": {"input": {"format": fmt}, "output": {"format": fmt}}}
         return {"id": "sess_scripted", "object": "realtime.session",
                 "input_audio_format": self.audio_format, "output_audio_format": self.audio_format}
 
@@ -228,7 +232,7 @@ class _Session:
         await self.emit({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": status,
             "output": [{"id": item, "object": "realtime.item", "type": "message", "role": "assistant",
-                        "status": "completed" if status == "completed" else "incomplete"}],
+                        "status": "completed" if status == "completed" else "incomplete", "content": []}],
             "usage": {"total_tokens": 10, "input_tokens": 4, "output_tokens": 6}}})
 
 

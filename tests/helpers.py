@@ -10,10 +10,14 @@ from pydantic import TypeAdapter
 
 from openai.types.beta.realtime import RealtimeClientEvent as BetaClientEvent
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
+from openai.types.realtime import RealtimeClientEvent as GaClientEvent
+from openai.types.realtime import RealtimeServerEvent as GaServerEvent
 
 _ADAPTERS = {
     ("beta", "client"): TypeAdapter(BetaClientEvent),
     ("beta", "server"): TypeAdapter(BetaServerEvent),
+    ("ga", "client"): TypeAdapter(GaClientEvent),
+    ("ga", "server"): TypeAdapter(GaServerEvent),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,11 +37,14 @@ async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
     assert xml.index("</Connect>") < xml.index("<Say>") and profile.fallback in xml
 
 
-async def test_barge_in_end_to_end(profile):
+@pytest.mark.parametrize("dialect,codec", [("beta", "pcm16"), ("beta", "g711_ulaw"),
+                                           ("ga", "pcm16"), ("ga", "g711_ulaw")])
+async def test_barge_in_end_to_end(profile, dialect, codec):
     # Deltas at 2x real time: the greeting is still being generated when the caller speaks.
     script = Script(response_ms=3000, speed=2.0)
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.6)
-    async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server)) as (app, host):
+    async with ScriptedRealtimeServer(script, dialect=dialect) as server, \
+            running_app(settings_for(server, realtime_dialect=dialect, audio_codec=codec)) as (app, host):
         sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller,
                                   custom_parameters={"from": "+15551230000"})
         result = await sim.run()
@@ -51,23 +55,35 @@ async def test_barge_in_end_to_end(profile):
         assert server.connections[0].closed
 
     (conn,) = server.connections
-    # Handshake: model in the query, beta header, bearer key.
+    # Handshake: model in the query, the dialect's header, bearer key.
     assert parse_qs(urlsplit(conn.path).query)["model"] == ["opeai/AudioLLM/Voice2"]
-    assert conn.headers["openai-beta"] == "realtime=v1"
+    assert conn.headers.get("openai-beta") == ("realtime=v1" if dialect == "beta" else None)
     assert conn.headers["authorization"] == f"Bearer {API_KEY}"
-    # Every client event is well formed by the openai package's own models.
+    # Every client event is well formed by the openai package's own models of that dialect.
     for event in conn.received:
-        validate_event(event, "beta", "client")
+        validate_event(event, dialect, "client")
     for event in conn.sent:
-        validate_event(event, "beta", "server")
+        validate_event(event, dialect, "server")
     types = conn.received_types()
     assert types[0] == "session.update" and types[1] == "response.create"
-    assert types.count("input_audio_buffer.append") >= 200  # one per 20 ms frame
+    session = conn.received[0]["session"]
+    if dialect == "ga":
+        assert session["type"] == "realtime"
+        assert session["audio"]["output"]["format"]["type"] == ("audio/pcmu" if codec == "g711_ulaw" else "audio/pcm")
+    else:
+        assert session["input_audio_format"] == session["output_audio_format"] == codec
+    appends = conn.of_type("input_audio_buffer.append")
+    assert len(appends) >= 200  # one per 20 ms frame
+    bytes_per_frame = 160 if codec == "g711_ulaw" else 960
+    assert {len(base64.b64decode(e["audio"])) for e in appends} == {bytes_per_frame}
+    if codec == "g711_ulaw":  # passthrough: the caller's bytes reach the model untouched
+        sent = b"".join(base64.b64decode(e["audio"]) for e in appends)
+        assert sent[:len(result.caller)] == result.caller[:len(sent)]
 
     # The caller interrupted the greeting: one clear, one truncate of the greeting item.
     assert len(result.clears) == 1
     (truncate,) = conn.of_type("conversation.item.truncate")
-    greeting_item = next(e["item_id"] for e in conn.sent if e["type"] == "response.audio.delta")
+    greeting_item = next(e["item_id"] for e in conn.sent if e["type"].endswith("audio.delta"))
     assert truncate["item_id"] == greeting_item
     clear = next(e for e in result.timeline if e.kind == "clear")
     heard_by_caller = clear.detail["played_ms"]

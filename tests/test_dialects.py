@@ -1,0 +1,110 @@
+"""Both Realtime dialects encode every command into events their openai models accept."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from telephony import realtime as rt
+from telephony import realtime_beta, realtime_ga
+from telephony.realtime import Tool
+
+from helpers import validate_event
+
+DIALECTS = {"beta": realtime_beta, "ga": realtime_ga}
+
+TOOL = Tool("end_call", "Hang up after saying goodbye.", {"type": "object", "properties": {}})
+
+
+def commands(audio_format: str) -> list[rt.Command]:
+    config = rt.SessionConfig(instructions="Be brief.", voice="alloy", audio_format=audio_format,
+                              transcription_model="whisper-1", tools=(TOOL,))
+    return [
+        rt.ConfigureSession(config),
+        rt.ConfigureTranscription(rt.TranscriptionConfig(model="whisper-1", audio_format=audio_format,
+                                                         language="en")),
+        rt.AppendAudio("AAAA"),
+        rt.CreateResponse(),
+        rt.CreateResponse("Say hello."),
+        rt.CancelResponse(),
+        rt.CancelResponse("resp_1"),
+        rt.TruncateItem("item_1", 1234),
+        rt.AddUserText("The caller pressed 5 on the keypad."),
+        rt.AddFunctionOutput("call_1", '{"ok": true}'),
+    ]
+
+
+@pytest.mark.parametrize("dialect", ["beta", "ga"])
+@pytest.mark.parametrize("audio_format", ["pcm16", "g711_ulaw"])
+def test_every_command_validates_against_the_dialects_model(dialect, audio_format):
+    for command in commands(audio_format):
+        validate_event(DIALECTS[dialect].encode(command), dialect, "client")
+
+
+def test_session_shapes_differ_as_the_protocols_do():
+    config = rt.SessionConfig(instructions="x", voice="coral", audio_format="g711_ulaw")
+    beta = realtime_beta.encode(rt.ConfigureSession(config))["session"]
+    assert beta["input_audio_format"] == beta["output_audio_format"] == "g711_ulaw"
+    assert beta["voice"] == "coral" and beta["turn_detection"]["type"] == "server_vad"
+    ga = realtime_ga.encode(rt.ConfigureSession(config))["session"]
+    assert ga["type"] == "realtime" and ga["output_modalities"] == ["audio"]
+    assert ga["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert ga["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "coral"}
+    assert ga["audio"]["input"]["turn_detection"]["interrupt_response"] is True
+    pcm = realtime_ga.encode(rt.ConfigureSession(rt.SessionConfig("x", "coral", "pcm16")))["session"]
+    assert pcm["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    # Transcription sessions: a separate event in beta, a session type in GA.
+    tc = rt.ConfigureTranscription(rt.TranscriptionConfig(model="whisper-1"))
+    assert realtime_beta.encode(tc)["type"] == "transcription_session.update"
+    ga_tc = realtime_ga.encode(tc)
+    assert ga_tc["type"] == "session.update" and ga_tc["session"]["type"] == "transcription"
+
+
+@pytest.mark.parametrize("dialect,audio,transcript", [
+    ("beta", "response.audio.delta", "response.audio_transcript.done"),
+    ("ga", "response.output_audio.delta", "response.output_audio_transcript.done")])
+def test_each_dialect_decodes_its_own_names_and_not_the_others(dialect, audio, transcript):
+    decode = DIALECTS[dialect].decode
+    assert decode(f'{{"type":"{audio}","response_id":"r","item_id":"i","delta":"AA=="}}') == \
+        rt.AudioDelta("r", "i", "AA==")
+    assert decode(f'{{"type":"{transcript}","response_id":"r","item_id":"i","transcript":"hi"}}') == \
+        rt.TranscriptDone("r", "i", "hi")
+    other = "response.output_audio.delta" if dialect == "beta" else "response.audio.delta"
+    assert isinstance(decode(f'{{"type":"{other}","delta":"AA=="}}'), rt.Unknown)
+    fc = decode('{"type":"response.function_call_arguments.done","response_id":"r","item_id":"i",'
+                '"call_id":"c","name":"end_call","arguments":"{}"}')
+    assert fc == rt.FunctionCall("r", "i", "c", "end_call", "{}")
+
+
+@pytest.mark.parametrize("dialect", ["beta", "ga"])
+async def test_doctor_reports_provider_and_handshake_without_the_key(dialect):
+    import io
+
+    from telephony.doctor import run_doctor
+    from telephony.scripted_realtime import ScriptedRealtimeServer
+    from telephony.settings import Settings
+
+    key = "sk-doctor-secret-999"
+    async with ScriptedRealtimeServer(dialect=dialect) as server:
+        out = io.StringIO()
+        settings = Settings(realtime_url=server.url, realtime_api_key=key, realtime_dialect=dialect,
+                            audio_codec="g711_ulaw")
+        assert await run_doctor(settings, connect=True, out=out) == 0
+    text = out.getvalue()
+    assert f"Realtime dialect: {dialect}" in text and "Audio codec:      g711_ulaw" in text
+    assert "Handshake:        OK, session.created" in text and "sess_scripted" in text
+    assert key not in text
+    assert server.connections[0].headers["authorization"] == f"Bearer {key}"
+
+
+async def test_doctor_reports_a_refused_handshake():
+    import io
+
+    from telephony.doctor import run_doctor
+    from telephony.settings import Settings
+
+    out = io.StringIO()
+    settings = Settings(realtime_url="ws://127.0.0.1:9/v1/realtime", realtime_api_key="k")
+    assert await run_doctor(settings, connect=True, out=out) == 1
+    assert "Handshake:        FAILED" in out.getvalue()
