@@ -11,16 +11,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import realtime_beta, realtime_client, realtime_ga
+from . import logs, realtime_beta, realtime_client, realtime_ga
 from .bridge import Bridge, Connector
 from .call import Call
+from .metrics import CONTENT_TYPE, Metrics
 from .profile import Profile, load_profile
 from .settings import Settings
+from .telemetry import CallObserver
 from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
 
 log = logging.getLogger("telephony.app")
 
 DIALECTS = {"beta": realtime_beta, "ga": realtime_ga}
+VOICE_PATH = "/twilio/voice"
+STATUS_CALLBACK_PATH = "/twilio/status"
 
 
 def public_base_url(request: Request, settings: Settings) -> str:
@@ -39,6 +43,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     profile = profile or load_profile(settings.profile_path())
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
+    metrics = Metrics()
 
     def default_connector(s: Settings) -> Connector:
         return lambda: realtime_client.connect(s, dialect.headers)
@@ -60,20 +65,37 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     async def media_stream(ws: WebSocket) -> None:
         await ws.accept()
         call = Call(profile, settings.audio_codec)
+        observer = CallObserver(metrics, settings.call_records_dir, logs.bind_call())
         active.add(call)
         try:
-            await Bridge(ws, call, dialect, connector).run()
+            await Bridge(ws, call, dialect, connector, on_record=observer.on_record, observer=observer).run()
         finally:
             active.discard(call)
+            observer.close()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_calls": len(active)})
 
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def status_callback(request: Request) -> Response:
+        # Twilio's call status callback (set by `telephony configure-number`): logged, not acted on.
+        form = await request.form()
+        log.info("Twilio call status %s", form.get("CallStatus"),
+                 extra={"call_sid": str(form.get("CallSid", "")), "event": "twilio_status",
+                        "status": str(form.get("CallStatus", "")),
+                        "duration_s": str(form.get("CallDuration", ""))})
+        return Response(status_code=204)
+
     app = Starlette(routes=[
-        Route("/twilio/voice", voice, methods=["POST"]),
+        Route(VOICE_PATH, voice, methods=["POST"]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(STATUS_CALLBACK_PATH, status_callback, methods=["POST"]),
     ])
     app.state.settings = settings
     app.state.active_calls = active
+    app.state.metrics = metrics
     return app

@@ -31,6 +31,16 @@ Connector = Callable[[], Awaitable[RealtimeTransport]]
 RecordSink = Callable[[Call, Record], None]
 
 
+class BridgeObserver:
+    """Told of every message moved (metrics hook); this default ignores them."""
+
+    def received(self, peer: str) -> None:
+        pass
+
+    def sent(self, peer: str, kind: str, arrived: float, now: float) -> None:
+        """``kind``: "media", "mark", "clear" towards Twilio, "" towards Realtime. Times: loop clock."""
+
+
 @dataclass
 class BridgeStats:
     twilio_in: int = 0
@@ -41,16 +51,18 @@ class BridgeStats:
 
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None) -> None:
+                 on_record: RecordSink | None = None, observer: BridgeObserver | None = None) -> None:
         self.ws = ws
         self.call = call
         self.dialect = dialect
         self.connector = connector
         self.on_record = on_record
+        self.observer = observer or BridgeObserver()
         self.stats = BridgeStats()
         self._loop = asyncio.get_running_loop()
-        self._twilio_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
-        self._realtime_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
+        # Items: (text, arrival time of the message that caused it, kind), or None to stop.
+        self._twilio_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._realtime_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._writers: list[asyncio.Task] = []
@@ -66,14 +78,17 @@ class Bridge:
 
     # --- Dispatch: the only place actions turn into I/O ---
 
-    def dispatch(self, actions: list[Action]) -> None:
+    def dispatch(self, actions: list[Action], arrived: float | None = None) -> None:
+        if arrived is None:
+            arrived = self.now()
         for action in actions:
             if isinstance(action, ToTwilio):
-                self._enqueue(self._twilio_out, tw.serialize(action.message, self.call.stream_sid or ""),
-                              "Twilio")
+                message = action.message
+                self._enqueue(self._twilio_out, (tw.serialize(message, self.call.stream_sid or ""),
+                                                 arrived, _KINDS.get(type(message), "")), "Twilio")
             elif isinstance(action, ToRealtime):
-                self._enqueue(self._realtime_out, json.dumps(self.dialect.encode(action.command)),
-                              "Realtime")
+                self._enqueue(self._realtime_out,
+                              (json.dumps(self.dialect.encode(action.command)), arrived, ""), "Realtime")
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):
@@ -83,9 +98,9 @@ class Bridge:
                 if self.on_record is not None:
                     self.on_record(self.call, action)
 
-    def _enqueue(self, queue: asyncio.Queue, text: str, peer: str) -> None:
+    def _enqueue(self, queue: asyncio.Queue, item: tuple[str, float, str], peer: str) -> None:
         try:
-            queue.put_nowait(text)
+            queue.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("call %s: %s is not reading; message dropped", self.sid, peer)
 
@@ -114,9 +129,11 @@ class Bridge:
         try:
             while True:
                 message = await self.ws.receive()
+                arrived = self.now()
                 if message["type"] == "websocket.disconnect":
                     break
                 self.stats.twilio_in += 1
+                self.observer.received("twilio")
                 text = message.get("text")
                 try:
                     event = tw.parse(text if text is not None else message.get("bytes") or b"")
@@ -126,7 +143,7 @@ class Bridge:
                 if event is None:
                     log.info("call %s: Twilio event ignored: %.80s", self.sid, text)
                     continue
-                self.dispatch(self.call.on_twilio(event, self.now()))
+                self.dispatch(self.call.on_twilio(event, arrived), arrived)
         except WebSocketDisconnect:
             pass
         finally:
@@ -135,9 +152,10 @@ class Bridge:
             self._done.set()
 
     async def _twilio_writer(self) -> None:
-        while (text := await self._twilio_out.get()) is not None:
-            await self.ws.send_text(text)
+        while (item := await self._twilio_out.get()) is not None:
+            await self.ws.send_text(item[0])
             self.stats.twilio_out += 1
+            self.observer.sent("twilio", item[2], item[1], self.now())
 
     async def _realtime_pump(self) -> None:
         try:
@@ -154,7 +172,9 @@ class Bridge:
         try:
             while True:
                 text = await self._upstream.recv()
+                arrived = self.now()
                 self.stats.realtime_in += 1
+                self.observer.received("realtime")
                 try:
                     event = self.dialect.decode(text)
                 except rt.RealtimeProtocolError as exc:
@@ -164,7 +184,7 @@ class Bridge:
                     self._warned_unknown.add(event.type)
                     log.info("call %s: Realtime event %r not known to the %s dialect; ignored",
                              self.sid, event.type, self.dialect.name)
-                self.dispatch(self.call.on_realtime(event, self.now()))
+                self.dispatch(self.call.on_realtime(event, arrived), arrived)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -172,9 +192,10 @@ class Bridge:
         self.dispatch(self.call.on_realtime_closed(reason))
 
     async def _realtime_writer(self, upstream: RealtimeTransport) -> None:
-        while (text := await self._realtime_out.get()) is not None:
-            await upstream.send(text)
+        while (item := await self._realtime_out.get()) is not None:
+            await upstream.send(item[0])
             self.stats.realtime_out += 1
+            self.observer.sent("realtime", "", item[1], self.now())
 
     async def _ticker(self) -> None:
         while True:
@@ -197,6 +218,9 @@ class Bridge:
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close()
+
+
+_KINDS = {tw.SendMedia: "media", tw.SendMark: "mark", tw.SendClear: "clear"}
 
 
 def _describe(exc: BaseException) -> str:

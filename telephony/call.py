@@ -175,6 +175,8 @@ class Call:
             return self._on_audio_delta(event, now)
         if isinstance(event, rt.SpeechStarted):
             return self._barge_in(event, now)
+        if isinstance(event, rt.SpeechStopped):  # the turn-latency clock starts here
+            return [Record("speech_stopped", {"item_id": event.item_id, "audio_end_ms": event.audio_end_ms})]
         if isinstance(event, rt.ResponseCreated):
             self._response = _Response(event.response_id)
             return []

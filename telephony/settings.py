@@ -36,6 +36,13 @@ def _int(name: str, value: str) -> int:
         raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
 
 
+def _positive(name: str, value: str) -> int:
+    number = _int(name, value)
+    if number < 1:
+        raise SettingsError(f"{name} must be at least 1, not {number}")
+    return number
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -54,6 +61,11 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
+    log_format: str = "text"
+    web_concurrency: int = 1
+    call_records_dir: Path | None = None
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +88,11 @@ class Settings:
             host=get("HOST", "0.0.0.0"),
             port=_int("PORT", get("PORT", "8000")),
             log_level=get("LOG_LEVEL", "INFO").upper(),
+            log_format=_choice("LOG_FORMAT", get("LOG_FORMAT", "text").lower(), ("text", "json")),
+            web_concurrency=_positive("WEB_CONCURRENCY", get("WEB_CONCURRENCY", "1")),
+            call_records_dir=Path(get("CALL_RECORDS_DIR")) if get("CALL_RECORDS_DIR") else None,
+            twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
+            twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
         )
 
     def secrets(self) -> list[str]:

@@ -1,0 +1,147 @@
+"""Operating it: metrics, call records and structured logs after real simulated calls."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from telephony import logs
+from telephony.records import read_records, record_path
+from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings
+from telephony.simulator import TwilioCallSimulator
+
+from conftest import running_app
+from helpers import ulaw_silence, ulaw_tone
+
+API_KEY = "sk-ops-secret-777"
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def json_logs():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    logs.configure("INFO", "json", stream)
+    try:
+        yield stream
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+
+
+async def barge_in_call(tmp_path, codec="pcm16"):
+    script = Script(response_ms=3000, speed=2.0)
+    caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.0)
+    settings = Settings(realtime_api_key=API_KEY, audio_codec=codec, call_records_dir=tmp_path / "records")
+    async with ScriptedRealtimeServer(script) as server:
+        settings = Settings(**{**settings.__dict__, "realtime_url": server.url})
+        async with running_app(settings) as (app, host):
+            sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller,
+                                      custom_parameters={"from": "+15551230000"})
+            result = await sim.run()
+            async with httpx.AsyncClient() as client:
+                for _ in range(100):  # the bridge finishes its teardown just after the caller's stop
+                    r = await client.get(f"http://{host}/metrics")
+                    if "telephony_active_calls 0.0" in r.text:
+                        break
+    return sim, result, r
+
+
+async def test_metrics_records_and_json_logs_after_a_barge_in_call(tmp_path, json_logs):
+    sim, result, r = await barge_in_call(tmp_path)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    m = samples(r.text)
+    assert m[("telephony_active_calls", ())] == 0
+    assert m[("telephony_calls_total", (("outcome", "normal"),))] == 1
+    assert m[("telephony_barge_ins_total", ())] >= 1
+    assert m[("telephony_frames_received_total", (("peer", "twilio"),))] >= 150
+    assert m[("telephony_frames_sent_total", (("peer", "realtime"),))] >= 150
+    assert m[("telephony_frames_sent_total", (("peer", "twilio"),))] >= 10
+    for direction in ("to_twilio", "to_realtime"):
+        assert m[("telephony_bridge_added_latency_seconds_count", (("direction", direction),))] >= 10
+    assert m[("telephony_barge_in_latency_seconds_count", ())] == len(result.clears) == 1
+    assert m[("telephony_response_latency_seconds_count", ())] >= 1  # the reply after the caller's turn
+    assert API_KEY not in r.text
+
+    # The call record: one JSON line per fact, named after the call.
+    entries = read_records(record_path(tmp_path / "records", sim.call_sid))
+    kinds = [e["kind"] for e in entries]
+    assert kinds[0] == "start" and entries[0]["call_sid"] == sim.call_sid
+    assert entries[0]["parameters"] == {"from": "+15551230000"}
+    assert kinds[-2:] == ["end", "summary"] and entries[-1]["outcome"] == "normal"
+    (barge,) = [e for e in entries if e["kind"] == "barge_in"]
+    assert 900 <= barge["heard_ms"] <= 1200  # the greeting played from ~0 s to the 1.0 s interruption
+    assert "clear_sent" in kinds and "response_latency" in kinds
+    assert any(e["kind"] == "response_done" and e["usage"]["total_tokens"] == 10 for e in entries)
+    assert any(e["kind"] == "caller_transcript" and e["text"] for e in entries)
+    assert any(e["kind"] == "agent_transcript" and e["text"] for e in entries)
+    assert entries[-1]["added_latency"]["to_realtime"]["count"] >= 150
+
+    # Logs: every line is JSON; the call's lines carry both its ids, never the key.
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    events = {line.get("event"): line for line in lines if line["logger"] == "telephony.call_events"}
+    assert {"start", "barge_in", "end"} <= set(events)
+    for line in events.values():
+        assert line["call_sid"] == sim.call_sid and line["stream_sid"] == sim.stream_sid
+    assert API_KEY not in json_logs.getvalue()
+    assert "+15551230000" not in json_logs.getvalue()
+
+
+async def test_no_call_records_when_the_directory_is_unset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory would land here
+    settings = Settings(realtime_api_key=API_KEY)
+    assert settings.call_records_dir is None
+    async with ScriptedRealtimeServer() as server:
+        settings = Settings(realtime_url=server.url, realtime_api_key=API_KEY)
+        async with running_app(settings) as (app, host):
+            await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=ulaw_silence(0.3)).run()
+    assert not list(tmp_path.iterdir())
+
+
+def test_text_logs_carry_the_call_ids():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    handler.addFilter(logs.CallContextFilter())
+    logger = logging.getLogger("telephony.test_text_logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        ids = logs.bind_call()
+        ids.update(call_sid="CA1", stream_sid="MZ1")
+        logger.warning("hello")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().rstrip().endswith("hello [call_sid=CA1 stream_sid=MZ1]")
+
+
+def test_record_path_stays_inside_the_directory(tmp_path):
+    assert record_path(tmp_path, "../../etc/passwd").parent == tmp_path
+    assert record_path(tmp_path, "CA123").name == "CA123.jsonl"
+
+
+def test_operations_settings_from_env(tmp_path):
+    s = Settings.from_env({"LOG_FORMAT": "JSON", "WEB_CONCURRENCY": "3", "CALL_RECORDS_DIR": str(tmp_path),
+                           "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "tok-secret"})
+    assert (s.log_format, s.web_concurrency, s.call_records_dir) == ("json", 3, tmp_path)
+    assert "tok-secret" not in repr(s) and "tok-secret" in s.secrets()
+    for env in ({"WEB_CONCURRENCY": "0"}, {"LOG_FORMAT": "xml"}):
+        with pytest.raises(ValueError):
+            Settings.from_env(env)
