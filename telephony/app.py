@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Callable
 
@@ -77,6 +78,9 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         return JSONResponse({"status": "ok", "active_calls": len(active)})
 
     async def metrics_endpoint(request: Request) -> Response:
+        if settings.metrics_token and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), f"Bearer {settings.metrics_token}".encode()):
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def status_callback(request: Request) -> Response:

@@ -66,6 +66,7 @@ class Settings:
     call_records_dir: Path | None = None
     twilio_account_sid: str = ""
     twilio_auth_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -93,6 +94,7 @@ class Settings:
             call_records_dir=Path(get("CALL_RECORDS_DIR")) if get("CALL_RECORDS_DIR") else None,
             twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
             twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
+            metrics_token=get("METRICS_TOKEN"),
         )
 
     def secrets(self) -> list[str]:

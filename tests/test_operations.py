@@ -145,3 +145,24 @@ def test_operations_settings_from_env(tmp_path):
     for env in ({"WEB_CONCURRENCY": "0"}, {"LOG_FORMAT": "xml"}):
         with pytest.raises(ValueError):
             Settings.from_env(env)
+
+
+async def test_metrics_token_guards_metrics():
+    async with ScriptedRealtimeServer() as server:
+        settings = Settings(realtime_url=server.url, realtime_api_key=API_KEY, metrics_token="m-token-1")
+        async with running_app(settings) as (app, host), httpx.AsyncClient() as client:
+            assert (await client.get(f"http://{host}/metrics")).status_code == 401
+            wrong = await client.get(f"http://{host}/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await client.get(f"http://{host}/metrics", headers={"Authorization": "Bearer m-token-1"})
+            assert ok.status_code == 200 and "telephony_active_calls" in ok.text
+            assert (await client.get(f"http://{host}/healthz")).status_code == 200
+
+
+async def test_status_callback_is_accepted():
+    async with ScriptedRealtimeServer() as server:
+        async with running_app(Settings(realtime_url=server.url, realtime_api_key=API_KEY)) as (app, host):
+            async with httpx.AsyncClient() as client:
+                r = await client.post(f"http://{host}/twilio/status",
+                                      data={"CallSid": "CA1", "CallStatus": "completed", "CallDuration": "12"})
+    assert r.status_code == 204
