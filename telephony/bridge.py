@@ -58,6 +58,9 @@ class Bridge:
         self.connector = connector
         self.on_record = on_record
         self.observer = observer or BridgeObserver()
+        # A dialect may serialise its hot commands itself; any other is a dict through json.
+        self._serialize: Callable[[rt.Command], str] = getattr(
+            dialect, "serialize", None) or (lambda command: json.dumps(dialect.encode(command)))
         self.stats = BridgeStats()
         self._loop = asyncio.get_running_loop()
         # Items: (text, arrival time of the message that caused it, kind), or None to stop.
@@ -88,7 +91,7 @@ class Bridge:
                                                  arrived, _KINDS.get(type(message), "")), "Twilio")
             elif isinstance(action, ToRealtime):
                 self._enqueue(self._realtime_out,
-                              (json.dumps(self.dialect.encode(action.command)), arrived, ""), "Realtime")
+                              (self._serialize(action.command), arrived, ""), "Realtime")
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):

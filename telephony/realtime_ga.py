@@ -82,5 +82,9 @@ def encode(command: rt.Command) -> dict[str, Any]:
     return _encode_beta(command)
 
 
+def serialize(command: rt.Command) -> str:
+    return rt.append_audio_text(encode, command)
+
+
 def decode(text: str | bytes) -> rt.Event:
     return rt.decode_with(text, _RENAMES, _IGNORED)

@@ -108,3 +108,15 @@ async def test_doctor_reports_a_refused_handshake():
     settings = Settings(realtime_url="ws://127.0.0.1:9/v1/realtime", realtime_api_key="k")
     assert await run_doctor(settings, connect=True, out=out) == 1
     assert "Handshake:        FAILED" in out.getvalue()
+
+
+@pytest.mark.parametrize("dialect", ["beta", "ga"])
+def test_serialize_matches_encode_and_escapes_passthrough_payloads(dialect):
+    import json
+
+    from telephony.app import DIALECTS
+
+    module = DIALECTS[dialect]
+    for command in (rt.AppendAudio("//8A/w=="), rt.AppendAudio('x","type":"response.create'),
+                    rt.CancelResponse(), rt.TruncateItem("item_1", 120)):
+        assert json.loads(module.serialize(command)) == module.encode(command)

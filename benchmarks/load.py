@@ -1,0 +1,301 @@
+"""Load benchmark: N simulated Twilio callers through ONE `telephony serve` process.
+
+    python benchmarks/load.py --calls 50 --seconds 20            # both codecs, side by side
+    python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof.out
+
+Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
+Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
+20 ms caller frames; every caller talks over the agent every few seconds, so both directions carry
+audio and barge-ins happen throughout). The figures come from the server process only: CPU time
+from /proc/<pid>/stat, RSS from /proc/<pid>/status, bridge-added latency from its own /metrics
+histograms, all over the window when every call is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CYCLE_S = 4.0  # each caller: speech every 4 s…
+SPEECH_S = 0.5  # …for 0.5 s; the agent's 5 s answers are always interrupted
+RESPONSE_MS = 5000
+DELTA_MS = 40  # agent audio per Realtime delta
+
+
+# --- Roles run in their own processes ---
+
+
+async def realtime_role(port_file: str) -> None:
+    from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+
+    script = Script(response_ms=RESPONSE_MS, chunk_ms=DELTA_MS, speed=1.0, silence_ms=300)
+    async with ScriptedRealtimeServer(script) as server:
+        Path(port_file).write_text(str(server.port))
+        await asyncio.Event().wait()
+
+
+def caller_audio(seconds: float, offset: float) -> bytes:
+    import audioop
+
+    import numpy as np
+
+    t = np.arange(int(8000 * SPEECH_S)) / 8000
+    speech = audioop.lin2ulaw((6000 * np.sin(2 * np.pi * 500 * t)).astype("<i2").tobytes(), 2)
+    silence = b"\xff" * int(8000 * (CYCLE_S - SPEECH_S))
+    audio = b"\xff" * int(8000 * offset)
+    while len(audio) < seconds * 8000:
+        audio += speech + silence
+    return audio[: int(seconds * 8000)]
+
+
+async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> None:
+    from telephony.simulator import TwilioCallSimulator
+
+    rng = random.Random(8)
+
+    async def one(i: int) -> dict:
+        await asyncio.sleep(ramp * i / calls)
+        sim = TwilioCallSimulator(url, caller_audio=caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
+                                  duration_s=seconds)
+        try:
+            result = await sim.run()
+        except Exception as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        media = sum(1 for m in result.received if m.get("event") == "media")
+        # Held: the bridge never closed on us (we hung up) and the agent's audio kept coming.
+        return {"ok": result.close_code in (None, 1000) and media > 0, "clears": len(result.clears),
+                "media": media}
+
+    results = await asyncio.gather(*(one(i) for i in range(calls)))
+    print(json.dumps(results))
+
+
+# --- Server-side measurements ---
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def quantile(before: dict, after: dict, name: str, labels: tuple, q: float) -> float:
+    """q-quantile (seconds) of a histogram over the window between two scrapes, interpolated."""
+    buckets = sorted(
+        (float(dict(k[1])["le"]), after[k] - before.get(k, 0.0)) for k in after
+        if k[0] == f"{name}_bucket" and all(item in k[1] for item in labels))
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return float("nan")
+    rank, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return buckets[-1][0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def conversion_cost_us(codec_name: str) -> tuple[float, float]:
+    """Median µs per 20 ms frame: caller→model and model→caller."""
+    import numpy as np
+
+    from telephony.audio import make_codec
+
+    codec = make_codec(codec_name)
+    rng = np.random.default_rng(0)
+    ulaw = base64.b64encode(rng.integers(0, 256, 160, dtype=np.uint8).tobytes()).decode()
+    # 20 ms of model audio: 480 PCM16 samples at 24 kHz, or 160 μ-law bytes.
+    model = (rng.integers(-8000, 8000, 480, dtype=np.int16) if codec_name == "pcm16"
+             else rng.integers(0, 256, 160, dtype=np.uint8))
+    delta = base64.b64encode(model.tobytes()).decode()
+    up = statistics.median(timeit.repeat(lambda: codec.caller_to_model(ulaw), number=2000, repeat=5)) / 2000
+    down = statistics.median(timeit.repeat(lambda: codec.model_to_caller(delta), number=2000, repeat=5)) / 2000
+    return up * 1e6, down * 1e6
+
+
+def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING", LOG_FORMAT="text")
+    here = Path(__file__).resolve()
+    procs: list[subprocess.Popen] = []
+    server = None
+    port_file = Path(f"/tmp/telephony-bench-{os.getpid()}.port")
+    port_file.unlink(missing_ok=True)
+    try:
+        procs.append(subprocess.Popen([sys.executable, str(here), "--role", "realtime", "--port-file",
+                                       str(port_file)], env=env, cwd=ROOT))
+        wait_for(lambda: port_file.exists() and port_file.read_text(), 10, "the scripted Realtime server")
+        rt_port = int(port_file.read_text())
+        port = free_port()
+        server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
+                          AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1")
+        prefix = [sys.executable] + (["-m", "cProfile", "-o", profile_out] if profile_out else [])
+        server = subprocess.Popen(prefix + ["-m", "telephony", "serve"], env=server_env, cwd=ROOT)
+        procs.append(server)
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
+                 20, "the server")
+        rss_idle = rss_kb(server.pid)
+        ramp = min(5.0, 1.0 + calls * 0.02)
+        callers = subprocess.Popen(
+            [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}/twilio/media-stream",
+             "--calls", str(calls), "--seconds", str(seconds + ramp), "--ramp", str(ramp)],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE)
+        procs.append(callers)
+        # Measure once every call is up, until the first one hangs up.
+        time.sleep(ramp + 1.0)
+        m0, c0, t0 = scrape(port), cpu_seconds(server.pid), time.monotonic()
+        time.sleep(max(seconds - 2.0, 1.0))
+        m1, c1, t1 = scrape(port), cpu_seconds(server.pid), time.monotonic()
+        rss_loaded = rss_kb(server.pid)
+        active = m1[("telephony_active_calls", ())]
+        out, _ = callers.communicate(timeout=seconds + 60)
+        results = json.loads(out)
+        cpu_share = (c1 - c0) / (t1 - t0)  # cores
+        lat = "telephony_bridge_added_latency_seconds"
+        figures = {
+            "codec": codec, "calls": calls, "held": sum(r["ok"] for r in results), "active": int(active),
+            "clears": sum(r.get("clears", 0) for r in results),
+            "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
+            "server_cpu_pct": 100 * cpu_share,
+            "p50_to_realtime_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_realtime"),), 0.50),
+            "p99_to_realtime_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_realtime"),), 0.99),
+            "p50_to_twilio_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_twilio"),), 0.50),
+            "p99_to_twilio_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_twilio"),), 0.99),
+            "p99_clear_ms": 1000 * quantile(m0, m1, "telephony_barge_in_latency_seconds", (), 0.99),
+            "rss_kb_per_call": (rss_loaded - rss_idle) / max(active, 1),
+            "rss_idle_mb": rss_idle / 1024,
+        }
+        figures["calls_per_core"] = 100 / figures["cpu_pct_per_call"] if figures["cpu_pct_per_call"] else 0
+        figures["conv_up_us"], figures["conv_down_us"] = conversion_cost_us(codec)
+        return figures
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                # uvicorn re-raises the signal it stopped on: SIGINT lets cProfile write its stats.
+                proc.send_signal(signal.SIGINT if proc is server else signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        port_file.unlink(missing_ok=True)
+
+
+ROWS = [
+    ("calls held / started", lambda f: f"{f['held']}/{f['calls']} (active {f['active']})"),
+    ("server CPU, % of a core", lambda f: f"{f['server_cpu_pct']:.1f}"),
+    ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
+    ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
+    ("added latency → Realtime p50 / p99 ms", lambda f: f"{f['p50_to_realtime_ms']:.2f} / {f['p99_to_realtime_ms']:.2f}"),
+    ("added latency → Twilio p50 / p99 ms", lambda f: f"{f['p50_to_twilio_ms']:.2f} / {f['p99_to_twilio_ms']:.2f}"),
+    ("speech_started → clear p99 ms", lambda f: f"{f['p99_clear_ms']:.2f}"),
+    ("barge-ins (clears received)", lambda f: str(f["clears"])),
+    ("RSS per call, KB", lambda f: f"{f['rss_kb_per_call']:.0f}"),
+    ("RSS idle, MB", lambda f: f"{f['rss_idle_mb']:.0f}"),
+    ("conversion per 20 ms frame, caller→model µs", lambda f: f"{f['conv_up_us']:.1f}"),
+    ("conversion per 20 ms frame, model→caller µs", lambda f: f"{f['conv_down_us']:.1f}"),
+]
+
+
+def print_table(results: list[dict]) -> None:
+    width = max(len(name) for name, _ in ROWS)
+    print(f"\n{'':{width}}  " + "  ".join(f"{r['codec']:>16}" for r in results))
+    for name, show in ROWS:
+        print(f"{name:{width}}  " + "  ".join(f"{show(r):>16}" for r in results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window is this minus 2 s")
+    parser.add_argument("--codec", nargs="+", default=["pcm16", "g711_ulaw"], choices=["pcm16", "g711_ulaw"])
+    parser.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
+    parser.add_argument("--profile", metavar="FILE", help="run the server under cProfile, stats to FILE.<codec>")
+    parser.add_argument("--json", action="store_true", help="also print every run as JSON")
+    parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--ramp", type=float, default=2.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "realtime":
+        asyncio.run(realtime_role(args.port_file))
+        return
+    if args.role == "callers":
+        asyncio.run(callers_role(args.url, args.calls, args.seconds, args.ramp))
+        return
+    print(f"machine: {os.cpu_count()} CPUs, {platform_cpu()}, Python {sys.version.split()[0]}")
+    medians = []
+    for codec in args.codec:
+        runs = []
+        for _ in range(args.runs):
+            runs.append(run_one(codec, args.calls, args.seconds,
+                                f"{args.profile}.{codec}" if args.profile else None))
+            if args.json:
+                print(json.dumps(runs[-1]))
+        medians.append({k: (statistics.median(r[k] for r in runs) if not isinstance(runs[0][k], str) else runs[0][k])
+                        for k in runs[0]})
+    print_table(medians)
+
+
+def platform_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
