@@ -90,9 +90,10 @@ async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> Non
 # --- Server-side measurements ---
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
 def rss_kb(pid: int) -> int:
@@ -200,13 +201,19 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
         active = m1[("telephony_active_calls", ())]
         out, _ = callers.communicate(timeout=seconds + 60)
         results = json.loads(out)
-        cpu_share = (c1 - c0) / (t1 - t0)  # cores
+        cpu_share = (sum(c1) - sum(c0)) / (t1 - t0)  # cores
+        messages = sum(m1[k] - m0.get(k, 0.0) for k in m1
+                       if k[0] in ("telephony_frames_received_total", "telephony_frames_sent_total"))
+        per_call_rate = messages / (t1 - t0) / max(active, 1)
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
             "codec": codec, "calls": calls, "held": sum(r["ok"] for r in results), "active": int(active),
             "clears": sum(r.get("clears", 0) for r in results),
             "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
             "server_cpu_pct": 100 * cpu_share,
+            "system_share_pct": 100 * (c1[1] - c0[1]) / max(sum(c1) - sum(c0), 1e-9),
+            "messages_per_call_s": per_call_rate,
+            "cpu_us_per_message": 1e6 * (sum(c1) - sum(c0)) / max(messages, 1),
             "p50_to_realtime_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_realtime"),), 0.50),
             "p99_to_realtime_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_realtime"),), 0.99),
             "p50_to_twilio_ms": 1000 * quantile(m0, m1, lat, (("direction", "to_twilio"),), 0.50),
@@ -216,7 +223,6 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
             "rss_idle_mb": rss_idle / 1024,
         }
         figures["calls_per_core"] = 100 / figures["cpu_pct_per_call"] if figures["cpu_pct_per_call"] else 0
-        figures["conv_up_us"], figures["conv_down_us"] = conversion_cost_us(codec)
         return figures
     finally:
         for proc in reversed(procs):
@@ -236,6 +242,9 @@ ROWS = [
     ("server CPU, % of a core", lambda f: f"{f['server_cpu_pct']:.1f}"),
     ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
     ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
+    ("  kernel share of that CPU, %", lambda f: f"{f['system_share_pct']:.0f}"),
+    ("websocket messages per call per s", lambda f: f"{f['messages_per_call_s']:.0f}"),
+    ("CPU per message, µs", lambda f: f"{f['cpu_us_per_message']:.0f}"),
     ("added latency → Realtime p50 / p99 ms", lambda f: f"{f['p50_to_realtime_ms']:.2f} / {f['p99_to_realtime_ms']:.2f}"),
     ("added latency → Twilio p50 / p99 ms", lambda f: f"{f['p50_to_twilio_ms']:.2f} / {f['p99_to_twilio_ms']:.2f}"),
     ("speech_started → clear p99 ms", lambda f: f"{f['p99_clear_ms']:.2f}"),
@@ -280,6 +289,8 @@ def main() -> None:
         for _ in range(args.runs):
             runs.append(run_one(codec, args.calls, args.seconds,
                                 f"{args.profile}.{codec}" if args.profile else None))
+            # Measured with the other processes gone, so they do not compete for the CPU.
+            runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
             if args.json:
                 print(json.dumps(runs[-1]))
         medians.append({k: (statistics.median(r[k] for r in runs) if not isinstance(runs[0][k], str) else runs[0][k])

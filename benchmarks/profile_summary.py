@@ -23,13 +23,24 @@ GROUPS = [
 ]
 
 
+def label_of(file: str, func: str) -> str | None:
+    key = f"{file}:{func}"
+    return next((g for g, needles in GROUPS if any(n in key for n in needles)), None)
+
+
 def main(path: str) -> None:
     stats = pstats.Stats(path).stats
     totals: dict[str, float] = {}
     for (file, line, func), (cc, nc, tt, ct, callers) in stats.items():
-        key = f"{file}:{func}"
-        label = next((g for g, needles in GROUPS if any(n in key for n in needles)), "other")
-        totals[label] = totals.get(label, 0.0) + tt
+        label = label_of(file, func)
+        if label is None and callers:
+            # A builtin (len, isinstance, dict.get…) counts for whoever called it, pro rata.
+            spent = sum(c[2] for c in callers.values()) or 1.0
+            for (cfile, _, cfunc), c in callers.items():
+                owner = label_of(cfile, cfunc) or "other"
+                totals[owner] = totals.get(owner, 0.0) + tt * c[2] / spent
+            continue
+        totals[label or "other"] = totals.get(label or "other", 0.0) + tt
     busy = sum(v for k, v in totals.items() if not k.startswith("idle"))
     print(f"{'':36} {'s':>7} {'% of busy':>9}")
     for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
