@@ -166,7 +166,8 @@ def conversion_cost_us(codec_name: str) -> tuple[float, float]:
 
 
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING", LOG_FORMAT="text")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text")
     here = Path(__file__).resolve()
     procs: list[subprocess.Popen] = []
     server = None
@@ -194,9 +195,12 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
         procs.append(callers)
         # Measure once every call is up, until the first one hangs up.
         time.sleep(ramp + 1.0)
+        helpers = (procs[0].pid, callers.pid)  # the load generators, to judge contention
+        h0 = [sum(cpu_seconds(pid)) for pid in helpers]
         m0, c0, t0 = scrape(port), cpu_seconds(server.pid), time.monotonic()
         time.sleep(max(seconds - 2.0, 1.0))
         m1, c1, t1 = scrape(port), cpu_seconds(server.pid), time.monotonic()
+        h1 = [sum(cpu_seconds(pid)) for pid in helpers]
         rss_loaded = rss_kb(server.pid)
         active = m1[("telephony_active_calls", ())]
         out, _ = callers.communicate(timeout=seconds + 60)
@@ -211,6 +215,9 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
             "clears": sum(r.get("clears", 0) for r in results),
             "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
             "server_cpu_pct": 100 * cpu_share,
+            "realtime_cpu_pct": 100 * (h1[0] - h0[0]) / (t1 - t0),
+            "callers_cpu_pct": 100 * (h1[1] - h0[1]) / (t1 - t0),
+            "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
             "system_share_pct": 100 * (c1[1] - c0[1]) / max(sum(c1) - sum(c0), 1e-9),
             "messages_per_call_s": per_call_rate,
             "cpu_us_per_message": 1e6 * (sum(c1) - sum(c0)) / max(messages, 1),
@@ -240,6 +247,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
 ROWS = [
     ("calls held / started", lambda f: f"{f['held']}/{f['calls']} (active {f['active']})"),
     ("server CPU, % of a core", lambda f: f"{f['server_cpu_pct']:.1f}"),
+    ("load generators CPU (Realtime + callers) %", lambda f: f"{f['realtime_cpu_pct']:.0f} + {f['callers_cpu_pct']:.0f}"),
+    ("machine load average (1 min)", lambda f: f"{f['loadavg']:.2f}"),
     ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
     ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
     ("  kernel share of that CPU, %", lambda f: f"{f['system_share_pct']:.0f}"),
