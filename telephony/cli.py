@@ -15,7 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import logs
 
     settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     options = dict(host=args.host or settings.host, port=args.port or settings.port,
                    # Behind Heroku's router: X-Forwarded-Proto makes the stream URL wss://.
                    proxy_headers=True, forwarded_allow_ips="*",
@@ -37,7 +37,7 @@ def worker_app():
     from .app import create_app
 
     settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     return create_app(settings)
 
 

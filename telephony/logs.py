@@ -18,7 +18,8 @@ CALL_FIELDS = ("call_sid", "stream_sid")
 _call: ContextVar[dict[str, str | None] | None] = ContextVar("telephony_call", default=None)
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message"}  # uvicorn repeats its message with ANSI colours
 
 
 def bind_call() -> dict[str, str | None]:
@@ -66,10 +67,27 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{tags}]" if tags else text
 
 
-def configure(level: str = "INFO", fmt: str = "text", stream=None) -> logging.Handler:
+class _Redacting(logging.Formatter):
+    """Last line of defence: a secret that slipped into a message is masked in the output."""
+
+    def __init__(self, inner: logging.Formatter, secrets: list[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = [s for s in secrets if len(s) >= 6]  # a short value would mask ordinary text
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
+        return line
+
+
+def configure(level: str = "INFO", fmt: str = "text", stream=None, secrets: list[str] = ()) -> logging.Handler:
     """Routes every logger (uvicorn's too) through one handler on the root logger."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler.setFormatter(_Redacting(formatter, list(secrets)) if secrets else formatter)
     handler.addFilter(CallContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -166,3 +166,20 @@ async def test_status_callback_is_accepted():
                 r = await client.post(f"http://{host}/twilio/status",
                                       data={"CallSid": "CA1", "CallStatus": "completed", "CallDuration": "12"})
     assert r.status_code == 204
+
+
+def test_configured_logs_mask_secrets_that_slip_into_a_message():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    try:
+        logs.configure("INFO", "json", stream, secrets=Settings(realtime_api_key=API_KEY).secrets())
+        logging.getLogger("telephony.test").error("upstream said: bad key %s", API_KEY)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+    line = json.loads(stream.getvalue())
+    assert API_KEY not in stream.getvalue() and line["msg"] == "upstream said: bad key [redacted]"
