@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 # Bridge-added latency is queueing plus one socket write: microseconds to a few milliseconds.
 ADDED_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005,
-                 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
+                 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Turn-level latencies include the model's own thinking time.
 TURN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
