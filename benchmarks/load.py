@@ -96,6 +96,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process spent runnable but waiting for a CPU (main thread; /proc/<pid>/schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -198,9 +203,11 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
         helpers = (procs[0].pid, callers.pid)  # the load generators, to judge contention
         h0 = [sum(cpu_seconds(pid)) for pid in helpers]
         m0, c0, t0 = scrape(port), cpu_seconds(server.pid), time.monotonic()
+        w0 = runqueue_wait_s(server.pid)
         time.sleep(max(seconds - 2.0, 1.0))
         m1, c1, t1 = scrape(port), cpu_seconds(server.pid), time.monotonic()
         h1 = [sum(cpu_seconds(pid)) for pid in helpers]
+        w1 = runqueue_wait_s(server.pid)
         rss_loaded = rss_kb(server.pid)
         active = m1[("telephony_active_calls", ())]
         out, _ = callers.communicate(timeout=seconds + 60)
@@ -217,6 +224,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
             "server_cpu_pct": 100 * cpu_share,
             "realtime_cpu_pct": 100 * (h1[0] - h0[0]) / (t1 - t0),
             "callers_cpu_pct": 100 * (h1[1] - h0[1]) / (t1 - t0),
+            "runqueue_wait_ms_per_s": 1000 * (w1 - w0) / (t1 - t0),
             "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
             "system_share_pct": 100 * (c1[1] - c0[1]) / max(sum(c1) - sum(c0), 1e-9),
             "messages_per_call_s": per_call_rate,
@@ -249,6 +257,7 @@ ROWS = [
     ("server CPU, % of a core", lambda f: f"{f['server_cpu_pct']:.1f}"),
     ("load generators CPU (Realtime + callers) %", lambda f: f"{f['realtime_cpu_pct']:.0f} + {f['callers_cpu_pct']:.0f}"),
     ("machine load average (1 min)", lambda f: f"{f['loadavg']:.2f}"),
+    ("server waiting for a CPU, ms per s", lambda f: f"{f['runqueue_wait_ms_per_s']:.0f}"),
     ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
     ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
     ("  kernel share of that CPU, %", lambda f: f"{f['system_share_pct']:.0f}"),
