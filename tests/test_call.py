@@ -222,3 +222,9 @@ def test_records_barge_in_with_heard_ms(profile):
     actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.12)
     (rec,) = [a for a in actions if isinstance(a, Record)]
     assert rec.kind == "barge_in" and rec.data == {"item_id": "i1", "heard_ms": 120}
+
+
+def test_speech_stopped_is_recorded_for_the_turn_latency(profile):
+    call = started_call(profile)
+    actions = call.on_realtime(rt.SpeechStopped("item_9", 2300), 5.0)
+    assert actions == [Record("speech_stopped", {"item_id": "item_9", "audio_end_ms": 2300})]
