@@ -11,11 +11,15 @@ from urllib.parse import urlsplit
 
 from twilio.base.exceptions import TwilioRestException
 from twilio.http import HttpClient
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from .app import STATUS_CALLBACK_PATH, VOICE_PATH
 from .settings import Settings
 from .twiml import MEDIA_STREAM_PATH, websocket_url
+
+
+REST_TIMEOUT_S = 10.0
 
 
 class TwilioAdminError(RuntimeError):
@@ -54,7 +58,9 @@ def public_url_problems(public_url: str | None) -> list[str]:
 def client(settings: Settings, http_client: HttpClient | None = None) -> Client:
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         raise TwilioAdminError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must both be set")
-    return Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
+    # requests waits forever by default; an operator's command should not.
+    return Client(settings.twilio_account_sid, settings.twilio_auth_token,
+                  http_client=http_client or TwilioHttpClient(timeout=REST_TIMEOUT_S))
 
 
 def check_account(twilio: Client, account_sid: str) -> str:
