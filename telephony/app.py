@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 from typing import Callable
 
@@ -11,12 +13,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import realtime_beta, realtime_client, realtime_ga
+from . import outbound, realtime_beta, realtime_client, realtime_ga
 from .bridge import Bridge, Connector
+from .actions import Record
 from .call import Call
+from .outbound import RequestError
 from .profile import Profile, load_profile
 from .settings import Settings
-from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
+from .twilio_rest import CallControl, TwilioError
+from .twiml import MEDIA_STREAM_PATH, connect_stream, say_and_hang_up, websocket_url
 
 log = logging.getLogger("telephony.app")
 
@@ -44,6 +49,59 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         return lambda: realtime_client.connect(s, dialect.headers)
 
     connector = (connector_factory or default_connector)(settings)
+    by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
+    control: list[CallControl] = []  # created on first use: the REST client is not free to build
+
+    def call_control() -> CallControl | None:
+        if not control and settings.twilio_account_sid and settings.twilio_auth_token:
+            control.append(CallControl(settings))
+        return control[0] if control else None
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def place_call(request: Request) -> Response:
+        if not settings.calls_api_token:
+            return error(503, "outbound calls are disabled: set CALLS_API_TOKEN")
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.calls_api_token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return error(401, "missing or wrong bearer token")
+        try:
+            req = outbound.parse_request(await request.body(), settings.twilio_from_number)
+            base = public_base_url(request, settings)
+            xml = outbound.call_twiml(req, base, profile.fallback)
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        rest = call_control()
+        if rest is None:
+            return error(503, "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        try:
+            placed = await asyncio.to_thread(outbound.place, rest, req, base, xml)
+        except TwilioError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+            log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
+            return error(status, f"Twilio: {exc}")
+        log.info("call %s placed to %s", placed.sid, req.to)
+        return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
+
+    async def status_callback(request: Request) -> Response:
+        form = await request.form()
+        log.info("call %s: status %s%s", form.get("CallSid", "?"), form.get("CallStatus", "?"),
+                 f" (answered by {form['AnsweredBy']})" if form.get("AnsweredBy") else "")
+        return Response(status_code=204)
+
+    async def amd_callback(request: Request) -> Response:
+        form = await request.form()
+        sid, answered_by = str(form.get("CallSid", "")), str(form.get("AnsweredBy", ""))
+        log.info("call %s: answered by %s", sid, answered_by)
+        bridge = by_sid.get(sid)
+        if bridge is not None:
+            bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        elif answered_by.startswith("machine_end") and (rest := call_control()) is not None:
+            # The stream is served by another instance: Twilio speaks the voicemail itself.
+            await asyncio.to_thread(rest.redirect, sid, say_and_hang_up(profile.voicemail))
+        return Response(status_code=204)
 
     async def voice(request: Request) -> Response:
         form = await request.form()
@@ -61,16 +119,27 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         await ws.accept()
         call = Call(profile, settings.audio_codec)
         active.add(call)
+
+        def on_record(call: Call, record: Record) -> None:
+            if record.kind == "start":  # the call sid is known from here on
+                by_sid[call.call_sid] = bridge
+
+        bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control())
         try:
-            await Bridge(ws, call, dialect, connector).run()
+            await bridge.run()
         finally:
             active.discard(call)
+            if call.call_sid and by_sid.get(call.call_sid) is bridge:
+                del by_sid[call.call_sid]
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_calls": len(active)})
 
     app = Starlette(routes=[
         Route("/twilio/voice", voice, methods=["POST"]),
+        Route("/twilio/status", status_callback, methods=["POST"]),
+        Route("/twilio/amd", amd_callback, methods=["POST"]),
+        Route("/calls", place_call, methods=["POST"]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         Route("/healthz", healthz, methods=["GET"]),
     ])

@@ -18,8 +18,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import realtime as rt
 from . import twilio_wire as tw
-from .call import Action, Call, EndStream, OpenRealtime, Record, ToRealtime, ToTwilio
+from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
+from .call import Call
 from .realtime_client import RealtimeTransport
+from .twilio_rest import CallControl, TwilioError
+from .twiml import dial
 
 log = logging.getLogger("telephony.bridge")
 
@@ -41,8 +44,9 @@ class BridgeStats:
 
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None) -> None:
+                 on_record: RecordSink | None = None, call_control: CallControl | None = None) -> None:
         self.ws = ws
+        self.call_control = call_control
         self.call = call
         self.dialect = dialect
         self.connector = connector
@@ -82,6 +86,8 @@ class Bridge:
             elif isinstance(action, Record):
                 if self.on_record is not None:
                     self.on_record(self.call, action)
+            elif isinstance(action, (HangUp, Transfer)):
+                self._spawn(self._call_control(action))
 
     def _enqueue(self, queue: asyncio.Queue, text: str, peer: str) -> None:
         try:
@@ -180,6 +186,27 @@ class Bridge:
         while True:
             await asyncio.sleep(TICK_S)
             self.dispatch(self.call.on_tick(self.now()))
+
+    async def _call_control(self, action: HangUp | Transfer) -> None:
+        """Hang-up and transfer go through Twilio's REST API; Twilio then stops the stream."""
+        sid = self.call.call_sid or ""
+        if self.call_control is None:
+            log.warning("call %s: %s needs TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN; closing the stream "
+                        "instead", self.sid, type(action).__name__)
+            self._done.set()
+            return
+        try:
+            if isinstance(action, HangUp):
+                log.info("call %s: hanging up: %s", self.sid, action.reason)
+                await asyncio.to_thread(self.call_control.hang_up, sid)
+            else:
+                log.info("call %s: transferring to %s", self.sid, action.number)
+                await asyncio.to_thread(self.call_control.redirect, sid, dial(action.number))
+        except TwilioError as exc:
+            log.error("call %s: Twilio refused %s (%s): %s", self.sid, type(action).__name__,
+                      exc.status, exc)
+            if isinstance(action, HangUp):
+                self._done.set()
 
     async def _shutdown(self) -> None:
         # Let the writers flush what the core already decided to send, then stop them.

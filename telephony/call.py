@@ -9,12 +9,14 @@ fake clock and no sleeps.
 from __future__ import annotations
 
 import binascii
+import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Union
 
 from . import realtime as rt
+from . import tools
 from . import twilio_wire as tw
+from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
 from .audio import make_codec
 from .playout import PlayoutLedger
 from .profile import Profile
@@ -25,44 +27,10 @@ log = logging.getLogger("telephony.call")
 # once it is: the caller's first words are not lost while the upstream handshake runs.
 EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
 DTMF_GAP_S = 1.0
+# Hang-up/transfer waits for the agent's last words to be heard, but never longer than this.
+AFTER_PLAYOUT_TIMEOUT_S = 20.0
+MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active"})  # digits closer together than this are one burst, one message
-
-
-# --- Actions the shells carry out ---
-
-
-@dataclass(frozen=True)
-class ToTwilio:
-    message: tw.TwilioMessage
-
-
-@dataclass(frozen=True)
-class ToRealtime:
-    command: rt.Command
-
-
-@dataclass(frozen=True)
-class OpenRealtime:
-    """Connect upstream now (the stream has started and its parameters are known)."""
-
-
-@dataclass(frozen=True)
-class EndStream:
-    """Close both sockets; Twilio then runs the TwiML after <Connect> (the spoken fallback)."""
-
-    reason: str
-    abnormal: bool = False
-
-
-@dataclass(frozen=True)
-class Record:
-    """A fact for the call record and metrics."""
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-Action = Union[ToTwilio, ToRealtime, OpenRealtime, EndStream, Record]
 
 
 @dataclass
@@ -92,6 +60,10 @@ class Call:
         self._dtmf: list[str] = []
         self._dtmf_last = 0.0
         self._dropped_deltas = 0
+        self._after_playout: tuple[Action, float] | None = None  # (action, deadline)
+        self._respond_when_done = False  # a tool answered: ask the model to speak after this response
+        self._awaiting_response = False  # we asked for a response the server has not started yet
+        self._function_names: dict[str, str] = {}  # call_id → name (beta names it only here)
 
     # --- Twilio side ---
 
@@ -103,7 +75,8 @@ class Call:
         if isinstance(event, tw.Mark):
             if not self.ledger.echoed(event.name, now):
                 log.debug("call %s: mark %r is not pending (cleared or unknown)", self.call_sid, event.name)
-            return []
+                return []
+            return self._check_after_playout(now)
         if isinstance(event, tw.Start):
             return self._on_start(event)
         if isinstance(event, tw.Dtmf):
@@ -151,12 +124,15 @@ class Call:
     def on_realtime_open(self, now: float) -> list[Action]:
         """The upstream socket is up: configure the session, greet, send the early audio."""
         self.realtime_open = True
-        actions: list[Action] = [
-            ToRealtime(rt.ConfigureSession(self.profile.session_config(self.codec.model_format)))]
+        # Per-call overrides arrive as (signed) stream parameters; the profile fills the rest.
+        config = self.profile.session_config(self.codec.model_format,
+                                             instructions=self.parameters.get("instructions"),
+                                             voice=self.parameters.get("voice"))
+        actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
         greeting = self.parameters.get("greeting", self.profile.greeting)
         if greeting:
-            actions.append(ToRealtime(rt.CreateResponse(
-                f"Greet the caller by saying exactly this, then wait for them: {greeting}")))
+            actions.append(self._create_response(
+                f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
         self._early_audio.clear()
         return actions
@@ -177,6 +153,7 @@ class Call:
             return self._barge_in(event, now)
         if isinstance(event, rt.ResponseCreated):
             self._response = _Response(event.response_id)
+            self._awaiting_response = False
             return []
         if isinstance(event, rt.AudioDone):
             return self._on_audio_done(event)
@@ -185,10 +162,13 @@ class Call:
                 self._transcripts.setdefault(event.item_id, []).append(event.delta)
             return []
         if isinstance(event, rt.ResponseDone):
-            if self._response and self._response.id == event.response_id:
-                self._response = None
-            return [Record("response_done", {"response_id": event.response_id,
-                                             "status": event.status, "usage": event.usage})]
+            return self._on_response_done(event, now)
+        if isinstance(event, rt.FunctionCall):
+            return self._on_function_call(event, now)
+        if isinstance(event, rt.OutputItemAdded):
+            if event.type == "function_call" and event.call_id:
+                self._function_names[event.call_id] = event.name
+            return []
         if isinstance(event, rt.InputTranscript):
             return [Record("caller_transcript", {"item_id": event.item_id, "text": event.transcript})]
         if isinstance(event, rt.TranscriptDone):
@@ -215,6 +195,79 @@ class Call:
         if chunk.payload:
             actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
         actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
+
+    def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
+        if self._response and self._response.id == event.response_id:
+            self._response = None
+        actions: list[Action] = [Record("response_done", {
+            "response_id": event.response_id, "status": event.status, "usage": event.usage})]
+        if self._respond_when_done and self._response is None:
+            self._respond_when_done = False
+            actions.append(self._create_response())
+        return actions + self._check_after_playout(now)
+
+    def _on_function_call(self, event: rt.FunctionCall, now: float) -> list[Action]:
+        name = event.name or self._function_names.pop(event.call_id, "")
+        result = tools.dispatch(name, event.arguments, self.profile)
+        log.info("call %s: tool %s(%s) → %s", self.call_sid, name, event.arguments[:200],
+                 result.output)
+        actions: list[Action] = [
+            ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
+            Record("tool_call", {"name": name, "arguments": event.arguments,
+                                 "output": result.output})]
+        if result.after_playout is not None and self._after_playout is None:
+            self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
+        # The model speaks about the result: always after an error; after success only if it
+        # has not already spoken in this response (it often says goodbye and calls end_call).
+        spoke = self._response is not None and self._response.items
+        if result.failed or not spoke:
+            if self._response is None:
+                actions.append(self._create_response())
+            else:
+                self._respond_when_done = True
+        return actions
+
+    def _create_response(self, instructions: str | None = None) -> ToRealtime:
+        self._awaiting_response = True
+        return ToRealtime(rt.CreateResponse(instructions))
+
+    def _check_after_playout(self, now: float) -> list[Action]:
+        """Hang up or transfer once the agent is silent and everything sent has been heard."""
+        if self._after_playout is None:
+            return []
+        action, deadline = self._after_playout
+        done = (self._response is None and not self._awaiting_response and not self._respond_when_done
+                and not self.ledger.unplayed)
+        if not done and now < deadline:
+            return []
+        self._after_playout = None
+        return [Record("after_playout", {"action": type(action).__name__, "timed_out": not done}),
+                action]
+
+    def on_answered_by(self, answered_by: str, now: float) -> list[Action]:
+        """Twilio's async answering-machine detection has a verdict for this outbound call."""
+        actions: list[Action] = [Record("answered_by", {"answered_by": answered_by})]
+        if answered_by == "fax":
+            return actions + [HangUp("answered by a fax machine")]
+        if answered_by not in MACHINE_ANSWERS or self._after_playout is not None:
+            return actions  # a human (or not sure yet): converse as usual
+        message = self.parameters.get("voicemail") or self.profile.voicemail
+        if not message or not self.realtime_open:
+            return actions + [HangUp(f"voicemail ({answered_by}), nothing to leave")]
+        if self.ledger.unplayed:  # stop talking over the beep
+            actions.append(ToTwilio(tw.SendClear()))
+            self.ledger.clear()
+            self.codec.interrupted()
+        if self._response is not None:
+            actions.append(ToRealtime(rt.CancelResponse()))
+            self._dropped_responses.add(self._response.id)
+            self._dropped_items.update(self._response.items)
+            self._response = None
+        actions.append(self._create_response(
+            f"You reached an answering machine and the beep has sounded. Leave exactly this "
+            f"message, then stop: {message}"))
+        self._after_playout = (HangUp(f"voicemail left ({answered_by})"), now + AFTER_PLAYOUT_TIMEOUT_S)
         return actions
 
     def _on_audio_done(self, event: rt.AudioDone) -> list[Action]:
@@ -274,7 +327,12 @@ class Call:
     # --- Clock ---
 
     def on_tick(self, now: float) -> list[Action]:
-        if self.ended or not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
+        if self.ended:
+            return []
+        return self._flush_dtmf(now) + self._check_after_playout(now)
+
+    def _flush_dtmf(self, now: float) -> list[Action]:
+        if not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
             return []
         digits = "".join(self._dtmf)
         self._dtmf.clear()
@@ -284,7 +342,7 @@ class Call:
             ToRealtime(rt.AddUserText(f"The caller pressed {digits} on the keypad.")),
             Record("dtmf", {"digits": digits})]
         if self._response is None:
-            actions.append(ToRealtime(rt.CreateResponse()))
+            actions.append(self._create_response())
         return actions
 
     # --- Ending ---

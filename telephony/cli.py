@@ -32,6 +32,33 @@ def _doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(Settings.from_env(), connect=args.connect, out=sys.stdout))
 
 
+def _call(args: argparse.Namespace) -> int:
+    """Places a call exactly as POST /calls does, from this machine's settings."""
+    import json
+
+    from .outbound import RequestError, call_twiml, parse_request, place
+    from .profile import load_profile
+    from .twilio_rest import CallControl, TwilioError
+
+    settings = Settings.from_env()
+    if not settings.public_url:
+        print("telephony call: set PUBLIC_URL to the service's public https:// URL", file=sys.stderr)
+        return 2
+    body = {"to": args.to, **{k: v for k, v in (("from", args.from_), ("instructions", args.instructions),
+                                                 ("greeting", args.greeting), ("voice", args.voice)) if v}}
+    if args.machine_detection:
+        body["machine_detection"] = True
+    try:
+        req = parse_request(json.dumps(body).encode(), settings.twilio_from_number)
+        xml = call_twiml(req, settings.public_url, load_profile(settings.profile_path()).fallback)
+        placed = place(CallControl(settings), req, settings.public_url, xml)
+    except (RequestError, TwilioError) as exc:
+        print(f"telephony call: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"call_sid": placed.sid, "status": placed.status}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telephony", description="Phone calls ⇄ Realtime voice models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     doctor = sub.add_parser("doctor", help="check the configuration; --connect makes one Realtime handshake")
     doctor.add_argument("--connect", action="store_true", help="open one Realtime session and report it")
     doctor.set_defaults(func=_doctor)
+    call = sub.add_parser("call", help="place an outbound call to an E.164 number")
+    call.add_argument("to", help="number to call, E.164 (+15551234567)")
+    call.add_argument("--from", dest="from_", default=None, help="caller id (default TWILIO_FROM_NUMBER)")
+    call.add_argument("--instructions", default=None, help="instructions for this call only")
+    call.add_argument("--greeting", default=None, help="greeting for this call only")
+    call.add_argument("--voice", default=None, help="voice for this call only")
+    call.add_argument("--machine-detection", action="store_true", help="detect answering machines")
+    call.set_defaults(func=_call)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -132,6 +132,17 @@ class ResponseCreated:
 
 
 @dataclass(frozen=True)
+class OutputItemAdded:
+    """A response started an item; for function calls this is where beta names the function."""
+
+    response_id: str
+    item_id: str
+    type: str
+    name: str = ""
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
 class AudioDelta:
     response_id: str
     item_id: str
@@ -211,7 +222,7 @@ class Unknown:
     type: str
 
 
-Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated,
+Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated, OutputItemAdded,
               AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
               ItemTruncated, RealtimeError, Ignored, Unknown]
 
@@ -265,13 +276,16 @@ _BUILDERS = {
         _s(m.get("response") or {}, "id"), _s(m.get("response") or {}, "status") or "completed",
         (m.get("response") or {}).get("usage")),
     "conversation.item.truncated": lambda m: ItemTruncated(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "response.output_item.added": lambda m: OutputItemAdded(
+        _s(m, "response_id"), _s(m.get("item") or {}, "id"), _s(m.get("item") or {}, "type"),
+        _s(m.get("item") or {}, "name"), _s(m.get("item") or {}, "call_id")),
     "error": _decode_error,
 }
 
 # Events both dialects send that the bridge does not act on.
 COMMON_IGNORED = frozenset({
     "input_audio_buffer.committed", "input_audio_buffer.cleared", "conversation.created",
-    "conversation.item.created", "conversation.item.deleted", "response.output_item.added",
+    "conversation.item.created", "conversation.item.deleted",
     "response.output_item.done", "response.content_part.added", "response.content_part.done",
     "response.function_call_arguments.delta", "rate_limits.updated",
     "conversation.item.input_audio_transcription.delta",

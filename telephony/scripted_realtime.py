@@ -52,6 +52,10 @@ class Script:
     respond_to_turns: bool = True
     deltas_after_cancel: int = 2  # already "in flight" when a cancel arrives
     auto_interrupt: bool = True  # speech_started cancels the response, like interrupt_response
+    # Response number → (function name, JSON arguments) called after that response's audio.
+    tool_calls: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Response number → its length in ms, where it differs from response_ms.
+    response_lengths: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,31 +213,49 @@ class _Session:
                                   "role": "assistant", "status": "in_progress", "content": []}})
         words = f"Scripted response number {n + 1}, a tone of {self.script.frequencies[n % 4]:.0f} hertz."
         status, after_cancel, sent_ms = "completed", 0, 0.0
-        while sent_ms < self.script.response_ms:
+        length = self.script.response_lengths.get(n, self.script.response_ms)
+        while sent_ms < length:
             if rid in self.cancelled:
                 if after_cancel >= self.script.deltas_after_cancel:
                     status = "cancelled"
                     break
                 after_cancel += 1
-            chunk_ms = min(self.script.chunk_ms, self.script.response_ms - sent_ms)
+            chunk_ms = min(self.script.chunk_ms, length - sent_ms)
             audio = self.tone(n, chunk_ms, sent_ms)
             sent_ms += chunk_ms
             self.item_audio_ms[item] = sent_ms
             await self.emit({"type": self.names["audio.delta"], **base,
                              "delta": base64.b64encode(audio).decode()})
             await self.emit({"type": self.names["transcript.delta"], **base,
-                             "delta": words[int(len(words) * (sent_ms - chunk_ms) / self.script.response_ms):
-                                            int(len(words) * sent_ms / self.script.response_ms)]})
+                             "delta": words[int(len(words) * (sent_ms - chunk_ms) / length):
+                                            int(len(words) * sent_ms / length)]})
             await asyncio.sleep(chunk_ms / 1000 / self.script.speed)
+        output = [{"id": item, "object": "realtime.item", "type": "message", "role": "assistant",
+                   "status": "completed" if status == "completed" else "incomplete", "content": []}]
         if status == "completed":
             await self.emit({"type": self.names["audio.done"], **base})
             await self.emit({"type": self.names["transcript.done"], **base, "transcript": words})
+            if n in self.script.tool_calls:
+                output.append(await self._call_tool(rid, *self.script.tool_calls[n]))
         self.response_id = None
         await self.emit({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": status,
-            "output": [{"id": item, "object": "realtime.item", "type": "message", "role": "assistant",
-                        "status": "completed" if status == "completed" else "incomplete", "content": []}],
+            "output": output,
             "usage": {"total_tokens": 10, "input_tokens": 4, "output_tokens": 6}}})
+
+
+    async def _call_tool(self, rid: str, name: str, arguments: str) -> dict[str, Any]:
+        item, call_id = self.new_id("item"), self.new_id("call")
+        fc = {"id": item, "object": "realtime.item", "type": "function_call", "status": "completed",
+              "name": name, "call_id": call_id, "arguments": arguments}
+        await self.emit({"type": "response.output_item.added", "response_id": rid, "output_index": 1,
+                         "item": {**fc, "status": "in_progress", "arguments": ""}})
+        done = {"type": "response.function_call_arguments.done", "response_id": rid, "item_id": item,
+                "output_index": 1, "call_id": call_id, "arguments": arguments}
+        if self.server.dialect == "ga":
+            done["name"] = name  # GA names the function here; beta only in the item
+        await self.emit(done)
+        return fc
 
 
 class ScriptedRealtimeServer:

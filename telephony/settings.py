@@ -42,6 +42,14 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _url(name: str, value: str) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must start with https:// or http://, not {value!r}")
+    return value.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     realtime_url: str = DEFAULT_REALTIME_URL
@@ -54,6 +62,11 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_from_number: str = ""
+    twilio_api_base_url: str | None = None
+    calls_api_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +89,11 @@ class Settings:
             host=get("HOST", "0.0.0.0"),
             port=_int("PORT", get("PORT", "8000")),
             log_level=get("LOG_LEVEL", "INFO").upper(),
+            twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
+            twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
+            twilio_from_number=get("TWILIO_FROM_NUMBER"),
+            twilio_api_base_url=_url("TWILIO_API_BASE_URL", get("TWILIO_API_BASE_URL")),
+            calls_api_token=get("CALLS_API_TOKEN"),
         )
 
     def secrets(self) -> list[str]:

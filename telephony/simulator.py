@@ -76,6 +76,7 @@ class TwilioCallSimulator:
         self._received: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._agent_playing = False
+        self._frame_started, self._frame_audio_ms = 0.0, 0.0  # the frame playing now
         self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
 
     def _now(self) -> float:
@@ -93,7 +94,7 @@ class TwilioCallSimulator:
 
     async def run(self) -> CallResult:
         close_code = None
-        async with websockets.connect(self.url, max_size=2**24, compression=None) as ws:
+        async with websockets.connect(self.url, max_size=2**24, compression=None, max_queue=None) as ws:
             self._t0 = time.monotonic()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             self._seq = 1
@@ -141,9 +142,16 @@ class TwilioCallSimulator:
                                                       "callSid": self.call_sid}))
 
     async def _play_frame(self, ws) -> None:
+        # Marks whose audio finished playing in the previous frame come back now, as Twilio
+        # echoes a mark only once the audio before it has been played out.
+        while self._marks and self._marks[0][0] <= self._played_total:
+            name = self._marks.popleft()[1]
+            self._echoed.append(name)
+            await ws.send(self._message("mark", mark={"name": name}))
         played = bytes(self._buffer[:FRAME_BYTES])
         del self._buffer[:FRAME_BYTES]
         self._played_total += len(played)
+        self._frame_started, self._frame_audio_ms = time.monotonic(), len(played) / 8
         if played and not self._agent_playing:
             self._agent_playing = True
             self._note("agent_audio_start")
@@ -151,10 +159,12 @@ class TwilioCallSimulator:
             self._agent_playing = False
             self._note("agent_audio_stop")
         self._agent += played + ULAW_SILENCE * (FRAME_BYTES - len(played))
-        while self._marks and self._marks[0][0] <= self._played_total:
-            name = self._marks.popleft()[1]
-            self._echoed.append(name)
-            await ws.send(self._message("mark", mark={"name": name}))
+
+    def _heard_ms(self) -> float:
+        """Agent audio heard so far, to the millisecond: the frame playing now only counts as far
+        as it has played."""
+        elapsed = (time.monotonic() - self._frame_started) * 1000
+        return self._played_total / 8 - max(0.0, self._frame_audio_ms - elapsed)
 
     async def _receive(self, ws) -> None:
         async for text in ws:
@@ -174,7 +184,7 @@ class TwilioCallSimulator:
                 dropped = len(self._buffer)
                 self._buffer.clear()
                 self._queued_total = self._played_total
-                self._note("clear", dropped_ms=dropped / 8, played_ms=self._played_total / 8)
+                self._note("clear", dropped_ms=dropped / 8, played_ms=self._heard_ms())
                 while self._marks:  # Twilio echoes every pending mark on clear
                     name = self._marks.popleft()[1]
                     self._echoed_by_clear.append(name)

@@ -35,3 +35,19 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str
         response.say(fallback)
     response.hangup()
     return str(response)
+
+
+def dial(number: str) -> str:
+    """A live call's new TwiML for a transfer."""
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)
+
+
+def say_and_hang_up(message: str) -> str:
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.hangup()
+    return str(response)
+

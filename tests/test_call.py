@@ -222,3 +222,111 @@ def test_records_barge_in_with_heard_ms(profile):
     actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.12)
     (rec,) = [a for a in actions if isinstance(a, Record)]
     assert rec.kind == "barge_in" and rec.data == {"item_id": "i1", "heard_ms": 120}
+
+
+# --- Tools and call control ---
+
+from dataclasses import replace  # noqa: E402
+
+from telephony.actions import HangUp, Transfer  # noqa: E402
+
+
+def tool_call(call, name, args, now, response="r1", item="f1", call_id="c1"):
+    call.on_realtime(rt.OutputItemAdded(response, item, "function_call", name, call_id), now)
+    return call.on_realtime(rt.FunctionCall(response, item, call_id, "", args), now)
+
+
+def test_end_call_waits_for_the_goodbye_to_be_heard(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r0"), 0.0)  # the greeting
+    call.on_realtime(rt.ResponseDone("r0", "completed"), 0.0)
+    # A response that calls end_call without saying anything first: the core asks for the goodbye.
+    call.on_realtime(rt.ResponseCreated("r1"), 1.0)
+    actions = tool_call(call, "end_call", "{}", 1.0)
+    assert realtime(actions, rt.AddFunctionOutput)[0].call_id == "c1"
+    assert not realtime(actions, rt.CreateResponse)  # r1 is still open: asked for when it is done
+    actions = call.on_realtime(rt.ResponseDone("r1", "completed"), 1.1)
+    assert realtime(actions, rt.CreateResponse)
+    assert call.on_tick(1.2) == []  # the goodbye response has not even started
+    marks = play(call, "r2", "i2", chunks=2, ms=500, now=1.3)
+    call.on_realtime(rt.ResponseDone("r2", "completed"), 1.4)
+    assert call.on_tick(1.5) == []
+    assert not any(isinstance(a, HangUp) for a in call.on_twilio(tw.Mark(marks[0]), 1.8))
+    actions = call.on_twilio(tw.Mark(marks[1]), 2.3)  # the last word was heard
+    assert [a for a in actions if isinstance(a, HangUp)] == [HangUp("end_call: the agent ended the call")]
+    assert call.on_tick(3.0) == []  # once only
+
+
+def test_end_call_after_speaking_does_not_ask_for_another_turn(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    actions = tool_call(call, "end_call", '{"reason": "bye"}', 0.1)
+    actions += call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    assert not realtime(actions, rt.CreateResponse)
+    actions = call.on_tick(0.5)  # 300 ms sent at 0.0, no echo yet: interpolation is not proof
+    assert not any(isinstance(a, HangUp) for a in actions)
+
+
+def test_after_playout_action_has_a_deadline(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    tool_call(call, "end_call", "{}", 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    actions = call.on_tick(25.0)  # the mark never came back
+    assert any(isinstance(a, HangUp) for a in actions)
+
+
+def test_transfer_only_to_listed_destinations(profile):
+    profile = replace(profile, transfer_targets={"support": "+15550009999"})
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = tool_call(call, "transfer_call", '{"destination": "+15551112222"}', 0.0)
+    assert "error" in realtime(actions, rt.AddFunctionOutput)[0].output
+    actions = call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    assert realtime(actions, rt.CreateResponse)  # so the model can tell the caller
+    call.on_realtime(rt.ResponseCreated("r2"), 0.2)
+    tool_call(call, "transfer_call", '{"destination": "support"}', 0.2, response="r2", call_id="c2")
+    actions = call.on_realtime(rt.ResponseDone("r2", "completed"), 0.3)
+    actions += call.on_realtime(rt.ResponseCreated("r3"), 0.3)
+    actions += call.on_realtime(rt.ResponseDone("r3", "completed"), 0.4)
+    assert [a for a in actions if isinstance(a, Transfer)] == [Transfer("+15550009999")]
+
+
+@pytest.mark.parametrize("name,args,error", [("launch_rockets", "{}", "unknown tool"),
+                                             ("end_call", "{not json", "not valid JSON"),
+                                             ("end_call", "[1]", "JSON object")])
+def test_bad_tool_calls_answer_the_model_with_an_error(profile, name, args, error):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = tool_call(call, name, args, 0.0)
+    assert error in realtime(actions, rt.AddFunctionOutput)[0].output
+
+
+def test_answering_machine_gets_the_voicemail_then_a_hang_up(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=2, ms=500, now=0.0)  # greeting playing over the machine's message
+    actions = call.on_answered_by("machine_end_beep", 0.3)
+    assert twilio(actions) == [tw.SendClear()]
+    (voicemail,) = realtime(actions, rt.CreateResponse)
+    assert profile.voicemail in voicemail.instructions
+    marks = play(call, "r2", "i2", chunks=1, ms=400, now=0.4)
+    call.on_realtime(rt.ResponseDone("r2", "completed"), 0.5)
+    actions = call.on_twilio(tw.Mark(marks[0]), 0.8)
+    assert [a.reason for a in actions if isinstance(a, HangUp)] == ["voicemail left (machine_end_beep)"]
+
+
+def test_a_human_answer_changes_nothing(profile):
+    call = started_call(profile)
+    actions = call.on_answered_by("human", 0.3)
+    assert realtime(actions) == [] and twilio(actions) == []
+    assert not any(isinstance(a, HangUp) for a in call.on_tick(60.0))
+
+
+def test_per_call_overrides_come_from_stream_parameters(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={
+        "instructions": "Remind about the dentist.", "voice": "coral", "greeting": "Hi, clinic here."}), 0.0)
+    actions = call.on_realtime_open(0.0)
+    config = realtime(actions, rt.ConfigureSession)[0].config
+    assert config.instructions == "Remind about the dentist." and config.voice == "coral"
+    assert "Hi, clinic here." in realtime(actions, rt.CreateResponse)[0].instructions
