@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -21,7 +22,10 @@ from .outbound import RequestError
 from .profile import Profile, load_profile
 from .settings import Settings
 from .twilio_rest import CallControl, TwilioError
-from .twiml import MEDIA_STREAM_PATH, connect_stream, say_and_hang_up, websocket_url
+from .fork import ForkBridge, ForkTranscription
+from .transcripts import TranscriptHub
+from .twiml import (MEDIA_STREAM_PATH, TRANSCRIBE_STREAM_PATH, connect_stream, fork_and_dial,
+                    say_and_hang_up, websocket_url)
 
 log = logging.getLogger("telephony.app")
 
@@ -45,11 +49,13 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
 
-    def default_connector(s: Settings) -> Connector:
-        return lambda: realtime_client.connect(s, dialect.headers)
+    def default_connector(s: Settings, intent: str | None = None) -> Connector:
+        return lambda: realtime_client.connect(s, dialect.headers, intent=intent)
 
     connector = (connector_factory or default_connector)(settings)
+    transcription_connector = default_connector(settings, intent="transcription")
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
+    transcripts = TranscriptHub(settings.transcript_webhook_url)
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
 
     def call_control() -> CallControl | None:
@@ -60,13 +66,19 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    async def place_call(request: Request) -> Response:
+    def api_refusal(request: Request) -> Response | None:
+        """The /calls API's bearer-token check; None when the request may go on."""
         if not settings.calls_api_token:
-            return error(503, "outbound calls are disabled: set CALLS_API_TOKEN")
+            return error(503, "the calls API is disabled: set CALLS_API_TOKEN")
         given = request.headers.get("authorization", "")
         expected = f"Bearer {settings.calls_api_token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return error(401, "missing or wrong bearer token")
+        return None
+
+    async def place_call(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
         try:
             req = outbound.parse_request(await request.body(), settings.twilio_from_number)
             base = public_base_url(request, settings)
@@ -123,6 +135,9 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         def on_record(call: Call, record: Record) -> None:
             if record.kind == "start":  # the call sid is known from here on
                 by_sid[call.call_sid] = bridge
+                transcripts.begin(call.call_sid)
+            elif record.kind == "transcript":
+                transcripts.publish(call.call_sid, record.data)
 
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control())
         try:
@@ -131,6 +146,49 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
             active.discard(call)
             if call.call_sid and by_sid.get(call.call_sid) is bridge:
                 del by_sid[call.call_sid]
+            if call.call_sid:
+                transcripts.end(call.call_sid)
+
+    async def transcribe_and_forward(request: Request) -> Response:
+        if not settings.forward_to_number:
+            return error(503, "set FORWARD_TO_NUMBER to the number calls are forwarded to")
+        form = await request.form()
+        parameters = {"call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
+                      "to": str(form.get("To", ""))}
+        url = websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH)
+        return Response(fork_and_dial(url, parameters, settings.forward_to_number),
+                        media_type="application/xml")
+
+    async def transcribe_stream(ws: WebSocket) -> None:
+        await ws.accept()
+        core = ForkTranscription(profile, settings.audio_codec)
+
+        def on_record(record: Record) -> None:
+            if record.kind == "start":
+                transcripts.begin(core.call_sid)
+            elif record.kind == "transcript":
+                transcripts.publish(core.call_sid, record.data)
+
+        try:
+            await ForkBridge(ws, core, dialect, transcription_connector, on_record).run()
+        finally:
+            if core.call_sid:
+                transcripts.end(core.call_sid)
+
+    async def transcript_feed(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        sid = request.path_params["call_sid"]
+        if not transcripts.active(sid):
+            return error(404, f"call {sid} is not in progress on this instance")
+
+        async def events():
+            async for turn in transcripts.follow(sid):
+                yield f"event: transcript\ndata: {json.dumps(turn)}\n\n"
+            yield "event: end\ndata: {}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_calls": len(active)})
@@ -140,9 +198,13 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         Route("/twilio/status", status_callback, methods=["POST"]),
         Route("/twilio/amd", amd_callback, methods=["POST"]),
         Route("/calls", place_call, methods=["POST"]),
+        Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
+        Route("/twilio/transcribe-and-forward", transcribe_and_forward, methods=["POST"]),
+        WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         Route("/healthz", healthz, methods=["GET"]),
     ])
     app.state.settings = settings
+    app.state.transcripts = transcripts
     app.state.active_calls = active
     return app

@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import realtime as rt
 from . import tools
@@ -64,6 +65,7 @@ class Call:
         self._respond_when_done = False  # a tool answered: ask the model to speak after this response
         self._awaiting_response = False  # we asked for a response the server has not started yet
         self._function_names: dict[str, str] = {}  # call_id → name (beta names it only here)
+        self._started_at = 0.0
 
     # --- Twilio side ---
 
@@ -78,6 +80,7 @@ class Call:
                 return []
             return self._check_after_playout(now)
         if isinstance(event, tw.Start):
+            self._started_at = now
             return self._on_start(event)
         if isinstance(event, tw.Dtmf):
             self._dtmf.append(event.digit)
@@ -170,9 +173,11 @@ class Call:
                 self._function_names[event.call_id] = event.name
             return []
         if isinstance(event, rt.InputTranscript):
-            return [Record("caller_transcript", {"item_id": event.item_id, "text": event.transcript})]
+            return [self._transcript("caller", event.item_id, event.transcript, now)]
         if isinstance(event, rt.TranscriptDone):
-            return [Record("agent_transcript", {"item_id": event.item_id, "text": event.transcript})]
+            if event.item_id in self._dropped_items:
+                return []  # already recorded, cut to what was heard, at the barge-in
+            return [self._transcript("agent", event.item_id, event.transcript, now)]
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
         return []
@@ -294,6 +299,8 @@ class Call:
             actions.append(ToRealtime(rt.TruncateItem(item, heard)))
             self._dropped_items.add(item)
             self._cut_transcript(item, heard)
+            actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
+                                            interrupted=True, heard_ms=heard))
         if self._response is not None:
             actions.append(ToRealtime(rt.CancelResponse()))
             self._dropped_responses.add(self._response.id)
@@ -302,6 +309,11 @@ class Call:
         if item is not None or actions:
             actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard}))
         return actions
+
+    def _transcript(self, speaker: str, item_id: str, text: str, now: float, **extra: Any) -> Record:
+        """One turn of the call's transcript; ``at`` is seconds since the stream started."""
+        return Record("transcript", {"speaker": speaker, "item_id": item_id, "text": text,
+                                     "at": round(now - self._started_at, 3), **extra})
 
     def _cut_transcript(self, item_id: str, heard_ms: int) -> None:
         """Keeps the share of the agent's text that matches the share of audio heard."""
@@ -316,7 +328,7 @@ class Call:
 
     def _on_error(self, event: rt.RealtimeError) -> list[Action]:
         # Our cancel racing the server's own VAD cancel is expected, not a fault.
-        level = logging.INFO if event.code in BENIGN_ERROR_CODES else logging.ERROR
+        level = logging.INFO if event.benign else logging.ERROR
         log.log(level, "call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
                 event.code, event.event_id, event.message)
         actions: list[Action] = [Record("realtime_error", {"type": event.type, "code": event.code})]

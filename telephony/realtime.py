@@ -70,6 +70,11 @@ class AppendAudio:
 
 
 @dataclass(frozen=True)
+class CommitAudio:
+    """End the caller's turn now (e.g. the call ended mid-sentence) so it gets transcribed."""
+
+
+@dataclass(frozen=True)
 class CreateResponse:
     instructions: str | None = None
 
@@ -96,7 +101,7 @@ class AddFunctionOutput:
     output: str
 
 
-Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CreateResponse,
+Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CommitAudio, CreateResponse,
                 CancelResponse, TruncateItem, AddUserText, AddFunctionOutput]
 
 
@@ -203,9 +208,15 @@ class RealtimeError:
         """Errors about one client event leave the session usable; these do not."""
         return (self.type in FATAL_ERROR_TYPES or (self.code or "") in FATAL_ERROR_CODES)
 
+    @property
+    def benign(self) -> bool:
+        """Expected races: our cancel after the server's own VAD cancel, a commit of nothing."""
+        return (self.code or "") in BENIGN_ERROR_CODES
+
 
 FATAL_ERROR_TYPES = frozenset({"server_error", "authentication_error", "permission_error"})
 FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficient_quota"})
+BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 
 
 @dataclass(frozen=True)

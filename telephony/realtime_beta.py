@@ -52,6 +52,8 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "input_audio_buffer.append", "audio": command.audio}
     if isinstance(command, rt.ConfigureSession):
         return {"type": "session.update", "session": _session(command.config)}
+    if isinstance(command, rt.CommitAudio):
+        return {"type": "input_audio_buffer.commit"}
     if isinstance(command, rt.TruncateItem):
         return {"type": "conversation.item.truncate", "item_id": command.item_id,
                 "content_index": 0, "audio_end_ms": command.audio_end_ms}

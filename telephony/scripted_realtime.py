@@ -82,6 +82,8 @@ class _Session:
         self.server, self.ws, self.conn, self.script = server, ws, conn, server.script
         self.names = GA_NAMES if server.dialect == "ga" else BETA_NAMES
         self.audio_format = "pcm16"
+        self.transcription = "intent=transcription" in conn.path
+        self.turn_audio = bytearray()
         self.ids = itertools.count(1)
         self.input_ms = 0.0
         self.in_speech = False
@@ -105,13 +107,24 @@ class _Session:
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "session.update":
+        if kind in ("session.update", "transcription_session.update"):
             session = event.get("session", {})
             fmt = session.get("input_audio_format") or (
                 ((session.get("audio") or {}).get("input") or {}).get("format") or {})
             if fmt in ("g711_ulaw",) or (isinstance(fmt, dict) and fmt.get("type") == "audio/pcmu"):
                 self.audio_format = "g711_ulaw"
-            await self.emit({"type": "session.updated", "session": self._session()})
+            if kind == "transcription_session.update":
+                await self.emit({"type": "transcription_session.updated", "session": {
+                    "client_secret": {"value": "scripted", "expires_at": 0},
+                    "input_audio_format": self.audio_format}})
+            else:
+                await self.emit({"type": "session.updated", "session": self._session()})
+        elif kind == "input_audio_buffer.commit":
+            if self.in_speech:
+                await self._end_turn()
+            else:
+                await self._error("invalid_request_error", "input_audio_buffer_commit_empty",
+                                  "Error committing input audio buffer: buffer too small.", event)
         elif kind == "input_audio_buffer.append":
             await self._on_audio(base64.b64decode(event.get("audio", "")))
         elif kind == "response.create":
@@ -143,6 +156,8 @@ class _Session:
                                                      "param": None, "event_id": culprit.get("event_id")}})
 
     def _session(self) -> dict[str, Any]:
+        if self.server.dialect == "ga" and self.transcription:
+            return {"type": "transcription", "id": "sess_scripted", "object": "realtime.transcription_session"}
         if self.server.dialect == "ga":
             fmt = {"type": "audio/pcmu"} if self.audio_format == "g711_ulaw" else {"type": "audio/pcm", "rate": 24000}
             return {"type": "realtime", "id": "sess_scripted", "object": "realtime.session",
@@ -171,18 +186,32 @@ class _Session:
         elif self.in_speech:
             self.quiet_ms += ms
             if self.quiet_ms >= self.script.silence_ms:
-                self.in_speech = False
-                item = self.speech_item or self.new_id("item")
-                await self.emit({"type": "input_audio_buffer.speech_stopped",
-                                 "audio_end_ms": int(self.input_ms), "item_id": item})
-                await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": None,
-                                 "item_id": item})
-                await self.emit({"type": "conversation.item.input_audio_transcription.completed",
-                                 "item_id": item, "content_index": 0,
-                                 "transcript": "(scripted caller turn)",
-                                 "usage": {"type": "duration", "seconds": 1}})
-                if self.script.respond_to_turns:
-                    self._start_response()
+                await self._end_turn()
+        if self.in_speech:
+            self.turn_audio += pcm
+
+    async def _end_turn(self) -> None:
+        """Speech stopped (or the client committed): the turn is committed and 'transcribed' —
+        as the pitch of what was said, so tests can tell speakers apart."""
+        self.in_speech = False
+        item = self.speech_item or self.new_id("item")
+        await self.emit({"type": "input_audio_buffer.speech_stopped",
+                         "audio_end_ms": int(self.input_ms), "item_id": item})
+        await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": None, "item_id": item})
+        await self.emit({"type": "conversation.item.input_audio_transcription.completed",
+                         "item_id": item, "content_index": 0, "transcript": self._transcribe(),
+                         "usage": {"type": "duration", "seconds": 1}})
+        self.turn_audio = bytearray()
+        if self.script.respond_to_turns and not self.transcription:
+            self._start_response()
+
+    def _transcribe(self) -> str:
+        x = np.frombuffer(bytes(self.turn_audio), "<i2").astype(np.float64)
+        if len(x) < 256:
+            return "(a short sound)"
+        rate = 8000 if self.audio_format == "g711_ulaw" else 24000
+        peak = np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x))))) * rate / len(x)
+        return f"a {round(peak / 10) * 10:.0f} Hz tone for {len(x) / rate:.1f} s"
 
     # --- responses ---
 

@@ -67,6 +67,8 @@ class Settings:
     twilio_from_number: str = ""
     twilio_api_base_url: str | None = None
     calls_api_token: str = field(default="", repr=False)
+    forward_to_number: str = ""
+    transcript_webhook_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -94,6 +96,8 @@ class Settings:
             twilio_from_number=get("TWILIO_FROM_NUMBER"),
             twilio_api_base_url=_url("TWILIO_API_BASE_URL", get("TWILIO_API_BASE_URL")),
             calls_api_token=get("CALLS_API_TOKEN"),
+            forward_to_number=get("FORWARD_TO_NUMBER"),
+            transcript_webhook_url=_url("TRANSCRIPT_WEBHOOK_URL", get("TRANSCRIPT_WEBHOOK_URL")),
         )
 
     def secrets(self) -> list[str]:

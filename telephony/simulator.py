@@ -48,8 +48,12 @@ class CallResult:
 class TwilioCallSimulator:
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
-                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None) -> None:
+                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
+                 outbound_audio: bytes | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
+
+        ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
+        the caller's audio goes as the ``inbound`` track and this as the ``outbound`` track.
 
         ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
         """
@@ -62,6 +66,7 @@ class TwilioCallSimulator:
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
         self.extra = sorted(extra_messages or [])
+        self.outbound_audio = outbound_audio
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -100,7 +105,8 @@ class TwilioCallSimulator:
             self._seq = 1
             await ws.send(self._message("start", start={
                 "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-                "tracks": ["inbound"], "customParameters": self.custom_parameters,
+                "tracks": ["inbound", "outbound"] if self.outbound_audio is not None else ["inbound"],
+                "customParameters": self.custom_parameters,
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
             receiver = asyncio.create_task(self._receive(ws))
             try:
@@ -127,19 +133,30 @@ class TwilioCallSimulator:
                 return  # the bridge closed the stream
             while extra and extra[0][0] <= k * FRAME_MS / 1000:
                 await ws.send(extra.popleft()[1])
-            frame = self.caller_audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
-            if len(frame) < FRAME_BYTES:
-                if k * FRAME_BYTES < len(self.caller_audio) <= (k + 1) * FRAME_BYTES:
-                    self._note("caller_audio_end")
-                frame = frame + ULAW_SILENCE * (FRAME_BYTES - len(frame))
+            frame = self._frame(self.caller_audio, k)
             self._caller += frame
             await ws.send(self._message("media", media={
                 "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
                 "payload": base64.b64encode(frame).decode("ascii")}))
-            await self._play_frame(ws)
+            if self.outbound_audio is not None:
+                other = self._frame(self.outbound_audio, k)
+                self._agent += other
+                await ws.send(self._message("media", media={
+                    "track": "outbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
+                    "payload": base64.b64encode(other).decode("ascii")}))
+            else:
+                await self._play_frame(ws)
         if self.hang_up:
             await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
                                                       "callSid": self.call_sid}))
+
+    def _frame(self, audio: bytes, k: int) -> bytes:
+        frame = audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
+        if len(frame) < FRAME_BYTES:
+            if audio is self.caller_audio and k * FRAME_BYTES < len(audio) <= (k + 1) * FRAME_BYTES:
+                self._note("caller_audio_end")
+            frame = frame + ULAW_SILENCE * (FRAME_BYTES - len(frame))
+        return frame
 
     async def _play_frame(self, ws) -> None:
         # Marks whose audio finished playing in the previous frame come back now, as Twilio

@@ -220,8 +220,8 @@ def test_records_barge_in_with_heard_ms(profile):
     call = started_call(profile)
     play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
     actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.12)
-    (rec,) = [a for a in actions if isinstance(a, Record)]
-    assert rec.kind == "barge_in" and rec.data == {"item_id": "i1", "heard_ms": 120}
+    (rec,) = [a for a in actions if isinstance(a, Record) and a.kind == "barge_in"]
+    assert rec.data == {"item_id": "i1", "heard_ms": 120}
 
 
 # --- Tools and call control ---
@@ -330,3 +330,25 @@ def test_per_call_overrides_come_from_stream_parameters(profile):
     config = realtime(actions, rt.ConfigureSession)[0].config
     assert config.instructions == "Remind about the dentist." and config.voice == "coral"
     assert "Hi, clinic here." in realtime(actions, rt.CreateResponse)[0].instructions
+
+
+def test_transcript_turns_carry_speaker_time_and_what_was_heard(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 10.0)
+    call.on_realtime_open(10.0)
+    records = call.on_realtime(rt.InputTranscript("u1", "Hello there"), 11.5)
+    assert [r.data for r in records if isinstance(r, Record)] == [
+        {"speaker": "caller", "item_id": "u1", "text": "Hello there", "at": 1.5}]
+    call.on_realtime(rt.ResponseCreated("r1"), 12.0)
+    marks = []
+    for word in ("one ", "two ", "three ", "four "):
+        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 12.0)
+        marks += [m.name for m in twilio(actions, tw.SendMark)]
+        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), 12.0)
+    call.on_twilio(tw.Mark(marks[0]), 12.1)
+    actions = call.on_realtime(rt.SpeechStarted("u2", 0), 12.2)
+    (turn,) = [a.data for a in actions if isinstance(a, Record) and a.kind == "transcript"]
+    assert turn == {"speaker": "agent", "item_id": "i1", "text": "one two ", "at": 2.2,
+                    "interrupted": True, "heard_ms": 200}
+    # The model's full transcript of the interrupted item arrives later: not recorded again.
+    assert call.on_realtime(rt.TranscriptDone("r1", "i1", "one two three four"), 12.3) == []

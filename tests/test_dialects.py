@@ -25,6 +25,7 @@ def commands(audio_format: str) -> list[rt.Command]:
         rt.ConfigureTranscription(rt.TranscriptionConfig(model="whisper-1", audio_format=audio_format,
                                                          language="en")),
         rt.AppendAudio("AAAA"),
+        rt.CommitAudio(),
         rt.CreateResponse(),
         rt.CreateResponse("Say hello."),
         rt.CancelResponse(),
