@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     active: set[Call] = set()
 
     def default_connector(s: Settings) -> Connector:
+        if s.realtime_url == "local":  # the offline engine, in this process (no socket, no key)
+            from .local_realtime import local_connector
+            return local_connector(greeting=profile.greeting)
         return lambda: realtime_client.connect(s, dialect.headers)
 
     connector = (connector_factory or default_connector)(settings)
