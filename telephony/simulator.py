@@ -48,8 +48,12 @@ class CallResult:
 class TwilioCallSimulator:
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
-                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None) -> None:
+                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
+                 hang_up_when_quiet_s: float | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
+
+        ``hang_up_when_quiet_s``: hang up earlier, once the caller's audio is over and the agent,
+        having spoken since, has been quiet this long (a caller who got their answer).
 
         ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
         """
@@ -62,6 +66,7 @@ class TwilioCallSimulator:
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
         self.extra = sorted(extra_messages or [])
+        self.hang_up_when_quiet_s = hang_up_when_quiet_s
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -77,9 +82,14 @@ class TwilioCallSimulator:
         self._t0 = 0.0
         self._agent_playing = False
         self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
+        self.started = asyncio.Event()  # set when the stream opens: ``elapsed`` counts from then
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
+
+    def elapsed(self) -> float:
+        """Seconds since the stream started, on the clock of the timeline and the recordings."""
+        return self._now()
 
     def _note(self, kind: str, **detail: Any) -> None:
         entry = TimelineEntry(round(self._now(), 4), kind, detail)
@@ -95,6 +105,7 @@ class TwilioCallSimulator:
         close_code = None
         async with websockets.connect(self.url, max_size=2**24, compression=None) as ws:
             self._t0 = time.monotonic()
+            self.started.set()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             self._seq = 1
             await ws.send(self._message("start", start={
@@ -118,6 +129,7 @@ class TwilioCallSimulator:
         """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
         n_frames = int(self.duration_s * 1000 / FRAME_MS)
         extra = deque(self.extra)
+        answered, quiet_frames = False, 0
         for k in range(n_frames):
             delay = self._t0 + k * FRAME_MS / 1000 - time.monotonic()
             if delay > 0:
@@ -136,6 +148,13 @@ class TwilioCallSimulator:
                 "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
                 "payload": base64.b64encode(frame).decode("ascii")}))
             await self._play_frame(ws)
+            if self.hang_up_when_quiet_s is not None and k * FRAME_BYTES >= len(self.caller_audio):
+                if self._agent_playing:
+                    answered, quiet_frames = True, 0
+                else:
+                    quiet_frames += 1
+                if answered and quiet_frames * FRAME_MS >= self.hang_up_when_quiet_s * 1000:
+                    break
         if self.hang_up:
             await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
                                                       "callSid": self.call_sid}))
