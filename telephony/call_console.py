@@ -122,11 +122,16 @@ class CallConsole:
                 await task
         self._erase_status()
 
-    def summary(self, m: CallMeasurements, heard_ms: list[int] | None = None) -> None:
+    def summary(self, m: CallMeasurements, heard_ms: list[int] | None = None,
+                clears: list[float] | None = None) -> None:
         print("\nMeasured from the recording (20 ms frames):", file=self.out)
         for started, stop_s in m.barge_in_stops:
             print(f"  barge-in at {started:5.2f} s → agent audio stopped after {stop_s * 1000:4.0f} ms",
                   file=self.out)
+            clear = next((c for c in clears or [] if c >= started - 0.05), None)
+            if clear is not None:  # the sound can stop earlier, in a pause between words
+                print(f"    (and Twilio was told to clear its buffer {(clear - started) * 1000:.0f} ms after "
+                      "the caller began)", file=self.out)
         for stopped, latency in m.response_latencies:
             print(f"  caller stopped at {stopped:5.2f} s → first agent audio after {latency * 1000:4.0f} ms"
                   " (includes the VAD's end-of-turn silence)", file=self.out)

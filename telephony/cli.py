@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.main(args.output, args.play, args.verbose)
+    return demo.main(args.output, args.play, args.verbose, args.voice)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -59,7 +59,7 @@ def _simulate(args: argparse.Namespace) -> int:
             await console.close()
         write_call(args.record, result.caller, result.agent)
         print(f"\nrecorded {args.record} (stereo: caller left, agent right, 8 kHz 16-bit)")
-        console.summary(measure(*read_call(args.record)))
+        console.summary(measure(*read_call(args.record)), clears=result.clears)
 
     try:
         asyncio.run(run())
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output", default="demo-call.wav", help="stereo call recording to write")
     demo.add_argument("--play", default=None, help="caller WAV to use instead of the bundled one")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
+    demo.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
+                      help="agent voice: espeak-ng when installed (auto), or the built-in synthesiser")
     demo.set_defaults(func=_demo)
 
     sim = sub.add_parser("simulate", help="place a simulated Twilio call to a running service")
