@@ -13,6 +13,10 @@ turn; ``response.create`` (a greeting); audio streamed in chunks faster than rea
 transcript; ``response.cancel`` and ``interrupt_response`` (a cancelled response produces no
 more audio, optionally after a few deltas "in flight"); ``conversation.item.truncate`` checked
 against the audio the item really has. A ``Persona`` decides what is said and how it sounds.
+
+Known simplifications: ``audio_start_ms`` is the first loud 20 ms frame (the real service
+moves it back by ``prefix_padding_ms``); the VAD's threshold is RMS, not the session's 0–1
+``threshold``; there are no tools, no text-only responses and no language model.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ class Utterance:
 
 
 class Persona(Protocol):
-    """What the agent says. ``n`` counts responses in the session from 0."""
+    """What the agent says. ``n`` counts responses in the session from 0; ``caller_turn`` is the
+    caller's turn being answered (PCM16 at the input rate; ``b""`` after a text item or on a
+    ``response.create``), or None while the caller has said nothing yet."""
 
     def utterance(self, n: int, instructions: str | None, caller_turn: bytes | None) -> Utterance: ...
 
@@ -159,6 +165,7 @@ class RealtimeEngine:
         self._n_responses = 0
         self._item_audio_ms: dict[str, float] = {}  # assistant item → audio it has
         self._last_item: str | None = None
+        self._heard_caller = False  # a caller turn or user item: no more default greetings
 
     # --- Public surface ---
 
@@ -246,7 +253,7 @@ class RealtimeEngine:
                                 f"Conversation already has an active response in progress: {self._response.id}.",
                                 event)]
         options = event.get("response") if isinstance(event.get("response"), dict) else {}
-        return self._start_response(now, options.get("instructions"), None)
+        return self._start_response(now, options.get("instructions"), b"" if self._heard_caller else None)
 
     def _on_response_cancel(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
         r = self._response
@@ -278,6 +285,7 @@ class RealtimeEngine:
             return [self._error("invalid_request_error", "invalid_value", "item must be an object", event)]
         item = {"object": "realtime.item", "status": "completed", **item}
         item.setdefault("id", self._id("item"))
+        self._heard_caller = self._heard_caller or item.get("role") == "user"
         return [self._item_created(item)]
 
     _HANDLERS = {
@@ -351,6 +359,7 @@ class RealtimeEngine:
                                    content_index=0, transcript=f"[{turn_ms / 1000:.1f} s of caller speech]",
                                    usage={"type": "duration", "seconds": round(turn_ms / 1000, 2)}))
         turn = bytes(vad.turn)
+        self._heard_caller = True
         vad.in_speech, vad.quiet_ms, vad.item_id, vad.turn = False, 0.0, None, bytearray()
         td = self.session.get("turn_detection")
         if td and self._turn_setting("create_response", self.config.respond_to_turns) and self._response is None:

@@ -115,9 +115,15 @@ class FormantVoice:
 
 
 def make_voice(prefer: str = "auto") -> Voice:
-    """``auto``: espeak-ng when the binary is installed, else the built-in synthesiser."""
+    """``auto``: espeak-ng when the binary is installed and works, else the built-in synthesiser."""
     if prefer in ("auto", "espeak-ng") and shutil.which("espeak-ng"):
-        return EspeakVoice()
-    if prefer == "espeak-ng":
+        voice = EspeakVoice()
+        try:
+            voice.speak("OK.")  # a broken install should cost the voice, not the call
+            return voice
+        except (OSError, subprocess.SubprocessError, ValueError, EOFError, wave.Error):
+            if prefer == "espeak-ng":
+                raise
+    elif prefer == "espeak-ng":
         raise RuntimeError("espeak-ng is not installed")
     return FormantVoice()

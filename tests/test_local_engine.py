@@ -208,3 +208,44 @@ async def test_openai_realtime_client_completes_a_session_against_realtime_serve
         assert expected in kinds
     for event in received:
         validate_event(event, "beta", "server")
+
+
+def test_after_the_caller_has_spoken_a_response_create_answers_rather_than_greets():
+    d = Driver()
+    d.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "pressed 5"}]}})
+    d.send({"type": "response.create"})
+    out = d.run_until(60.0)
+    transcript = next(e for e in out if e["type"] == "response.audio_transcript.done")["transcript"]
+    assert transcript in SpeakingPersona.replies
+
+
+def test_realtime_server_command_serves_the_beta_protocol():
+    """``telephony realtime-server --port 0`` as a user starts it; a raw websockets client."""
+    import os
+    import subprocess
+    import sys
+
+    from websockets.sync.client import connect
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "telephony", "realtime-server", "--port", "0", "--voice", "synth"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "built-in formant synthesiser" in line, line
+        url = line.split("listening on ")[1].strip()
+        with connect(url + "?model=whatever", additional_headers={"Authorization": "Bearer x"}) as ws:
+            created = json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"type": "response.create"}))
+            events = [created]
+            while events[-1]["type"] != "response.done":
+                events.append(json.loads(ws.recv(timeout=10)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+    assert created["type"] == "session.created" and events[-1]["response"]["status"] == "completed"
+    for event in events:
+        validate_event(event, "beta", "server")
