@@ -31,42 +31,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import asyncio
+    from .dial import simulate
 
-    from .call_analysis import CALLER_GAP_S, measure, spans
-    from .call_console import CallConsole
-    from .dial import DialError, place_call
-    from .wavfile import read_call, read_pcm8k, write_call
-
-    try:
-        import audioop
-    except ImportError:  # pragma: no cover
-        raise
-
-    pcm = read_pcm8k(args.play) if args.play else None
-    caller = audioop.lin2ulaw(pcm.astype("<i2").tobytes(), 2) if pcm is not None else b""
-    turns = spans(pcm, 8000, CALLER_GAP_S) if pcm is not None else []
-
-    async def run() -> None:
-        console = CallConsole()
-        try:
-            twiml, result = await place_call(args.url, caller, caller=args.caller, callee=args.callee,
-                                             tail_s=args.listen, hang_up_when_quiet_s=args.hang_up_after,
-                                             on_dialled=lambda t, sim: (
-                                                 print(f"TwiML: stream {t.url} parameters {t.parameters}"),
-                                                 console.attach(sim, turns)))
-        finally:
-            await console.close()
-        write_call(args.record, result.caller, result.agent)
-        print(f"\nrecorded {args.record} (stereo: caller left, agent right, 8 kHz 16-bit)")
-        console.summary(measure(*read_call(args.record)), clears=result.clears)
-
-    try:
-        asyncio.run(run())
-    except (DialError, OSError) as exc:
-        print(f"telephony simulate: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
+                    caller=args.caller, callee=args.callee)
 
 
 def _realtime_server(args: argparse.Namespace) -> int:

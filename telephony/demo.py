@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, TextIO
 import uvicorn
 
 from .app import create_app
-from .call_analysis import CallMeasurements, measure, spans, CALLER_GAP_S
+from .call_analysis import CALLER_GAP_S, CallMeasurements, measure, spans
 from .call_console import CallConsole
 from .dial import place_call
 from .local_realtime import local_connector
@@ -32,8 +32,8 @@ from .wavfile import read_call, read_pcm8k, write_call
 
 try:
     import audioop
-except ImportError:  # pragma: no cover
-    raise
+except ImportError:  # pragma: no cover - Python 3.13 without audioop-lts
+    raise ImportError("audioop is missing: install audioop-lts on Python 3.13+") from None
 
 LOOPBACK = "127.0.0.1"
 

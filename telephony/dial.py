@@ -8,6 +8,7 @@ and run ``TwilioCallSimulator`` against that stream with those parameters.
 from __future__ import annotations
 
 import asyncio
+import sys
 import urllib.parse
 import urllib.request
 import uuid
@@ -16,6 +17,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .simulator import CallResult, TwilioCallSimulator
+
+try:
+    import audioop
+except ImportError:  # pragma: no cover - Python 3.13 without audioop-lts
+    raise ImportError("audioop is missing: install audioop-lts on Python 3.13+") from None
 
 VOICE_PATH = "/twilio/voice"
 HTTP_TIMEOUT_S = 5.0
@@ -80,3 +86,38 @@ async def place_call(url: str, caller_audio: bytes, *, caller: str = "+155501000
     if on_dialled is not None:
         on_dialled(twiml, sim)
     return twiml, await sim.run()
+
+
+def simulate(url: str, play: str | None, record: str, *, listen_s: float = 8.0,
+             hang_up_after_s: float | None = 1.5, caller: str = "+15550100001",
+             callee: str = "+15550100002") -> int:
+    """``telephony simulate``: one call with a live timeline; writes the stereo recording."""
+    from .call_analysis import CALLER_GAP_S, measure, spans
+    from .call_console import CallConsole
+    from .wavfile import read_call, read_pcm8k, write_call
+
+    async def run() -> None:
+        pcm = read_pcm8k(play) if play else None
+        audio = audioop.lin2ulaw(pcm.astype("<i2").tobytes(), 2) if pcm is not None else b""
+        turns = spans(pcm, 8000, CALLER_GAP_S) if pcm is not None else []
+        console = CallConsole()
+
+        def dialled(twiml: StreamInstructions, sim: TwilioCallSimulator) -> None:
+            print(f"TwiML: stream {twiml.url} parameters {twiml.parameters}")
+            console.attach(sim, turns)
+
+        try:
+            _, result = await place_call(url, audio, caller=caller, callee=callee, tail_s=listen_s,
+                                         hang_up_when_quiet_s=hang_up_after_s, on_dialled=dialled)
+        finally:
+            await console.close()
+        write_call(record, result.caller, result.agent)
+        print(f"\nrecorded {record} (stereo: caller left, agent right, 8 kHz 16-bit)")
+        console.summary(measure(*read_call(record)), clears=result.clears)
+
+    try:
+        asyncio.run(run())
+    except (DialError, OSError, EOFError, ValueError) as exc:
+        print(f"telephony simulate: {exc}", file=sys.stderr)
+        return 1
+    return 0

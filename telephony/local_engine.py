@@ -312,6 +312,7 @@ class RealtimeEngine:
         td = self.session.get("turn_detection")
         if not td:  # no server VAD: the client commits turns itself
             vad.turn += samples.tobytes()
+            del vad.turn[: max(0, len(vad.turn) - MAX_TURN_S * rate * 2)]
             return out
         frame = rate * VAD_FRAME_MS // 1000
         buf = np.concatenate((vad.pending, samples))
@@ -337,8 +338,7 @@ class RealtimeEngine:
                 if r is not None and not r.cancelled and self._turn_setting("interrupt_response",
                                                                             self.config.interrupt):
                     out += self._cancel(r, "turn_detected", now)
-            if len(vad.turn) > MAX_TURN_S * rate * 2:
-                del vad.turn[: len(vad.turn) - MAX_TURN_S * rate * 2]
+            del vad.turn[: max(0, len(vad.turn) - MAX_TURN_S * rate * 2)]
         return out
 
     def _end_turn(self, now: float, stopped: bool) -> list[dict[str, Any]]:

@@ -249,3 +249,14 @@ def test_realtime_server_command_serves_the_beta_protocol():
     assert created["type"] == "session.created" and events[-1]["response"]["status"] == "completed"
     for event in events:
         validate_event(event, "beta", "server")
+
+
+def test_without_server_vad_the_client_commits_and_asks_for_the_answer():
+    d = Driver()
+    d.send({"type": "session.update", "session": {"turn_detection": None}})
+    out = d.talk(pcm_tone(0.4) + bytes(24000))
+    assert not [e for e in out if e["type"].startswith("input_audio_buffer.speech")]
+    committed = d.send({"type": "input_audio_buffer.commit"})
+    assert types(committed)[:2] == ["input_audio_buffer.committed", "conversation.item.created"]
+    assert "response.created" not in types(committed)
+    assert "response.created" in types(d.send({"type": "response.create"}))
