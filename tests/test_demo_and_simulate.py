@@ -11,6 +11,7 @@ import time
 import wave
 
 import numpy as np
+import pytest
 
 from telephony.dial import parse_twiml, webhook_url
 from telephony.settings import Settings
@@ -30,11 +31,12 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def test_demo_interrupts_the_greeting_and_gets_an_answer(tmp_path):
+@pytest.mark.parametrize("voice", ["auto", "synth"])  # auto: espeak-ng when installed
+def test_demo_interrupts_the_greeting_and_gets_an_answer(tmp_path, voice):
     out = tmp_path / "demo-call.wav"
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--output", str(out)], cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=90)
+    proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--output", str(out), "--voice", voice],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=90)
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     assert took < 60, took
@@ -111,4 +113,4 @@ def test_any_wav_width_reads_as_8khz_mono(tmp_path):
         pcm = read_pcm8k(path)
         assert abs(len(pcm) - 8000) <= 1
         assert np.sqrt(np.mean(pcm[100:-100].astype(float) ** 2)) == \
-            __import__("pytest").approx(16384 / 2 ** 0.5, rel=0.03), width
+            pytest.approx(16384 / 2 ** 0.5, rel=0.03), width
