@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FRAME_S = 0.02
-THRESHOLD_RMS = 300.0  # PCM16; line silence and resampler tails sit far below this
+THRESHOLD_RMS = 300.0  # PCM16, for the caller: room noise in a recording sits below this
+AGENT_THRESHOLD_RMS = 30.0  # the agent's channel is digital silence (0) between its audio
 CALLER_GAP_S = 0.45  # pauses between words shorter than this do not end a caller turn
 
 
@@ -45,9 +46,9 @@ class CallMeasurements:
 
 def measure(caller: np.ndarray, agent: np.ndarray, rate: int) -> CallMeasurements:
     turns = spans(caller, rate, CALLER_GAP_S)
-    agent_frames = frame_rms(agent, rate) >= THRESHOLD_RMS
+    agent_frames = frame_rms(agent, rate) >= AGENT_THRESHOLD_RMS  # soft onsets ("th…") count
     active = np.flatnonzero(agent_frames) * FRAME_S  # start time of each frame with agent audio
-    m = CallMeasurements(turns, spans(agent, rate))
+    m = CallMeasurements(turns, spans(agent, rate, threshold=AGENT_THRESHOLD_RMS))
     for k, (start, end) in enumerate(turns):
         # The agent was audible in the 100 ms before the caller began: that is a barge-in.
         if np.any((active >= start - 0.1) & (active < start)):

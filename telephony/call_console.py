@@ -13,6 +13,10 @@ from .simulator import TimelineEntry, TwilioCallSimulator
 PROGRESS_S = 0.1
 
 
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class CallConsole:
     """Prints one line per event, with seconds since the stream started.
 
@@ -57,8 +61,10 @@ class CallConsole:
         elif direction == "server" and kind == "response.done":
             response = event["response"]
             reason = (response.get("status_details") or {}).get("reason")
+            said = next((c.get("transcript") for item in response.get("output") or []
+                         for c in item.get("content") or [] if c.get("transcript")), "")
             self.line("engine", f"response {response['id']} {response['status']}"
-                                + (f" ({reason})" if reason else ""))
+                                + (f" ({reason})" if reason else "") + (f': "{_clip(said)}"' if said else ""))
 
     async def _follow(self, sim: TwilioCallSimulator) -> None:
         while True:

@@ -90,7 +90,7 @@ class SpeakingPersona:
             return said.group(1).strip()
         if caller_turn is None:
             return self.greeting
-        return self.replies[n % len(self.replies)]
+        return self.replies[max(0, n - 1) % len(self.replies)]  # response 0 is usually the greeting
 
     def utterance(self, n: int, instructions: str | None, caller_turn: bytes | None) -> Utterance:
         text = self.text_for(n, instructions, caller_turn)

@@ -43,6 +43,16 @@ def wav_to_pcm24k(data: bytes) -> bytes:
     return np.clip(np.rint(mono), -32768, 32767).astype("<i2").tobytes()
 
 
+def trim_silence(pcm: bytes, level: int = 64, keep_ms: int = 10) -> bytes:
+    """Drops the synthesiser's own lead-in and tail silence: latency is the engine's to add."""
+    x = np.frombuffer(pcm, "<i2")
+    loud = np.flatnonzero(np.abs(x) > level)
+    if not len(loud):
+        return pcm
+    keep = RATE * keep_ms // 1000
+    return x[max(0, loud[0] - keep): loud[-1] + 1 + keep].tobytes()
+
+
 class EspeakVoice:
     """``espeak-ng --stdout``; each distinct text is synthesised once (~40 ms) and kept."""
 
@@ -56,7 +66,7 @@ class EspeakVoice:
         if text not in self._cache:
             out = subprocess.run([self.binary, "--stdout", "-v", self.voice, "-s", str(self.wpm), text],
                                  capture_output=True, check=True, timeout=10).stdout
-            self._cache[text] = wav_to_pcm24k(out)
+            self._cache[text] = trim_silence(wav_to_pcm24k(out))
         return self._cache[text]
 
 
