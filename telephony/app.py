@@ -50,6 +50,10 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     active: set[Call] = set()
 
     def default_connector(s: Settings, intent: str | None = None) -> Connector:
+        if s.realtime_url == "local":  # the offline engine, in this process (no socket, no key)
+            from .local_realtime import local_connector
+            return local_connector(greeting=profile.greeting, dialect=s.realtime_dialect,
+                                   transcription=intent == "transcription")
         return lambda: realtime_client.connect(s, dialect.headers, intent=intent)
 
     connector = (connector_factory or default_connector)(settings)

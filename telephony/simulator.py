@@ -49,11 +49,14 @@ class TwilioCallSimulator:
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
                  hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
-                 outbound_audio: bytes | None = None) -> None:
+                 outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
         ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
         the caller's audio goes as the ``inbound`` track and this as the ``outbound`` track.
+
+        ``hang_up_when_quiet_s``: hang up earlier, once the caller's audio is over and the agent,
+        having spoken since, has been quiet this long (a caller who got their answer).
 
         ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
         """
@@ -67,6 +70,7 @@ class TwilioCallSimulator:
         self.hang_up = hang_up
         self.extra = sorted(extra_messages or [])
         self.outbound_audio = outbound_audio
+        self.hang_up_when_quiet_s = hang_up_when_quiet_s
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -83,9 +87,14 @@ class TwilioCallSimulator:
         self._agent_playing = False
         self._frame_started, self._frame_audio_ms = 0.0, 0.0  # the frame playing now
         self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
+        self.started = asyncio.Event()  # set when the stream opens: ``elapsed`` counts from then
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
+
+    def elapsed(self) -> float:
+        """Seconds since the stream started, on the clock of the timeline and the recordings."""
+        return self._now()
 
     def _note(self, kind: str, **detail: Any) -> None:
         entry = TimelineEntry(round(self._now(), 4), kind, detail)
@@ -101,6 +110,7 @@ class TwilioCallSimulator:
         close_code = None
         async with websockets.connect(self.url, max_size=2**24, compression=None, max_queue=None) as ws:
             self._t0 = time.monotonic()
+            self.started.set()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             self._seq = 1
             await ws.send(self._message("start", start={
@@ -125,6 +135,7 @@ class TwilioCallSimulator:
         """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
         n_frames = int(self.duration_s * 1000 / FRAME_MS)
         extra = deque(self.extra)
+        answered, quiet_frames = False, 0
         for k in range(n_frames):
             delay = self._t0 + k * FRAME_MS / 1000 - time.monotonic()
             if delay > 0:
@@ -146,6 +157,13 @@ class TwilioCallSimulator:
                     "payload": base64.b64encode(other).decode("ascii")}))
             else:
                 await self._play_frame(ws)
+            if self.hang_up_when_quiet_s is not None and k * FRAME_BYTES >= len(self.caller_audio):
+                if self._agent_playing:
+                    answered, quiet_frames = True, 0
+                else:
+                    quiet_frames += 1
+                if answered and quiet_frames * FRAME_MS >= self.hang_up_when_quiet_s * 1000:
+                    break
         if self.hang_up:
             await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
                                                       "callSid": self.call_sid}))
