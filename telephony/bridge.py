@@ -26,6 +26,8 @@ log = logging.getLogger("telephony.bridge")
 TICK_S = 0.05
 QUEUE_LIMIT = 2000  # messages; ~40 s of audio. Past it the peer is stalled and we drop.
 CLOSE_TIMEOUT_S = 1.0
+DROP_WARNING_EVERY_S = 5.0  # a stalled peer drops 50 messages a second: say so, not 50 times
+POLICY_VIOLATION = 1008  # websocket close code for a stream we refuse
 
 Connector = Callable[[], Awaitable[RealtimeTransport]]
 RecordSink = Callable[[Call, Record], None]
@@ -41,7 +43,7 @@ class BridgeStats:
 
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None) -> None:
+                 on_record: RecordSink | None = None, max_message_bytes: int | None = None) -> None:
         self.ws = ws
         self.call = call
         self.dialect = dialect
@@ -56,6 +58,10 @@ class Bridge:
         self._writers: list[asyncio.Task] = []
         self._done = asyncio.Event()
         self._warned_unknown: set[str] = set()
+        self.max_message_bytes = max_message_bytes
+        self._close_code = 1000
+        self._drops: dict[str, int] = {}  # peer → messages dropped since the last warning
+        self._drop_warned_at: dict[str, float] = {}
 
     def now(self) -> float:
         return self._loop.time()
@@ -78,6 +84,8 @@ class Bridge:
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):
                 log.info("call %s: ending stream: %s", self.sid, action.reason)
+                if action.policy_violation:
+                    self._close_code = POLICY_VIOLATION
                 self._done.set()
             elif isinstance(action, Record):
                 if self.on_record is not None:
@@ -87,7 +95,17 @@ class Bridge:
         try:
             queue.put_nowait(text)
         except asyncio.QueueFull:
-            log.warning("call %s: %s is not reading; message dropped", self.sid, peer)
+            self._drops[peer] = self._drops.get(peer, 0) + 1
+            last = self._drop_warned_at.get(peer)
+            if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
+                log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,
+                            self._drops[peer])
+                self._drop_warned_at[peer] = self.now()
+                self._drops[peer] = 0
+
+    def end(self, reason: str) -> None:
+        """Ends the call from outside (shutdown); Twilio speaks the fallback."""
+        self.dispatch(self.call.end(reason))
 
     def _spawn(self, coro, writer: bool = False) -> None:
         task = asyncio.create_task(coro)
@@ -118,8 +136,13 @@ class Bridge:
                     break
                 self.stats.twilio_in += 1
                 text = message.get("text")
+                raw = text if text is not None else message.get("bytes") or b""
+                if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
+                    log.warning("call %s: Twilio message of %d bytes is over the %d-byte limit; dropped",
+                                self.sid, len(raw), self.max_message_bytes)
+                    continue
                 try:
-                    event = tw.parse(text if text is not None else message.get("bytes") or b"")
+                    event = tw.parse(raw)
                 except tw.TwilioProtocolError as exc:
                     log.warning("call %s: bad Twilio message: %s", self.sid, exc)
                     continue
@@ -148,7 +171,11 @@ class Bridge:
             return
         if self._done.is_set():
             return
-        self._spawn(self._realtime_writer(self._upstream), writer=True)
+        # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
+        self._realtime_out = asyncio.Queue(QUEUE_LIMIT)
+        writer = asyncio.create_task(self._realtime_writer(self._upstream, self._realtime_out))
+        self._tasks.append(writer)
+        self._writers.append(writer)
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
@@ -169,10 +196,13 @@ class Bridge:
             raise
         except Exception as exc:
             reason = _describe(exc)
+        writer.cancel()
+        upstream, self._upstream = self._upstream, None
+        await _close_quietly(upstream)
         self.dispatch(self.call.on_realtime_closed(reason))
 
-    async def _realtime_writer(self, upstream: RealtimeTransport) -> None:
-        while (text := await self._realtime_out.get()) is not None:
+    async def _realtime_writer(self, upstream: RealtimeTransport, queue: asyncio.Queue) -> None:
+        while (text := await queue.get()) is not None:
             await upstream.send(text)
             self.stats.realtime_out += 1
 
@@ -192,11 +222,15 @@ class Bridge:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._upstream is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._upstream.close(), CLOSE_TIMEOUT_S / 2)
+            await _close_quietly(self._upstream)
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.ws.close()
+                await self.ws.close(self._close_code)
+
+
+async def _close_quietly(upstream: RealtimeTransport) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(upstream.close(), CLOSE_TIMEOUT_S / 2)
 
 
 def _describe(exc: BaseException) -> str:

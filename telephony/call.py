@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from . import realtime as rt
 from . import twilio_wire as tw
@@ -25,6 +25,10 @@ log = logging.getLogger("telephony.call")
 # once it is: the caller's first words are not lost while the upstream handshake runs.
 EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
 DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
+RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
+
+# Decides whether a stream may start (e.g. checks its signed token): None, or why not.
+StartVerifier = Callable[[tw.Start], Union[str, None]]
 
 
 # --- Actions the shells carry out ---
@@ -51,6 +55,7 @@ class EndStream:
 
     reason: str
     abnormal: bool = False
+    policy_violation: bool = False  # refused (bad token…): close with 1008, open nothing
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,9 @@ class _Response:
 class Call:
     """One call's state. Not thread-safe; the shells feed it from one event loop."""
 
-    def __init__(self, profile: Profile, audio_codec: str = "pcm16") -> None:
+    def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
+                 verify_start: StartVerifier | None = None,
+                 media_timeout_s: float | None = None) -> None:
         self.profile = profile
         self.audio_format = audio_codec
         self.codec = make_codec(audio_codec)
@@ -91,17 +98,31 @@ class Call:
         self._dtmf: list[str] = []
         self._dtmf_last = 0.0
         self._dropped_deltas = 0
+        self.verify_start = verify_start
+        self.media_timeout_s = media_timeout_s
+        self._last_heard: float | None = None  # last Twilio message; None until the first tick
+        self._reconnects_left = RECONNECTS
+        self._sessions = 0  # Realtime sessions opened so far
+        self._history: list[tuple[str, str]] = []  # (role, item id) in conversation order
+        self._caller_text: dict[str, str] = {}  # caller item → transcript
+        self._known_responses: set[str] = set()
+        self._warned_items: set[str] = set()
 
     # --- Twilio side ---
 
     def on_twilio(self, event: tw.TwilioEvent, now: float) -> list[Action]:
         if self.ended:
             return []
+        self._last_heard = now
         if isinstance(event, tw.Media):
             return self._on_media(event)
         if isinstance(event, tw.Mark):
             if not self.ledger.echoed(event.name, now):
-                log.debug("call %s: mark %r is not pending (cleared or unknown)", self.call_sid, event.name)
+                if self.ledger.issued(event.name):
+                    log.debug("call %s: mark %r echoed after a clear", self.call_sid, event.name)
+                else:
+                    log.warning("call %s: Twilio echoed mark %r, which we never sent; ignored",
+                                self.call_sid, event.name)
             return []
         if isinstance(event, tw.Start):
             return self._on_start(event)
@@ -117,6 +138,14 @@ class Call:
         if self.stream_sid is not None:
             log.warning("call %s: second start (stream %s) ignored", self.call_sid, event.stream_sid)
             return []
+        if self.verify_start is not None:
+            refused = self.verify_start(event)
+            if refused:
+                log.warning("call %s: stream refused: %s", event.call_sid, refused)
+                self.call_sid = event.call_sid
+                self.ended = True
+                return [Record("refused", {"reason": refused}),
+                        EndStream(f"stream refused: {refused}", abnormal=True, policy_violation=True)]
         if (event.encoding, event.sample_rate, event.channels) != ("audio/x-mulaw", 8000, 1):
             log.error("call %s: unsupported media format %s/%d/%d", event.call_sid, event.encoding,
                       event.sample_rate, event.channels)
@@ -124,15 +153,21 @@ class Call:
             return self._end(f"unsupported media format {event.encoding}", abnormal=True)
         self.stream_sid = event.stream_sid
         self.call_sid = event.call_sid
-        self.parameters = dict(event.custom_parameters)
+        self.parameters = {k: v for k, v in event.custom_parameters.items() if k != "token"}
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
                 OpenRealtime()]
 
     def _on_media(self, event: tw.Media) -> list[Action]:
         if self.stream_sid is None:
-            log.warning("call ?: media before start dropped")
+            log.warning("call ?: media before start dropped (no call sid yet)")
+            return []
+        if event.stream_sid and event.stream_sid != self.stream_sid:
+            log.warning("call %s: media for another stream (%s) dropped", self.call_sid, event.stream_sid)
             return []
         if event.track not in ("inbound", "inbound_track"):
+            return []
+        if not event.payload:
+            log.warning("call %s: empty media payload dropped", self.call_sid)
             return []
         try:
             audio = self.codec.caller_to_model(event.payload)
@@ -150,10 +185,14 @@ class Call:
     def on_realtime_open(self, now: float) -> list[Action]:
         """The upstream socket is up: configure the session, greet, send the early audio."""
         self.realtime_open = True
+        self._sessions += 1
         actions: list[Action] = [
             ToRealtime(rt.ConfigureSession(self.profile.session_config(self.codec.model_format)))]
+        if self._sessions > 1:
+            actions.extend(self._restore_conversation())
+            actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
         greeting = self.parameters.get("greeting", self.profile.greeting)
-        if greeting:
+        if greeting and self._sessions == 1:
             actions.append(ToRealtime(rt.CreateResponse(
                 f"Greet the caller by saying exactly this, then wait for them: {greeting}")))
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
@@ -161,11 +200,31 @@ class Call:
         return actions
 
     def on_realtime_closed(self, reason: str) -> list[Action]:
-        self.realtime_open = False
+        """The upstream socket closed, or never opened. A drop mid-call is retried once."""
+        was_open, self.realtime_open = self.realtime_open, False
         if self.ended:
             return []
+        if was_open and self._reconnects_left > 0:
+            self._reconnects_left -= 1
+            log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
+            self._response = None  # its audio will never come: the new session starts afresh
+            return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
         log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
         return self._end(f"Realtime closed: {reason}", abnormal=True)
+
+    def _restore_conversation(self) -> list[Action]:
+        """The conversation so far, as text items, so the new session knows what was said."""
+        actions: list[Action] = []
+        for role, item in self._history:
+            if role == "user":
+                text = self._caller_text.get(item, "")
+                if text:
+                    actions.append(ToRealtime(rt.AddUserText(text)))
+            else:
+                text = self.agent_transcript(item)
+                if text:
+                    actions.append(ToRealtime(rt.AddAssistantText(text)))
+        return actions
 
     def on_realtime(self, event: rt.Event, now: float) -> list[Action]:
         if self.ended:
@@ -173,14 +232,17 @@ class Call:
         if isinstance(event, rt.AudioDelta):
             return self._on_audio_delta(event, now)
         if isinstance(event, rt.SpeechStarted):
+            self._history.append(("user", event.item_id))
             return self._barge_in(event, now)
         if isinstance(event, rt.ResponseCreated):
             self._response = _Response(event.response_id)
+            self._known_responses.add(event.response_id)
             return []
         if isinstance(event, rt.AudioDone):
             return self._on_audio_done(event)
         if isinstance(event, rt.TranscriptDelta):
             if event.item_id not in self._dropped_items:
+                self._note_agent_item(event.item_id)
                 self._transcripts.setdefault(event.item_id, []).append(event.delta)
             return []
         if isinstance(event, rt.ResponseDone):
@@ -189,8 +251,14 @@ class Call:
             return [Record("response_done", {"response_id": event.response_id,
                                              "status": event.status, "usage": event.usage})]
         if isinstance(event, rt.InputTranscript):
+            if ("user", event.item_id) not in self._history:
+                self._history.append(("user", event.item_id))
+            self._caller_text[event.item_id] = event.transcript
             return [Record("caller_transcript", {"item_id": event.item_id, "text": event.transcript})]
         if isinstance(event, rt.TranscriptDone):
+            if event.item_id not in self._dropped_items:
+                self._note_agent_item(event.item_id)
+                self._transcripts[event.item_id] = [event.transcript]
             return [Record("agent_transcript", {"item_id": event.item_id, "text": event.transcript})]
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
@@ -202,6 +270,10 @@ class Call:
             return []
         if self._response is not None and self._response.id == event.response_id:
             self._response.items.add(event.item_id)
+        elif event.response_id not in self._known_responses and event.item_id not in self._warned_items:
+            self._warned_items.add(event.item_id)  # played anyway: better heard than lost
+            log.warning("call %s: audio for item %r of response %r, which was never announced",
+                        self.call_sid, event.item_id, event.response_id)
         try:
             chunk = self.codec.model_to_caller(event.audio)
         except (binascii.Error, ValueError) as exc:
@@ -271,7 +343,15 @@ class Call:
     # --- Clock ---
 
     def on_tick(self, now: float) -> list[Action]:
-        if self.ended or not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
+        if self.ended:
+            return []
+        if self._last_heard is None:
+            self._last_heard = now  # the clock starts with the stream
+        elif self.media_timeout_s is not None and now - self._last_heard > self.media_timeout_s:
+            log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
+                      self.call_sid, now - self._last_heard)
+            return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
+        if not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
             return []
         digits = "".join(self._dtmf)
         self._dtmf.clear()
@@ -286,11 +366,20 @@ class Call:
 
     # --- Ending ---
 
+    def end(self, reason: str) -> list[Action]:
+        """Ends the call from outside (shutdown): Twilio then speaks the fallback."""
+        log.info("call %s: ending: %s", self.call_sid, reason)
+        return self._end(reason, abnormal=True)
+
     def _end(self, reason: str, abnormal: bool = False) -> list[Action]:
         if self.ended:
             return []
         self.ended = True
         return [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
+
+    def _note_agent_item(self, item_id: str) -> None:
+        if ("assistant", item_id) not in self._history:
+            self._history.append(("assistant", item_id))
 
     def agent_transcript(self, item_id: str) -> str:
         return "".join(self._transcripts.get(item_id, []))

@@ -104,6 +104,8 @@ class TwilioCallSimulator:
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._pace(ws, receiver)
+            except websockets.ConnectionClosed:
+                pass  # the bridge closed the stream while we were talking
             finally:
                 receiver.cancel()
                 try:
