@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from starlette.applications import Starlette
@@ -14,9 +15,11 @@ from starlette.websockets import WebSocket
 from . import realtime_beta, realtime_client
 from .bridge import Bridge, Connector
 from .call import Call
+from .limits import CallRegistry
 from .profile import Profile, load_profile
+from .security import StreamTokens, WebhookGuard, stream_key
 from .settings import Settings
-from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
+from .twiml import MEDIA_STREAM_PATH, connect_stream, reject_busy, websocket_url
 
 log = logging.getLogger("telephony.app")
 
@@ -39,6 +42,12 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     profile = profile or load_profile(settings.profile_path())
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
+    calls = CallRegistry(settings.max_concurrent_calls)
+    signed = WebhookGuard(settings, lambda request: public_base_url(request, settings))
+    tokens = StreamTokens(stream_key(settings), settings.stream_token_ttl_seconds)
+
+    def verify_start(start) -> str | None:
+        return tokens.verify(start.custom_parameters, start.call_sid, time.time())
 
     def default_connector(s: Settings) -> Connector:
         return lambda: realtime_client.connect(s, dialect.headers)
@@ -47,6 +56,10 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
 
     async def voice(request: Request) -> Response:
         form = await request.form()
+        busy = calls.accepting()
+        if busy:
+            log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
+            return Response(reject_busy(), media_type="application/xml")
         parameters = {
             "call_sid": str(form.get("CallSid", "")),
             "from": str(form.get("From", "")),
@@ -54,26 +67,33 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
             "direction": str(form.get("Direction", "")),
         }
         base = public_base_url(request, settings)
+        parameters = tokens.with_token(parameters, time.time())  # the stream proves it came from here
         xml = connect_stream(websocket_url(base, MEDIA_STREAM_PATH), parameters, profile.fallback)
         return Response(xml, media_type="application/xml")
 
     async def media_stream(ws: WebSocket) -> None:
         await ws.accept()
-        call = Call(profile, settings.audio_codec)
+        call = Call(profile, settings.audio_codec, verify_start=verify_start,
+                    media_timeout_s=settings.media_timeout_seconds)
+        bridge = Bridge(ws, call, dialect, connector, max_message_bytes=settings.max_message_bytes)
         active.add(call)
+        calls.add(bridge)
         try:
-            await Bridge(ws, call, dialect, connector).run()
+            await bridge.run()
         finally:
             active.discard(call)
+            calls.discard(bridge)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_calls": len(active)})
 
     app = Starlette(routes=[
-        Route("/twilio/voice", voice, methods=["POST"]),
+        Route("/twilio/voice", signed(voice), methods=["POST"]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         Route("/healthz", healthz, methods=["GET"]),
     ])
     app.state.settings = settings
     app.state.active_calls = active
+    app.state.calls = calls
+    app.state.stream_tokens = tokens
     return app

@@ -35,3 +35,10 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str
         response.say(fallback)
     response.hangup()
     return str(response)
+
+
+def reject_busy() -> str:
+    """<Reject reason="busy"/>: the caller hears a busy tone and we are not billed for the call."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return str(response)

@@ -68,3 +68,17 @@ def active_spans(ulaw: bytes, frame: int = 160, threshold: float = 200.0) -> lis
     if start is not None:
         spans.append((start / 8000, len(pcm) / 8000))
     return spans
+
+
+def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict[str, str] | None = None,
+                   **kwargs):
+    """A simulated caller whose stream carries the token the app's TwiML would have given it."""
+    import time
+    import uuid
+
+    from telephony.simulator import TwilioCallSimulator
+
+    call_sid = call_sid or "CA" + uuid.uuid4().hex
+    signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time())
+    return TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=call_sid,
+                               custom_parameters=signed, **kwargs)
