@@ -52,6 +52,13 @@ class Script:
     respond_to_turns: bool = True
     deltas_after_cancel: int = 2  # already "in flight" when a cancel arrives
     auto_interrupt: bool = True  # speech_started cancels the response, like interrupt_response
+    # Faults, for resilience tests. Counts are client messages received on one connection.
+    reject_status: int | None = None  # answer the handshake with this HTTP status
+    handshake_delay_s: float = 0.0  # sit on the handshake this long (a stalled upstream)
+    stall_after: int | None = None  # then stop reading and answering, socket left open
+    drop_after: int | None = None  # then drop the TCP connection without a close frame
+    drop_connections: int = 1  # how many connections (the first ones) drop_after applies to
+    inject: tuple[tuple[int, str], ...] = ()  # (after n client messages, raw text to send)
 
 
 @dataclass
@@ -248,25 +255,51 @@ class ScriptedRealtimeServer:
         return f"ws://{self.host}:{self.port}/v1/realtime"
 
     async def __aenter__(self) -> "ScriptedRealtimeServer":
-        self._server = await serve(self._serve, self.host, 0, max_size=2**24, compression=None)
+        self._closing = asyncio.Event()
+        self._server = await serve(self._serve, self.host, 0, max_size=2**24, compression=None,
+                                   process_request=self._handshake)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()  # releases stalled handlers
         self._server.close()
         await self._server.wait_closed()
+
+    async def _handshake(self, ws: ServerConnection, request: Any) -> Any:
+        if self.script.handshake_delay_s:
+            try:
+                await asyncio.wait_for(self._closing.wait(), self.script.handshake_delay_s)
+            except asyncio.TimeoutError:
+                pass
+        if self.script.reject_status:
+            return ws.respond(self.script.reject_status, "scripted refusal\n")
+        return None
 
     async def _serve(self, ws: ServerConnection) -> None:
         conn = Connection(headers={k.lower(): v for k, v in ws.request.headers.raw_items()},
                           path=ws.request.path)
         self.connections.append(conn)
+        index = len(self.connections) - 1
+        script = self.script
         session = _Session(self, ws, conn)
+        inject = sorted(script.inject)
         try:
             await session.emit({"type": "session.created", "session": session._session()})
             async for message in ws:
                 event = json.loads(message)
                 conn.received.append(event)
                 await session.handle(event)
+                n = len(conn.received)
+                while inject and inject[0][0] <= n:
+                    await ws.send(inject.pop(0)[1])
+                if script.drop_after is not None and n >= script.drop_after \
+                        and index < script.drop_connections:
+                    ws.transport.abort()  # as a network fault: no close frame
+                    break
+                if script.stall_after is not None and n >= script.stall_after:
+                    await self._closing.wait()  # neither reads nor answers from now on
+                    break
         except websockets.ConnectionClosed:
             pass
         finally:
