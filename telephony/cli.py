@@ -18,6 +18,10 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .security import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(settings.secrets()))
     app = create_app(settings)
     uvicorn.run(app, host=args.host or settings.host, port=port, proxy_headers=True,
                 forwarded_allow_ips="*", log_level=settings.log_level.lower())

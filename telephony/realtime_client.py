@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from .security import RedactingLogger
 from .settings import Settings
+
+log = logging.getLogger("telephony.realtime_client")
 
 CONNECT_TIMEOUT_S = 4.0  # a caller must never sit in silence waiting for a dead upstream
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # session.created carries the whole config; deltas are small
@@ -66,5 +70,6 @@ async def connect(settings: Settings, dialect_headers: dict[str, str],
         ping_interval=20,
         compression=None,  # audio does not compress; deflate only costs CPU
         user_agent_header="telephony",
+        logger=RedactingLogger(log, settings.secrets()),  # its DEBUG logs show the headers we send
     )
     return WebsocketTransport(conn)

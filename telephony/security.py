@@ -143,3 +143,43 @@ class StreamTokens:
         if parameters.get("call_sid") != call_sid:
             return "stream token was issued for another call"
         return None
+
+
+# --- Keeping secrets out of logs ---
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets_: list[str]) -> str:
+    for secret in secrets_:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingLogger(logging.LoggerAdapter):
+    """A logger for libraries that log what they send: websockets logs every handshake header
+    at DEBUG, the ``Authorization: Bearer`` one included."""
+
+    def __init__(self, logger: logging.Logger, secrets_: list[str]) -> None:
+        super().__init__(logger, {})
+        self._secrets = [s for s in secrets_ if s]
+
+    def log(self, level: int, msg: object, *args: object, **kwargs) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, "%s", redact(text, self._secrets), **kwargs)
+
+
+class RedactingFilter(logging.Filter):
+    """For the process's log handlers: a last line of defence, whatever logger a secret took."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets_ if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = redact(text, self._secrets)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
