@@ -212,20 +212,32 @@ class Bridge:
             self.dispatch(self.call.on_tick(self.now()))
 
     async def _shutdown(self) -> None:
-        # Let the writers flush what the core already decided to send, then stop them.
+        # Each side flushes what the core already decided to send, then closes, independently:
+        # a stalled upstream must not delay the Twilio close (the fallback speaks on it).
         for queue in (self._twilio_out, self._realtime_out):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-        if self._writers:
-            await asyncio.wait(self._writers, timeout=CLOSE_TIMEOUT_S / 2)
+        await asyncio.gather(self._close_twilio(), self._close_realtime())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._upstream is not None:
-            await _close_quietly(self._upstream)
+
+    async def _close_twilio(self) -> None:
+        twilio_writer = self._writers[0]
+        await asyncio.wait([twilio_writer], timeout=CLOSE_TIMEOUT_S / 2)
+        twilio_writer.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close(self._close_code)
+
+    async def _close_realtime(self) -> None:
+        writers = self._writers[1:]
+        if writers:
+            await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
+        for writer in writers:
+            writer.cancel()
+        if self._upstream is not None:
+            await _close_quietly(self._upstream)
 
 
 async def _close_quietly(upstream: RealtimeTransport) -> None:
