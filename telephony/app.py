@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
             calls.discard(bridge)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "active_calls": len(active)})
+        return JSONResponse({"status": "draining" if calls.draining else "ok", "active_calls": len(active)})
 
     app = Starlette(routes=[
         Route("/twilio/voice", signed(voice), methods=["POST"]),

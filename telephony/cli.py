@@ -13,18 +13,20 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .security import RedactingFilter
+    from .server import GracefulServer, ws_max_size
 
     settings = Settings.from_env()
     port = args.port or settings.port
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .security import RedactingFilter
-
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(settings.secrets()))
     app = create_app(settings)
-    uvicorn.run(app, host=args.host or settings.host, port=port, proxy_headers=True,
-                forwarded_allow_ips="*", log_level=settings.log_level.lower())
+    config = uvicorn.Config(app, host=args.host or settings.host, port=port, proxy_headers=True,
+                            forwarded_allow_ips="*", log_level=settings.log_level.lower(),
+                            ws_max_size=ws_max_size(settings))
+    GracefulServer(config, app.state.calls, settings.shutdown_grace_seconds).run()  # SIGTERM: drain calls, then stop
     return 0
 
 

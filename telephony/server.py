@@ -12,23 +12,19 @@ import socket
 
 import uvicorn
 
+from .limits import CallRegistry
 from .settings import Settings
 
 
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, calls: CallRegistry, grace_s: float) -> None:
         super().__init__(config)
-        self.grace_s = settings.shutdown_grace_seconds
+        self.calls = calls
+        self.grace_s = grace_s
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        calls = getattr(getattr(self.config.loaded_app, "state", None), "calls", None)
-        if calls is None:  # wrapped by middleware: find the Starlette app underneath
-            app = self.config.loaded_app
-            while calls is None and hasattr(app, "app"):
-                app = app.app
-                calls = getattr(getattr(app, "state", None), "calls", None)
-        if calls is not None and not self.force_exit:
-            await calls.drain(self.grace_s)
+        if not self.force_exit:  # a second Ctrl-C skips the wait
+            await self.calls.drain(self.grace_s)
         await super().shutdown(sockets)
 
 
