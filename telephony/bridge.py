@@ -169,7 +169,9 @@ class Bridge:
             log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
             self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))
             return
-        if self._done.is_set():
+        if self._done.is_set():  # the call ended while we were connecting: nobody else closes it
+            upstream, self._upstream = self._upstream, None
+            await _close_quietly(upstream)
             return
         # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
         self._realtime_out = asyncio.Queue(QUEUE_LIMIT)

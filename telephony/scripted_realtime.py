@@ -242,8 +242,12 @@ class _Session:
 class ScriptedRealtimeServer:
     """``async with ScriptedRealtimeServer() as server:`` → ``server.url`` to point the bridge at."""
 
-    def __init__(self, script: Script | None = None, dialect: str = "beta", host: str = "127.0.0.1") -> None:
+    def __init__(self, script: Script | None = None, dialect: str = "beta", host: str = "127.0.0.1",
+                 keep_connections: bool = True) -> None:
+        """``keep_connections=False`` forgets each connection when it closes (soak runs)."""
         self.script = script or Script()
+        self.keep_connections = keep_connections
+        self.served = 0
         self.dialect = dialect
         self.host = host
         self.connections: list[Connection] = []
@@ -304,5 +308,9 @@ class ScriptedRealtimeServer:
             pass
         finally:
             conn.closed = True
+            self.served += 1
             if session.response_task:
                 session.response_task.cancel()
+                await asyncio.gather(session.response_task, return_exceptions=True)
+            if not self.keep_connections:
+                self.connections.remove(conn)
