@@ -118,6 +118,7 @@ class Bridge:
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
         self._spawn(self._twilio_writer(), writer=True)
+        self._twilio_writer_task = self._tasks[-1]
         self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
@@ -225,15 +226,14 @@ class Bridge:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close_twilio(self) -> None:
-        twilio_writer = self._writers[0]
-        await asyncio.wait([twilio_writer], timeout=CLOSE_TIMEOUT_S / 2)
-        twilio_writer.cancel()
+        await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
+        self._twilio_writer_task.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close(self._close_code)
 
     async def _close_realtime(self) -> None:
-        writers = self._writers[1:]
+        writers = [w for w in self._writers if w is not self._twilio_writer_task]
         if writers:
             await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
         for writer in writers:

@@ -303,6 +303,7 @@ class ScriptedRealtimeServer:
                     break
                 if script.stall_after is not None and n >= script.stall_after:
                     await self._closing.wait()  # neither reads nor answers from now on
+                    ws.transport.abort()  # it never read the client's close frame either
                     break
         except websockets.ConnectionClosed:
             pass
