@@ -19,6 +19,7 @@ from .limits import CallRegistry
 from .profile import Profile, load_profile
 from .security import StreamTokens, WebhookGuard, stream_key
 from .settings import Settings
+from .twilio_wire import Start
 from .twiml import MEDIA_STREAM_PATH, connect_stream, reject_busy, websocket_url
 
 log = logging.getLogger("telephony.app")
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     signed = WebhookGuard(settings, lambda request: public_base_url(request, settings))
     tokens = StreamTokens(stream_key(settings), settings.stream_token_ttl_seconds)
 
-    def verify_start(start) -> str | None:
+    def verify_start(start: Start) -> str | None:
         return tokens.verify(start.custom_parameters, start.call_sid, time.time())
 
     def default_connector(s: Settings) -> Connector:

@@ -55,7 +55,8 @@ class Bridge:
         self._realtime_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
-        self._writers: list[asyncio.Task] = []
+        self._twilio_writer_task: asyncio.Task | None = None
+        self._realtime_writers: list[asyncio.Task] = []
         self._done = asyncio.Event()
         self._warned_unknown: set[str] = set()
         self.max_message_bytes = max_message_bytes
@@ -107,18 +108,16 @@ class Bridge:
         """Ends the call from outside (shutdown); Twilio speaks the fallback."""
         self.dispatch(self.call.end(reason))
 
-    def _spawn(self, coro, writer: bool = False) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
-        if writer:
-            self._writers.append(task)
+        return task
 
     # --- Pumps ---
 
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
-        self._spawn(self._twilio_writer(), writer=True)
-        self._twilio_writer_task = self._tasks[-1]
+        self._twilio_writer_task = self._spawn(self._twilio_writer())
         self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
@@ -176,9 +175,8 @@ class Bridge:
             return
         # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
         self._realtime_out = asyncio.Queue(QUEUE_LIMIT)
-        writer = asyncio.create_task(self._realtime_writer(self._upstream, self._realtime_out))
-        self._tasks.append(writer)
-        self._writers.append(writer)
+        writer = self._spawn(self._realtime_writer(self._upstream, self._realtime_out))
+        self._realtime_writers.append(writer)
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
@@ -226,14 +224,15 @@ class Bridge:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close_twilio(self) -> None:
-        await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
-        self._twilio_writer_task.cancel()
+        if self._twilio_writer_task is not None:
+            await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
+            self._twilio_writer_task.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close(self._close_code)
 
     async def _close_realtime(self) -> None:
-        writers = [w for w in self._writers if w is not self._twilio_writer_task]
+        writers = [w for w in self._realtime_writers if not w.done()]
         if writers:
             await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
         for writer in writers:

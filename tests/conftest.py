@@ -10,6 +10,7 @@ import uvicorn
 
 from telephony.app import create_app
 from telephony.profile import Profile, load_profile
+from telephony.server import ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ async def running_app(settings: Settings, profile: Profile | None = None, **kwar
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=1 << 20)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=ws_max_size(settings))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
