@@ -7,7 +7,9 @@ with a tone (a different pitch per response, so tests can tell responses apart b
 streams it faster than real time in chunks, honours ``response.cancel`` (after letting a
 configurable number of deltas "in flight" slip out, as a real server does) and checks
 ``conversation.item.truncate`` against the audio it produced. Every client event it receives
-and every server event it sends is kept for the tests to inspect.
+and every server event it sends is kept for the tests to inspect. Fault knobs in ``Script``
+make it refuse or stall the handshake, stop reading mid-call, drop the TCP connection, or send
+raw (malformed, unknown, error) events.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class StreamTokens:
     """Signs a stream's parameters in the TwiML; verifies them when the stream starts."""
 
     key: bytes
-    ttl_s: int = 300
+    ttl_s: int = 60
 
     def __repr__(self) -> str:
         return f"StreamTokens(ttl_s={self.ttl_s})"  # never the key

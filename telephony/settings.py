@@ -71,7 +71,7 @@ class Settings:
     twilio_auth_token: str = field(default="", repr=False)
     twilio_validate_signatures: bool = True
     stream_secret: str = field(default="", repr=False)
-    stream_token_ttl_seconds: int = 300
+    stream_token_ttl_seconds: int = 60
     # Limits.
     max_concurrent_calls: int = 50
     max_message_bytes: int = 64 * 1024
@@ -104,7 +104,7 @@ class Settings:
                                              get("TWILIO_VALIDATE_SIGNATURES", "true")),
             stream_secret=get("STREAM_SECRET"),
             stream_token_ttl_seconds=int(_positive(
-                "STREAM_TOKEN_TTL_SECONDS", _int("STREAM_TOKEN_TTL_SECONDS", get("STREAM_TOKEN_TTL_SECONDS", "300")))),
+                "STREAM_TOKEN_TTL_SECONDS", _int("STREAM_TOKEN_TTL_SECONDS", get("STREAM_TOKEN_TTL_SECONDS", "60")))),
             max_concurrent_calls=int(_positive(
                 "MAX_CONCURRENT_CALLS", _int("MAX_CONCURRENT_CALLS", get("MAX_CONCURRENT_CALLS", "50")),
                 allow_zero=True)),

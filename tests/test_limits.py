@@ -76,7 +76,7 @@ def test_limit_settings_from_env():
             s.shutdown_grace_seconds, s.stream_token_ttl_seconds) == (3, 1000, 2.5, 0.0, 30)
     d = Settings.from_env({})
     assert (d.max_concurrent_calls, d.max_message_bytes, d.media_timeout_seconds,
-            d.shutdown_grace_seconds, d.stream_token_ttl_seconds) == (50, 65536, 10.0, 25.0, 300)
+            d.shutdown_grace_seconds, d.stream_token_ttl_seconds) == (50, 65536, 10.0, 25.0, 60)
     for name, value in [("MAX_CONCURRENT_CALLS", "-1"), ("MAX_CONCURRENT_CALLS", "many"),
                         ("MAX_MESSAGE_BYTES", "0"), ("MEDIA_TIMEOUT_SECONDS", "soon"),
                         ("MEDIA_TIMEOUT_SECONDS", "0"), ("SHUTDOWN_GRACE_SECONDS", "-5"),

@@ -187,3 +187,34 @@ async def test_bad_stream_tokens_close_with_1008_before_any_upstream(case, caplo
     assert server.connections == []  # no Realtime socket was ever opened
     assert f"call {call_sid}: stream refused" in caplog.text
     assert app.state.active_calls == set()
+
+
+async def test_every_twilio_http_route_requires_a_signature():
+    """A /twilio/* HTTP endpoint added later without the guard fails here."""
+    from starlette.routing import Route
+
+    async with ScriptedRealtimeServer() as server, running_app(secure_settings(server)) as (app, host):
+        routes = [r for r in app.routes if isinstance(r, Route) and r.path.startswith("/twilio/")]
+        assert routes
+        async with httpx.AsyncClient() as client:
+            for route in routes:
+                for method in route.methods - {"HEAD"}:
+                    r = await client.request(method, f"http://{host}{route.path}", data=FORM, headers=PROXY)
+                    assert r.status_code == 403, (method, route.path)
+
+
+def test_redacting_filter_scrubs_any_logger_through_the_handler():
+    import io
+
+    from telephony.security import RedactingFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter([API_KEY, AUTH_TOKEN, ""]))
+    logger = logging.getLogger("some.library")
+    logger.addHandler(handler)
+    try:
+        logger.warning("header Authorization: Bearer %s, token %s", API_KEY, AUTH_TOKEN)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().strip() == "header Authorization: Bearer [redacted], token [redacted]"
