@@ -30,6 +30,7 @@ class EndStream:
 
     reason: str
     abnormal: bool = False
+    policy_violation: bool = False  # refused (bad token…): close with 1008, open nothing
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ log = logging.getLogger("telephony.bridge")
 TICK_S = 0.05
 QUEUE_LIMIT = 2000  # messages; ~40 s of audio. Past it the peer is stalled and we drop.
 CLOSE_TIMEOUT_S = 1.0
+DROP_WARNING_EVERY_S = 5.0  # a stalled peer drops 50 messages a second: say so, not 50 times
+POLICY_VIOLATION = 1008  # websocket close code for a stream we refuse
 
 Connector = Callable[[], Awaitable[RealtimeTransport]]
 RecordSink = Callable[[Call, Record], None]
@@ -44,7 +46,8 @@ class BridgeStats:
 
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None, call_control: CallControl | None = None) -> None:
+                 on_record: RecordSink | None = None, call_control: CallControl | None = None,
+                 max_message_bytes: int | None = None) -> None:
         self.ws = ws
         self.call_control = call_control
         self.call = call
@@ -57,9 +60,14 @@ class Bridge:
         self._realtime_out: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LIMIT)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
-        self._writers: list[asyncio.Task] = []
+        self._twilio_writer_task: asyncio.Task | None = None
+        self._realtime_writers: list[asyncio.Task] = []
         self._done = asyncio.Event()
         self._warned_unknown: set[str] = set()
+        self.max_message_bytes = max_message_bytes
+        self._close_code = 1000
+        self._drops: dict[str, int] = {}  # peer → messages dropped since the last warning
+        self._drop_warned_at: dict[str, float] = {}
 
     def now(self) -> float:
         return self._loop.time()
@@ -82,6 +90,8 @@ class Bridge:
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):
                 log.info("call %s: ending stream: %s", self.sid, action.reason)
+                if action.policy_violation:
+                    self._close_code = POLICY_VIOLATION
                 self._done.set()
             elif isinstance(action, Record):
                 if self.on_record is not None:
@@ -93,19 +103,28 @@ class Bridge:
         try:
             queue.put_nowait(text)
         except asyncio.QueueFull:
-            log.warning("call %s: %s is not reading; message dropped", self.sid, peer)
+            self._drops[peer] = self._drops.get(peer, 0) + 1
+            last = self._drop_warned_at.get(peer)
+            if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
+                log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,
+                            self._drops[peer])
+                self._drop_warned_at[peer] = self.now()
+                self._drops[peer] = 0
 
-    def _spawn(self, coro, writer: bool = False) -> None:
+    def end(self, reason: str) -> None:
+        """Ends the call from outside (shutdown); Twilio speaks the fallback."""
+        self.dispatch(self.call.end(reason))
+
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
-        if writer:
-            self._writers.append(task)
+        return task
 
     # --- Pumps ---
 
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
-        self._spawn(self._twilio_writer(), writer=True)
+        self._twilio_writer_task = self._spawn(self._twilio_writer())
         self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
@@ -124,8 +143,13 @@ class Bridge:
                     break
                 self.stats.twilio_in += 1
                 text = message.get("text")
+                raw = text if text is not None else message.get("bytes") or b""
+                if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
+                    log.warning("call %s: Twilio message of %d bytes is over the %d-byte limit; dropped",
+                                self.sid, len(raw), self.max_message_bytes)
+                    continue
                 try:
-                    event = tw.parse(text if text is not None else message.get("bytes") or b"")
+                    event = tw.parse(raw)
                 except tw.TwilioProtocolError as exc:
                     log.warning("call %s: bad Twilio message: %s", self.sid, exc)
                     continue
@@ -152,9 +176,14 @@ class Bridge:
             log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
             self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))
             return
-        if self._done.is_set():
+        if self._done.is_set():  # the call ended while we were connecting: nobody else closes it
+            upstream, self._upstream = self._upstream, None
+            await _close_quietly(upstream)
             return
-        self._spawn(self._realtime_writer(self._upstream), writer=True)
+        # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
+        self._realtime_out = asyncio.Queue(QUEUE_LIMIT)
+        writer = self._spawn(self._realtime_writer(self._upstream, self._realtime_out))
+        self._realtime_writers.append(writer)
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
@@ -175,10 +204,13 @@ class Bridge:
             raise
         except Exception as exc:
             reason = _describe(exc)
+        writer.cancel()
+        upstream, self._upstream = self._upstream, None
+        await _close_quietly(upstream)
         self.dispatch(self.call.on_realtime_closed(reason))
 
-    async def _realtime_writer(self, upstream: RealtimeTransport) -> None:
-        while (text := await self._realtime_out.get()) is not None:
+    async def _realtime_writer(self, upstream: RealtimeTransport, queue: asyncio.Queue) -> None:
+        while (text := await queue.get()) is not None:
             await upstream.send(text)
             self.stats.realtime_out += 1
 
@@ -209,21 +241,37 @@ class Bridge:
                 self._done.set()
 
     async def _shutdown(self) -> None:
-        # Let the writers flush what the core already decided to send, then stop them.
+        # Each side flushes what the core already decided to send, then closes, independently:
+        # a stalled upstream must not delay the Twilio close (the fallback speaks on it).
         for queue in (self._twilio_out, self._realtime_out):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-        if self._writers:
-            await asyncio.wait(self._writers, timeout=CLOSE_TIMEOUT_S / 2)
+        await asyncio.gather(self._close_twilio(), self._close_realtime())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._upstream is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._upstream.close(), CLOSE_TIMEOUT_S / 2)
+
+    async def _close_twilio(self) -> None:
+        if self._twilio_writer_task is not None:
+            await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
+            self._twilio_writer_task.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.ws.close()
+                await self.ws.close(self._close_code)
+
+    async def _close_realtime(self) -> None:
+        writers = [w for w in self._realtime_writers if not w.done()]
+        if writers:
+            await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
+        for writer in writers:
+            writer.cancel()
+        if self._upstream is not None:
+            await _close_quietly(self._upstream)
+
+
+async def _close_quietly(upstream: RealtimeTransport) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(upstream.close(), CLOSE_TIMEOUT_S / 2)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import binascii
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Union
 
 from . import realtime as rt
 from . import tools
@@ -27,11 +27,14 @@ log = logging.getLogger("telephony.call")
 # Caller audio that arrives before the model is connected is kept (up to this much) and sent
 # once it is: the caller's first words are not lost while the upstream handshake runs.
 EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
-DTMF_GAP_S = 1.0
+DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
 # Hang-up/transfer waits for the agent's last words to be heard, but never longer than this.
 AFTER_PLAYOUT_TIMEOUT_S = 20.0
 MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
-BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active"})  # digits closer together than this are one burst, one message
+RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
+
+# Decides whether a stream may start (e.g. checks its signed token): None, or why not.
+StartVerifier = Callable[[tw.Start], Union[str, None]]
 
 
 @dataclass
@@ -43,7 +46,9 @@ class _Response:
 class Call:
     """One call's state. Not thread-safe; the shells feed it from one event loop."""
 
-    def __init__(self, profile: Profile, audio_codec: str = "pcm16") -> None:
+    def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
+                 verify_start: StartVerifier | None = None,
+                 media_timeout_s: float | None = None) -> None:
         self.profile = profile
         self.audio_format = audio_codec
         self.codec = make_codec(audio_codec)
@@ -66,17 +71,31 @@ class Call:
         self._awaiting_response = False  # we asked for a response the server has not started yet
         self._function_names: dict[str, str] = {}  # call_id → name (beta names it only here)
         self._started_at = 0.0
+        self.verify_start = verify_start
+        self.media_timeout_s = media_timeout_s
+        self._last_heard: float | None = None  # last Twilio message; None until the first tick
+        self._reconnects_left = RECONNECTS
+        self._sessions = 0  # Realtime sessions opened so far
+        self._history: list[tuple[str, str]] = []  # (role, item id) in conversation order
+        self._caller_text: dict[str, str] = {}  # caller item → transcript
+        self._known_responses: set[str] = set()
+        self._warned_items: set[str] = set()
 
     # --- Twilio side ---
 
     def on_twilio(self, event: tw.TwilioEvent, now: float) -> list[Action]:
         if self.ended:
             return []
+        self._last_heard = now
         if isinstance(event, tw.Media):
             return self._on_media(event)
         if isinstance(event, tw.Mark):
             if not self.ledger.echoed(event.name, now):
-                log.debug("call %s: mark %r is not pending (cleared or unknown)", self.call_sid, event.name)
+                if self.ledger.issued(event.name):
+                    log.debug("call %s: mark %r echoed after a clear", self.call_sid, event.name)
+                else:
+                    log.warning("call %s: Twilio echoed mark %r, which we never sent; ignored",
+                                self.call_sid, event.name)
                 return []
             return self._check_after_playout(now)
         if isinstance(event, tw.Start):
@@ -94,6 +113,14 @@ class Call:
         if self.stream_sid is not None:
             log.warning("call %s: second start (stream %s) ignored", self.call_sid, event.stream_sid)
             return []
+        if self.verify_start is not None:
+            refused = self.verify_start(event)
+            if refused:
+                log.warning("call %s: stream refused: %s", event.call_sid, refused)
+                self.call_sid = event.call_sid
+                self.ended = True
+                return [Record("refused", {"reason": refused}),
+                        EndStream(f"stream refused: {refused}", abnormal=True, policy_violation=True)]
         if (event.encoding, event.sample_rate, event.channels) != ("audio/x-mulaw", 8000, 1):
             log.error("call %s: unsupported media format %s/%d/%d", event.call_sid, event.encoding,
                       event.sample_rate, event.channels)
@@ -101,15 +128,21 @@ class Call:
             return self._end(f"unsupported media format {event.encoding}", abnormal=True)
         self.stream_sid = event.stream_sid
         self.call_sid = event.call_sid
-        self.parameters = dict(event.custom_parameters)
+        self.parameters = {k: v for k, v in event.custom_parameters.items() if k != "token"}
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
                 OpenRealtime()]
 
     def _on_media(self, event: tw.Media) -> list[Action]:
         if self.stream_sid is None:
-            log.warning("call ?: media before start dropped")
+            log.warning("call ?: media before start dropped (no call sid yet)")
+            return []
+        if event.stream_sid and event.stream_sid != self.stream_sid:
+            log.warning("call %s: media for another stream (%s) dropped", self.call_sid, event.stream_sid)
             return []
         if event.track not in ("inbound", "inbound_track"):
+            return []
+        if not event.payload:
+            log.warning("call %s: empty media payload dropped", self.call_sid)
             return []
         try:
             audio = self.codec.caller_to_model(event.payload)
@@ -127,13 +160,17 @@ class Call:
     def on_realtime_open(self, now: float) -> list[Action]:
         """The upstream socket is up: configure the session, greet, send the early audio."""
         self.realtime_open = True
-        # Per-call overrides arrive as (signed) stream parameters; the profile fills the rest.
+        self._sessions += 1
+        # Per-call overrides arrive as signed stream parameters; the profile fills the rest.
         config = self.profile.session_config(self.codec.model_format,
                                              instructions=self.parameters.get("instructions"),
                                              voice=self.parameters.get("voice"))
         actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
+        if self._sessions > 1:
+            actions.extend(self._restore_conversation())
+            actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
         greeting = self.parameters.get("greeting", self.profile.greeting)
-        if greeting:
+        if greeting and self._sessions == 1:
             actions.append(self._create_response(
                 f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
@@ -141,11 +178,31 @@ class Call:
         return actions
 
     def on_realtime_closed(self, reason: str) -> list[Action]:
-        self.realtime_open = False
+        """The upstream socket closed, or never opened. A drop mid-call is retried once."""
+        was_open, self.realtime_open = self.realtime_open, False
         if self.ended:
             return []
+        if was_open and self._reconnects_left > 0:
+            self._reconnects_left -= 1
+            log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
+            self._response = None  # its audio will never come: the new session starts afresh
+            return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
         log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
         return self._end(f"Realtime closed: {reason}", abnormal=True)
+
+    def _restore_conversation(self) -> list[Action]:
+        """The conversation so far, as text items, so the new session knows what was said."""
+        actions: list[Action] = []
+        for role, item in self._history:
+            if role == "user":
+                text = self._caller_text.get(item, "")
+                if text:
+                    actions.append(ToRealtime(rt.AddUserText(text)))
+            else:
+                text = self.agent_transcript(item)
+                if text:
+                    actions.append(ToRealtime(rt.AddAssistantText(text)))
+        return actions
 
     def on_realtime(self, event: rt.Event, now: float) -> list[Action]:
         if self.ended:
@@ -153,15 +210,18 @@ class Call:
         if isinstance(event, rt.AudioDelta):
             return self._on_audio_delta(event, now)
         if isinstance(event, rt.SpeechStarted):
+            self._history.append(("user", event.item_id))
             return self._barge_in(event, now)
         if isinstance(event, rt.ResponseCreated):
             self._response = _Response(event.response_id)
             self._awaiting_response = False
+            self._known_responses.add(event.response_id)
             return []
         if isinstance(event, rt.AudioDone):
             return self._on_audio_done(event)
         if isinstance(event, rt.TranscriptDelta):
             if event.item_id not in self._dropped_items:
+                self._note_agent_item(event.item_id)
                 self._transcripts.setdefault(event.item_id, []).append(event.delta)
             return []
         if isinstance(event, rt.ResponseDone):
@@ -173,10 +233,15 @@ class Call:
                 self._function_names[event.call_id] = event.name
             return []
         if isinstance(event, rt.InputTranscript):
+            if ("user", event.item_id) not in self._history:
+                self._history.append(("user", event.item_id))
+            self._caller_text[event.item_id] = event.transcript
             return [self._transcript("caller", event.item_id, event.transcript, now)]
         if isinstance(event, rt.TranscriptDone):
             if event.item_id in self._dropped_items:
                 return []  # already recorded, cut to what was heard, at the barge-in
+            self._note_agent_item(event.item_id)
+            self._transcripts[event.item_id] = [event.transcript]
             return [self._transcript("agent", event.item_id, event.transcript, now)]
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
@@ -188,6 +253,10 @@ class Call:
             return []
         if self._response is not None and self._response.id == event.response_id:
             self._response.items.add(event.item_id)
+        elif event.response_id not in self._known_responses and event.item_id not in self._warned_items:
+            self._warned_items.add(event.item_id)  # played anyway: better heard than lost
+            log.warning("call %s: audio for item %r of response %r, which was never announced",
+                        self.call_sid, event.item_id, event.response_id)
         try:
             chunk = self.codec.model_to_caller(event.audio)
         except (binascii.Error, ValueError) as exc:
@@ -341,6 +410,12 @@ class Call:
     def on_tick(self, now: float) -> list[Action]:
         if self.ended:
             return []
+        if self._last_heard is None:
+            self._last_heard = now  # the clock starts with the stream
+        elif self.media_timeout_s is not None and now - self._last_heard > self.media_timeout_s:
+            log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
+                      self.call_sid, now - self._last_heard)
+            return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
         return self._flush_dtmf(now) + self._check_after_playout(now)
 
     def _flush_dtmf(self, now: float) -> list[Action]:
@@ -359,11 +434,20 @@ class Call:
 
     # --- Ending ---
 
+    def end(self, reason: str) -> list[Action]:
+        """Ends the call from outside (shutdown): Twilio then speaks the fallback."""
+        log.info("call %s: ending: %s", self.call_sid, reason)
+        return self._end(reason, abnormal=True)
+
     def _end(self, reason: str, abnormal: bool = False) -> list[Action]:
         if self.ended:
             return []
         self.ended = True
         return [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
+
+    def _note_agent_item(self, item_id: str) -> None:
+        if ("assistant", item_id) not in self._history:
+            self._history.append(("assistant", item_id))
 
     def agent_transcript(self, item_id: str) -> str:
         return "".join(self._transcripts.get(item_id, []))

@@ -13,14 +13,20 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .security import RedactingFilter
+    from .server import GracefulServer, ws_max_size
 
     settings = Settings.from_env()
     port = args.port or settings.port
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(settings.secrets()))
     app = create_app(settings)
-    uvicorn.run(app, host=args.host or settings.host, port=port, proxy_headers=True,
-                forwarded_allow_ips="*", log_level=settings.log_level.lower())
+    config = uvicorn.Config(app, host=args.host or settings.host, port=port, proxy_headers=True,
+                            forwarded_allow_ips="*", log_level=settings.log_level.lower(),
+                            ws_max_size=ws_max_size(settings), ws="websockets-sansio")
+    GracefulServer(config, app.state.calls, settings.shutdown_grace_seconds).run()  # SIGTERM: drain calls, then stop
     return 0
 
 
@@ -36,8 +42,11 @@ def _call(args: argparse.Namespace) -> int:
     """Places a call exactly as POST /calls does, from this machine's settings."""
     import json
 
-    from .outbound import RequestError, call_twiml, parse_request, place
-    from .profile import load_profile
+    import time
+
+    from .app import OUTBOUND_URL_TTL_S
+    from .outbound import RequestError, answer_url, parse_request, place
+    from .security import StreamTokens, stream_key
     from .twilio_rest import CallControl, TwilioError
 
     settings = Settings.from_env()
@@ -50,8 +59,9 @@ def _call(args: argparse.Namespace) -> int:
         body["machine_detection"] = True
     try:
         req = parse_request(json.dumps(body).encode(), settings.twilio_from_number)
-        xml = call_twiml(req, settings.public_url, load_profile(settings.profile_path()).fallback)
-        placed = place(CallControl(settings), req, settings.public_url, xml)
+        signer = StreamTokens(stream_key(settings), OUTBOUND_URL_TTL_S)
+        url = answer_url(req, settings.public_url, signer, time.time())
+        placed = place(CallControl(settings), req, settings.public_url, url)
     except (RequestError, TwilioError) as exc:
         print(f"telephony call: {exc}", file=sys.stderr)
         return 1

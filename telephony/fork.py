@@ -33,8 +33,11 @@ EARLY_AUDIO_FRAMES = 100  # per track, while its session connects
 class ForkTranscription:
     """The state of one forked call. Returns plain data: (track, command) pairs and records."""
 
-    def __init__(self, profile: Profile, audio_codec: str = "pcm16") -> None:
+    def __init__(self, profile: Profile, audio_codec: str = "pcm16",
+                 verify_start: Callable[[tw.Start], str | None] | None = None) -> None:
         self.profile = profile
+        self.verify_start = verify_start
+        self.refused: str | None = None
         self.codecs = {track: make_codec(audio_codec) for track in SPEAKERS}
         self.call_sid: str | None = None
         self.started_at = 0.0
@@ -43,7 +46,12 @@ class ForkTranscription:
         self.ended = False
 
     def on_start(self, event: tw.Start, now: float) -> list[Record]:
+        """Records of the start; when the stream is refused, ``refused`` says why (open nothing)."""
         self.call_sid, self.started_at = event.call_sid, now
+        self.refused = self.verify_start(event) if self.verify_start is not None else None
+        if self.refused:
+            log.warning("call %s: transcription stream refused: %s", event.call_sid, self.refused)
+            return [Record("refused", {"reason": self.refused})]
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid,
                                  "kind": "transcription", "tracks": list(event.tracks)})]
 
@@ -118,6 +126,9 @@ class ForkBridge:
                     continue
                 if isinstance(event, tw.Start) and self.core.call_sid is None:
                     self._records(self.core.on_start(event, self._loop.time()))
+                    if self.core.refused:
+                        await self.ws.close(code=1008, reason="stream refused")
+                        return
                     self._tasks += [asyncio.create_task(self._session(t)) for t in SPEAKERS]
                 elif isinstance(event, tw.Media):
                     self._send(self.core.on_media(event))

@@ -1,19 +1,22 @@
-"""Outbound call requests: validating `POST /calls` bodies and building the call's TwiML."""
+"""Outbound call requests: validating `POST /calls` bodies and the URL Twilio answers them with."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
+from .security import StreamTokens
 from .tools import E164
 from .twilio_rest import CallControl, PlacedCall
-from .twiml import MEDIA_STREAM_PATH, connect_stream, websocket_url
 
 MAX_METADATA_BYTES = 512
 MAX_TEXT = {"instructions": 2000, "voice": 40, "greeting": 400, "voicemail": 400}
-# Twilio refuses inline TwiML longer than this (error 32018); overrides travel inside it.
-TWIML_LIMIT = 4000
+# Twilio caps inline TwiML at 4000 characters (its error 32018); we hold the answer URL, which
+# carries the overrides, to the same bound.
+URL_LIMIT = 4000
+OUTBOUND_ANSWER_PATH = "/twilio/outbound"
 
 
 class RequestError(ValueError):
@@ -78,16 +81,22 @@ def parse_request(body: bytes, default_from: str) -> OutboundRequest:
     return OutboundRequest(to, from_, overrides, metadata, detect)
 
 
-def call_twiml(req: OutboundRequest, public_base: str, fallback: str) -> str:
-    """The TwiML the outbound call runs: the stream with the call's overrides as parameters."""
-    xml = connect_stream(websocket_url(public_base, MEDIA_STREAM_PATH), req.stream_parameters(), fallback)
-    if len(xml) > TWIML_LIMIT:
-        raise RequestError(422, f"the call's TwiML would be {len(xml)} characters; Twilio accepts "
-                                f"{TWIML_LIMIT}: shorten instructions, greeting or metadata")
-    return xml
+def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now: float) -> str:
+    """Where Twilio fetches the call's TwiML once it is answered.
+
+    The call sid does not exist until Twilio creates the call, so the stream token (bound to the
+    sid) can only be made then: the overrides ride in this URL, signed with the stream key so no
+    one else can forge them, and ``/twilio/outbound`` turns them into the stream's parameters.
+    """
+    signed = signer.with_token(req.stream_parameters(), now)
+    url = f"{public_base}{OUTBOUND_ANSWER_PATH}?{urlencode(signed)}"
+    if len(url) > URL_LIMIT:
+        raise RequestError(422, f"the call's answer URL would be {len(url)} characters; keep it under "
+                                f"{URL_LIMIT}: shorten instructions, greeting or metadata")
+    return url
 
 
-def place(control: CallControl, req: OutboundRequest, public_base: str, twiml: str) -> PlacedCall:
+def place(control: CallControl, req: OutboundRequest, public_base: str, url: str) -> PlacedCall:
     """Blocking (run it in a thread from async code). Raises TwilioError."""
-    return control.place(req.to, req.from_, twiml, f"{public_base}/twilio/status",
+    return control.place(req.to, req.from_, url, f"{public_base}/twilio/status",
                          f"{public_base}/twilio/amd" if req.machine_detection else None)

@@ -96,13 +96,20 @@ class AddUserText:
 
 
 @dataclass(frozen=True)
+class AddAssistantText:
+    """Something the agent said, as text (restoring a conversation in a new session)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class AddFunctionOutput:
     call_id: str
     output: str
 
 
 Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CommitAudio, CreateResponse,
-                CancelResponse, TruncateItem, AddUserText, AddFunctionOutput]
+                CancelResponse, TruncateItem, AddUserText, AddAssistantText, AddFunctionOutput]
 
 
 # --- Events: what the model tells the core ---

@@ -70,6 +70,11 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "conversation.item.create", "item": {
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": command.text}]}}
+    if isinstance(command, rt.AddAssistantText):
+        # Beta assistant messages carry "text" parts; "input_text" is for user messages.
+        return {"type": "conversation.item.create", "item": {
+            "type": "message", "role": "assistant",
+            "content": [{"type": "text", "text": command.text}]}}
     if isinstance(command, rt.AddFunctionOutput):
         return {"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": command.call_id, "output": command.output}}

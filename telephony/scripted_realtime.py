@@ -5,19 +5,25 @@ and truncate handling, but every response is a tone (a different pitch per respo
 can tell responses apart by FFT) of a fixed length, the VAD has one threshold and a fixed
 end-of-turn silence, and a configurable number of deltas "in flight" slip out after a cancel,
 as a real server's do. Every client event it receives and every server event it sends is kept
-for the tests to inspect.
+for the tests to inspect. Fault knobs in ``Script``
+make it refuse or stall the handshake, stop reading mid-call, drop the TCP connection, or send
+raw (malformed, unknown, error) events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from .local_engine import BETA_NAMES, GA_NAMES, EngineConfig, RealtimeEngine, Utterance
-from .local_realtime import run_session
+from .local_realtime import EngineRunner
 from .voices import RATE
 
 __all__ = ["BETA_NAMES", "GA_NAMES", "Connection", "Script", "ScriptedRealtimeServer", "TonePersona"]
@@ -37,6 +43,14 @@ class Script:
     respond_to_turns: bool = True
     deltas_after_cancel: int = 2  # already "in flight" when a cancel arrives
     auto_interrupt: bool = True  # speech_started cancels the response, like interrupt_response
+    # Faults, for resilience tests. Counts are client messages received on one connection.
+    reject_status: int | None = None  # answer the handshake with this HTTP status
+    handshake_delay_s: float = 0.0  # sit on the handshake this long (a stalled upstream)
+    stall_after: int | None = None  # then stop reading and answering, socket left open
+    drop_after: int | None = None  # then drop the TCP connection without a close frame
+    drop_connections: int = 1  # how many connections (the first ones) drop_after applies to
+    inject: tuple[tuple[int, str], ...] = ()  # (after n client messages, raw text to send)
+
     # Response number → (function name, JSON arguments) called after that response's audio.
     tool_calls: dict[int, tuple[str, str]] = field(default_factory=dict)
     # Response number → its length in ms, where it differs from response_ms.
@@ -96,8 +110,12 @@ class Connection:
 class ScriptedRealtimeServer:
     """``async with ScriptedRealtimeServer() as server:`` → ``server.url`` to point the bridge at."""
 
-    def __init__(self, script: Script | None = None, dialect: str = "beta", host: str = "127.0.0.1") -> None:
+    def __init__(self, script: Script | None = None, dialect: str = "beta", host: str = "127.0.0.1",
+                 keep_connections: bool = True) -> None:
+        """``keep_connections=False`` forgets each connection when it closes (soak runs)."""
         self.script = script or Script()
+        self.keep_connections = keep_connections
+        self.served = 0
         self.dialect = dialect
         self.host = host
         self.connections: list[Connection] = []
@@ -109,21 +127,78 @@ class ScriptedRealtimeServer:
         return f"ws://{self.host}:{self.port}/v1/realtime"
 
     async def __aenter__(self) -> "ScriptedRealtimeServer":
-        self._server = await serve(self._serve, self.host, 0, max_size=2**24, compression=None)
+        self._closing = asyncio.Event()
+        self._server = await serve(self._serve, self.host, 0, max_size=2**24, compression=None,
+                                   process_request=self._handshake)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()  # releases stalled handlers
         self._server.close()
         await self._server.wait_closed()
+
+    async def _handshake(self, ws: ServerConnection, request: Any) -> Any:
+        if self.script.handshake_delay_s:
+            try:
+                await asyncio.wait_for(self._closing.wait(), self.script.handshake_delay_s)
+            except asyncio.TimeoutError:
+                pass
+        if self.script.reject_status:
+            return ws.respond(self.script.reject_status, "scripted refusal\n")
+        return None
 
     async def _serve(self, ws: ServerConnection) -> None:
         conn = Connection(headers={k.lower(): v for k, v in ws.request.headers.raw_items()},
                           path=ws.request.path)
         self.connections.append(conn)
+        index = len(self.connections) - 1
         config = self.script.engine_config(self.dialect, transcription="intent=transcription" in conn.path)
         engine = RealtimeEngine(TonePersona(self.script), config, "sess_scripted")
         try:
-            await run_session(ws, engine, conn.observe)
+            await self._run(ws, engine, conn, index)
         finally:
             conn.closed = True
+            self.served += 1
+            if not self.keep_connections:
+                self.connections.remove(conn)
+
+    async def _run(self, ws: ServerConnection, engine: RealtimeEngine, conn: Connection, index: int) -> None:
+        """``run_session`` with the script's faults: injected raw events, drops and stalls."""
+        script, inject = self.script, sorted(self.script.inject)
+        out: asyncio.Queue[str] = asyncio.Queue()
+
+        def deliver(event: dict[str, Any]) -> None:
+            conn.observe("server", event)
+            out.put_nowait(json.dumps(event))
+
+        async def write() -> None:
+            while True:
+                await ws.send(await out.get())
+
+        runner = EngineRunner(engine, deliver)
+        writer = asyncio.create_task(write())
+        try:
+            async for message in ws:
+                with contextlib.suppress(ValueError):
+                    conn.observe("client", json.loads(message))
+                runner.feed(message)
+                n = len(conn.received)
+                while inject and inject[0][0] <= n:
+                    out.put_nowait(inject.pop(0)[1])
+                if script.drop_after is not None and n >= script.drop_after and index < script.drop_connections:
+                    ws.transport.abort()  # as a network fault: no close frame
+                    break
+                if script.stall_after is not None and n >= script.stall_after:
+                    runner.close()
+                    writer.cancel()
+                    await self._closing.wait()  # neither reads nor answers from now on
+                    ws.transport.abort()  # it never read the client's close frame either
+                    break
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            runner.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await writer

@@ -43,13 +43,16 @@ class CallResult:
     clears: list[float]  # seconds since start
     received: list[dict[str, Any]]  # every message the bridge sent (payloads elided)
     close_code: int | None = None
+    closed_by_bridge_at: float | None = None  # seconds since start, when the bridge hung up first
 
 
 class TwilioCallSimulator:
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
                  hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
-                 outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None) -> None:
+                 outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None,
+                 before_start: list[str] | None = None,
+                 media_format: dict[str, Any] | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
         ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
@@ -58,7 +61,9 @@ class TwilioCallSimulator:
         ``hang_up_when_quiet_s``: hang up earlier, once the caller's audio is over and the agent,
         having spoken since, has been quiet this long (a caller who got their answer).
 
-        ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
+        ``extra_messages``: (seconds, raw text | bytes) sent as-is at that time, for protocol
+        tests; ``before_start``: raw messages sent between ``connected`` and ``start``;
+        ``media_format``: overrides the ``start`` message's (Twilio's is μ-law 8 kHz mono).
         """
         self.url = url
         self.caller_audio = caller_audio
@@ -68,9 +73,12 @@ class TwilioCallSimulator:
         self.custom_parameters = custom_parameters or {}
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
-        self.extra = sorted(extra_messages or [])
+        self.extra = sorted(extra_messages or [], key=lambda m: m[0])
         self.outbound_audio = outbound_audio
         self.hang_up_when_quiet_s = hang_up_when_quiet_s
+        self.before_start = list(before_start or [])
+        self.media_format = media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        self.closed_by_bridge_at: float | None = None  # seconds since start, if the bridge closed
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -113,14 +121,17 @@ class TwilioCallSimulator:
             self.started.set()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             self._seq = 1
+            for raw in self.before_start:
+                await ws.send(raw)
             await ws.send(self._message("start", start={
                 "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
                 "tracks": ["inbound", "outbound"] if self.outbound_audio is not None else ["inbound"],
-                "customParameters": self.custom_parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
+                "customParameters": self.custom_parameters, "mediaFormat": self.media_format}))
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._pace(ws, receiver)
+            except websockets.ConnectionClosed:  # the bridge closed the stream while we were talking
+                await asyncio.wait([receiver], timeout=1.0)  # let the receiver note it
             finally:
                 receiver.cancel()
                 try:
@@ -129,7 +140,8 @@ class TwilioCallSimulator:
                     pass
             close_code = ws.close_code
         return CallResult(bytes(self._caller), bytes(self._agent), self._timeline, self._echoed,
-                          self._echoed_by_clear, self._clears, self._received, close_code)
+                          self._echoed_by_clear, self._clears, self._received, close_code,
+                          self.closed_by_bridge_at)
 
     async def _pace(self, ws, receiver: asyncio.Task) -> None:
         """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
@@ -202,6 +214,14 @@ class TwilioCallSimulator:
         return self._played_total / 8 - max(0.0, self._frame_audio_ms - elapsed)
 
     async def _receive(self, ws) -> None:
+        try:
+            await self._receive_messages(ws)
+        except websockets.ConnectionClosedError:
+            pass  # closed with an error code (e.g. 1009): still the bridge hanging up
+        self.closed_by_bridge_at = self._now()  # the bridge ended the stream: Twilio runs the fallback
+        self._note("closed_by_bridge")
+
+    async def _receive_messages(self, ws) -> None:
         async for text in ws:
             msg = json.loads(text)
             event = msg.get("event")

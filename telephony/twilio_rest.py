@@ -55,7 +55,7 @@ class CallControl:
                 else TwilioHttpClient(timeout=REQUEST_TIMEOUT_S))
         self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
 
-    def place(self, to: str, from_: str, twiml: str, status_callback: str,
+    def place(self, to: str, from_: str, answer_url: str, status_callback: str,
               amd_callback: str | None) -> PlacedCall:
         options: dict = {}
         if amd_callback:
@@ -63,7 +63,7 @@ class CallControl:
                        "async_amd_status_callback": amd_callback,
                        "async_amd_status_callback_method": "POST"}
         call = self._call(lambda: self._client.calls.create(
-            to=to, from_=from_, twiml=twiml, status_callback=status_callback,
+            to=to, from_=from_, url=answer_url, method="POST", status_callback=status_callback,
             status_callback_event=["initiated", "ringing", "answered", "completed"],
             status_callback_method="POST", **options))
         return PlacedCall(call.sid, call.status)

@@ -65,3 +65,10 @@ def fork_and_dial(stream_url: str, parameters: Mapping[str, str], number: str) -
     response.append(start)
     response.dial(number)
     return str(response)
+
+
+def reject_busy() -> str:
+    """<Reject reason="busy"/>: the caller hears a busy tone and we are not billed for the call."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return str(response)

@@ -183,10 +183,71 @@ def test_fatal_realtime_error_ends_with_fallback_but_client_error_does_not(profi
     assert any(isinstance(a, EndStream) and a.abnormal for a in actions)
 
 
-def test_realtime_close_ends_stream_abnormally(profile):
+def test_realtime_drop_reconnects_once_then_ends_abnormally(profile):
     call = started_call(profile)
     actions = call.on_realtime_closed("connection reset")
+    assert any(isinstance(a, OpenRealtime) for a in actions)
+    assert not any(isinstance(a, EndStream) for a in actions)
+    call.on_realtime_open(1.0)
+    actions = call.on_realtime_closed("connection reset again")
     assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
+
+
+def test_connect_failure_ends_at_once(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    actions = call.on_realtime_closed("connect failed: refused")
+    assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
+
+
+def test_reconnect_resends_config_and_restores_conversation_without_greeting(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.5)
+    call.on_realtime(rt.TranscriptDelta("r1", "a1", "Hello "), 0.5)
+    call.on_realtime(rt.TranscriptDone("r1", "a1", "Hello there."), 0.6)
+    call.on_realtime(rt.InputTranscript("u1", "Hi, I need help."), 0.7)  # arrives late, ordered by speech
+    call.on_realtime(rt.SpeechStarted("u2", 0), 1.0)
+    call.on_realtime(rt.InputTranscript("u2", "With my bill."), 1.5)
+    call.on_realtime_closed("dropped")
+    actions = call.on_realtime_open(2.0)
+    commands = realtime(actions)
+    assert isinstance(commands[0], rt.ConfigureSession)
+    assert commands[1:] == [rt.AddUserText("Hi, I need help."), rt.AddAssistantText("Hello there."),
+                            rt.AddUserText("With my bill.")]
+    assert not realtime(actions, rt.CreateResponse)  # no second greeting
+
+
+def test_stream_with_refused_token_ends_with_policy_violation(profile):
+    call = Call(profile, verify_start=lambda start: "forged" if start.call_sid == "CA2" else None)
+    actions = call.on_twilio(tw.Start("MZ1", "CA2", custom_parameters={"token": "x"}), 0.0)
+    assert not any(isinstance(a, OpenRealtime) for a in actions)
+    (end,) = [a for a in actions if isinstance(a, EndStream)]
+    assert end.policy_violation and call.ended
+    ok = Call(profile, verify_start=lambda start: None)
+    actions = ok.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"token": "t", "from": "+1"}), 0.0)
+    assert any(isinstance(a, OpenRealtime) for a in actions) and ok.parameters == {"from": "+1"}
+
+
+def test_silent_stream_times_out(profile):
+    call = Call(profile, media_timeout_s=2.0)
+    call.on_tick(0.0)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.5)
+    assert call.on_tick(2.4) == []
+    call.on_twilio(tw.Media(ULAW_FRAME, stream_sid="MZ1"), 2.4)
+    assert call.on_tick(4.3) == []
+    actions = call.on_tick(4.5)
+    assert any(isinstance(a, EndStream) and a.abnormal for a in actions)
+
+
+def test_marks_never_sent_are_told_from_marks_cleared(profile, caplog):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.05)  # clear: pending marks come back
+    call.on_twilio(tw.Mark(marks[1]), 0.06)
+    call.on_twilio(tw.Mark("bogus"), 0.07)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["call CA1: Twilio echoed mark 'bogus', which we never sent; ignored"]
 
 
 def test_media_before_start_and_bad_payload_are_dropped(profile):

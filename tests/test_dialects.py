@@ -32,6 +32,7 @@ def commands(audio_format: str) -> list[rt.Command]:
         rt.CancelResponse("resp_1"),
         rt.TruncateItem("item_1", 1234),
         rt.AddUserText("The caller pressed 5 on the keypad."),
+        rt.AddAssistantText("Hello, how can I help?"),
         rt.AddFunctionOutput("call_1", '{"ok": true}'),
     ]
 

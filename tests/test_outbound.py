@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from dataclasses import replace
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from telephony.simulator import TwilioCallSimulator
 
 from conftest import running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
-from helpers import ulaw_silence, ulaw_tone, validate_event
+from helpers import simulated_call, stream_parameters, twilio_post, ulaw_silence, ulaw_tone, validate_event
 
 TOKEN = "calls-api-token-xyz"
 
@@ -34,23 +35,50 @@ async def post_call(host, body, token=TOKEN):
                                           "X-Forwarded-Proto": "https"})
 
 
-async def test_place_call_posts_twiml_with_the_calls_overrides():
-    async with running_fake_twilio() as fake, running_app(settings(fake)) as (app, host):
+async def test_place_call_carries_signed_overrides_to_the_stream(profile):
+    """POST /calls → Twilio is given an answer URL whose signed query carries the overrides;
+    when the call is answered that URL gives TwiML whose stream parameters (signed together with
+    the new call sid) bring the overrides to the model."""
+    async with running_fake_twilio() as fake, ScriptedRealtimeServer(Script(response_ms=300)) as server, \
+            running_app(settings(fake, server.url)) as (app, host):
         r = await post_call(host, {"to": "+15552223333", "instructions": "Remind them of the dentist.",
                                    "greeting": "Hi, it's the clinic.", "voice": "coral",
                                    "metadata": {"patient": 42}, "machine_detection": True})
-    assert r.status_code == 201, r.text
-    assert r.json()["call_sid"].startswith("CA") and r.json()["status"] == "queued"
-    (form,) = fake.created
-    assert form["To"] == "+15552223333" and form["From"] == "+15550001111"
-    assert form["StatusCallback"] == "https://bridge.example.com/twilio/status"
-    assert form["MachineDetection"] == "DetectMessageEnd" and form["AsyncAmd"] == "true"
-    assert form["AsyncAmdStatusCallback"] == "https://bridge.example.com/twilio/amd"
-    twiml = form["Twiml"]
-    assert '<Stream url="wss://bridge.example.com/twilio/media-stream">' in twiml
-    assert '<Parameter name="instructions" value="Remind them of the dentist." />' in twiml
-    assert '<Parameter name="voice" value="coral" />' in twiml
-    assert '<Parameter name="metadata" value="{&quot;patient&quot;:42}" />' in twiml
+        assert r.status_code == 201, r.text
+        assert r.json()["call_sid"].startswith("CA") and r.json()["status"] == "queued"
+        (form,) = fake.created
+        assert form["To"] == "+15552223333" and form["From"] == "+15550001111"
+        assert form["StatusCallback"] == "https://bridge.example.com/twilio/status"
+        assert form["MachineDetection"] == "DetectMessageEnd" and form["AsyncAmd"] == "true"
+        assert form["AsyncAmdStatusCallback"] == "https://bridge.example.com/twilio/amd"
+        url = urlsplit(form["Url"])
+        assert (url.scheme, url.netloc, url.path) == ("https", "bridge.example.com", "/twilio/outbound")
+        query = dict(parse_qsl(url.query))
+        assert query["instructions"] == "Remind them of the dentist." and query["token"]
+        # Twilio answers the call: it fetches the URL (signed, with the new call sid).
+        answer = await twilio_post(host, f"{url.path}?{url.query}", {"CallSid": "CA" + "7" * 32},
+                                   AUTH_TOKEN)
+        assert answer.status_code == 200
+        params = stream_parameters(answer.text)
+        assert params["call_sid"] == "CA" + "7" * 32 and params["voice"] == "coral"
+        assert json.loads(params["metadata"]) == {"patient": 42}
+        # A forged override is refused, even with Twilio's signature valid for that URL.
+        forged = url.query.replace("dentist", "bank+details")
+        refused = await twilio_post(host, f"{url.path}?{forged}", {"CallSid": "CA" + "7" * 32}, AUTH_TOKEN)
+        assert refused.status_code == 403
+        # The stream Twilio opens with those parameters configures the model with the overrides.
+        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "7" * 32,
+                                  custom_parameters=params, duration_s=1.0)
+        await sim.run()
+        # ...and the same parameters, tampered with, are refused before any upstream is opened.
+        tampered = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "7" * 32,
+                                       custom_parameters={**params, "voice": "ash"}, duration_s=1.0)
+        result = await tampered.run()
+    assert result.close_code == 1008
+    (conn,) = server.connections
+    session = conn.of_type("session.update")[0]["session"]
+    assert session["instructions"] == "Remind them of the dentist." and session["voice"] == "coral"
+    assert "Hi, it's the clinic." in conn.of_type("response.create")[0]["response"]["instructions"]
 
 
 @pytest.mark.parametrize("body,token,status,reason", [
@@ -59,8 +87,8 @@ async def test_place_call_posts_twiml_with_the_calls_overrides():
     ({"to": "+15552223333", "from": "me"}, TOKEN, 422, "'from'"),
     ({"to": "+15552223333", "colour": "red"}, TOKEN, 422, "unknown fields"),
     ({"to": "+15552223333", "metadata": {"x": "y" * 600}}, TOKEN, 422, "metadata"),
-    # Within each field's limit, but XML escaping (" → &quot;) takes the TwiML past Twilio's 4000.
-    ({"to": "+15552223333", "instructions": 'Say "yes" ' * 190}, TOKEN, 422, "4000"),
+    # Within each field's limit, but URL escaping (é → %C3%A9) takes the answer URL past 4000.
+    ({"to": "+15552223333", "instructions": "é" * 1000}, TOKEN, 422, "4000"),
 ])
 async def test_bad_requests_get_a_4xx_with_a_reason(body, token, status, reason):
     async with running_fake_twilio() as fake, running_app(settings(fake)) as (app, host):
@@ -108,7 +136,7 @@ def test_cli_call_places_the_same_call(monkeypatch, capsys):
 
     code, created = asyncio.run(scenario())
     assert code == 0 and json.loads(capsys.readouterr().out)["call_sid"].startswith("CA")
-    assert '<Parameter name="greeting" value="Hello there" />' in created[0]["Twiml"]
+    assert dict(parse_qsl(urlsplit(created[0]["Url"]).query))["greeting"] == "Hello there"
 
 
 # --- Tools, end to end: the scripted model calls them, the bridge acts through the fake REST API ---
@@ -117,8 +145,7 @@ def test_cli_call_places_the_same_call(monkeypatch, capsys):
 async def run_call(fake, script, caller, profile=None, seconds=None, extra=None, dialect="beta"):
     async with ScriptedRealtimeServer(script, dialect=dialect) as server, \
             running_app(settings(fake, server.url, realtime_dialect=dialect), profile) as (app, host):
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller,
-                                  duration_s=seconds, extra_messages=extra)
+        sim = simulated_call(app, host, caller_audio=caller, duration_s=seconds, extra_messages=extra)
         started = time.monotonic()
         result = await sim.run()
     return server.connections[0], result, sim, started
@@ -189,12 +216,11 @@ async def test_answering_machine_verdict_leaves_voicemail_then_hangs_up(profile)
     script = Script(response_ms=2000, speed=5.0, respond_to_turns=False)
     async with running_fake_twilio() as fake, ScriptedRealtimeServer(script) as server, \
             running_app(settings(fake, server.url)) as (app, host):
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=b"", duration_s=4.0)
+        sim = simulated_call(app, host, caller_audio=b"", duration_s=4.0)
         call_task = asyncio.create_task(sim.run())
         await asyncio.sleep(0.6)
-        async with httpx.AsyncClient() as client:
-            r = await client.post(f"http://{host}/twilio/amd",
-                                  data={"CallSid": sim.call_sid, "AnsweredBy": "machine_end_beep"})
+        r = await twilio_post(host, "/twilio/amd", {"CallSid": sim.call_sid, "AnsweredBy": "machine_end_beep"},
+                              AUTH_TOKEN)
         assert r.status_code == 204
         result = await call_task
     conn = server.connections[0]

@@ -17,10 +17,9 @@ from starlette.routing import Route
 
 from telephony.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.settings import Settings
-from telephony.simulator import TwilioCallSimulator
 
 from conftest import running_app, serve_app
-from helpers import ulaw_silence, ulaw_tone, validate_event
+from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
 
 TOKEN = "calls-token-for-feeds"
 
@@ -65,8 +64,8 @@ async def test_forked_call_is_transcribed_per_speaker_in_order(dialect):
             assert '<Start><Stream track="both_tracks" url="wss://bridge.example.com/twilio/transcribe-stream">' \
                 in r.text and r.text.endswith("<Dial>+15554443333</Dial></Response>")
             caller, callee = fork_audio()
-            sim = TwilioCallSimulator(f"ws://{host}/twilio/transcribe-stream", caller_audio=caller,
-                                      outbound_audio=callee)
+            sim = simulated_call(app, host, path="/twilio/transcribe-stream", caller_audio=caller,
+                                 outbound_audio=callee)
             await sim.run()
             await app.state.transcripts.drain(5.0)
     assert len(server.connections) == 2
@@ -96,7 +95,7 @@ async def test_agent_call_transcript_keeps_only_what_the_caller_heard_and_reache
         settings = Settings(realtime_url=server.url, realtime_api_key="k",
                             transcript_webhook_url=f"http://{hook_host}/hook")
         async with running_app(settings) as (app, host):
-            sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller)
+            sim = simulated_call(app, host, caller_audio=caller)
             result = await sim.run()
             await app.state.transcripts.drain(10.0)
     assert 1.0 <= result.clears[0] <= 1.12  # barge-in as prompt as without a webhook (VAD + a frame)
@@ -118,7 +117,7 @@ async def test_live_feed_streams_turns_while_the_call_is_in_progress():
     async with ScriptedRealtimeServer(script) as server, \
             running_app(Settings(realtime_url=server.url, realtime_api_key="k",
                                  calls_api_token=TOKEN)) as (app, host):
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller)
+        sim = simulated_call(app, host, caller_audio=caller)
         call = asyncio.create_task(sim.run())
         await asyncio.sleep(0.3)
         seen: list[tuple[float, dict]] = []

@@ -18,7 +18,7 @@ def test_parse_twilio_messages_as_twilio_sends_them():
     assert start == tw.Start("MZ1", "CA1", "AC1", ("inbound",), {"from": "+1555"})
     media = tw.parse('{"event":"media","streamSid":"MZ1","media":{"track":"inbound","chunk":"2",'
                      '"timestamp":"40","payload":"//8="}}')
-    assert media == tw.Media("//8=", 40, "inbound")
+    assert media == tw.Media("//8=", 40, "inbound", "MZ1")
     assert tw.parse('{"event":"mark","streamSid":"MZ1","mark":{"name":"7"}}') == tw.Mark("7")
     assert tw.parse('{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}') == tw.Dtmf("5")
     assert tw.parse('{"event":"stop","stop":{"callSid":"CA1"}}') == tw.Stop("CA1")

@@ -1,0 +1,34 @@
+"""uvicorn with a graceful stop: on SIGTERM, calls in progress get time to finish.
+
+uvicorn's own shutdown closes every websocket at once (1012), which would cut callers off
+mid-sentence. Here the app first drains: the webhook answers busy, calls run on for up to
+SHUTDOWN_GRACE_SECONDS, and those still going are ended so Twilio speaks the fallback.
+The listening socket stays open meanwhile, so the webhook can still say busy.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from .limits import CallRegistry
+from .settings import Settings
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, calls: CallRegistry, grace_s: float) -> None:
+        super().__init__(config)
+        self.calls = calls
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.force_exit:  # a second Ctrl-C skips the wait
+            await self.calls.drain(self.grace_s)
+        await super().shutdown(sockets)
+
+
+def ws_max_size(settings: Settings) -> int:
+    """uvicorn's hard limit: above it the socket is closed (1009). The bridge's own, lower limit
+    drops an oversized message and keeps the call."""
+    return max(4 * settings.max_message_bytes, 1 << 20)
