@@ -51,6 +51,9 @@ async def realtime_role(port_file: str) -> None:
         await asyncio.Event().wait()
 
 
+STREAM_SECRET = "benchmark-stream-secret"  # shared by the server and the callers it spawns
+
+
 def caller_audio(seconds: float, offset: float) -> bytes:
     import audioop
 
@@ -66,14 +69,22 @@ def caller_audio(seconds: float, offset: float) -> bytes:
 
 
 async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> None:
+    import time
+    import uuid
+
+    from telephony.security import StreamTokens
     from telephony.simulator import TwilioCallSimulator
 
     rng = random.Random(8)
+    # The server shares STREAM_SECRET with us, so each caller carries the token its TwiML would.
+    tokens = StreamTokens(STREAM_SECRET.encode(), 3600)
 
     async def one(i: int) -> dict:
         await asyncio.sleep(ramp * i / calls)
+        sid = "CA" + uuid.uuid4().hex
         sim = TwilioCallSimulator(url, caller_audio=caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
-                                  duration_s=seconds)
+                                  duration_s=seconds, call_sid=sid,
+                                  custom_parameters=tokens.with_token({"call_sid": sid}, time.time()))
         try:
             result = await sim.run()
         except Exception as exc:
@@ -172,7 +183,8 @@ def conversion_cost_us(codec_name: str) -> tuple[float, float]:
 
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text")
+    env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
+               STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0")
     here = Path(__file__).resolve()
     procs: list[subprocess.Popen] = []
     server = None

@@ -18,14 +18,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import realtime as rt
 from . import twilio_wire as tw
-from .call import Action, Call, EndStream, OpenRealtime, Record, ToRealtime, ToTwilio
+from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
+from .call import Call
 from .realtime_client import RealtimeTransport
+from .twilio_rest import CallControl, TwilioError
+from .twiml import dial
 
 log = logging.getLogger("telephony.bridge")
 
 TICK_S = 0.05
 QUEUE_LIMIT = 2000  # messages; ~40 s of audio. Past it the peer is stalled and we drop.
 CLOSE_TIMEOUT_S = 1.0
+DROP_WARNING_EVERY_S = 5.0  # a stalled peer drops 50 messages a second: say so, not 50 times
+POLICY_VIOLATION = 1008  # websocket close code for a stream we refuse
 
 Connector = Callable[[], Awaitable[RealtimeTransport]]
 RecordSink = Callable[[Call, Record], None]
@@ -51,8 +56,10 @@ class BridgeStats:
 
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None, observer: BridgeObserver | None = None) -> None:
+                 on_record: RecordSink | None = None, call_control: CallControl | None = None,
+                 max_message_bytes: int | None = None, observer: BridgeObserver | None = None) -> None:
         self.ws = ws
+        self.call_control = call_control
         self.call = call
         self.dialect = dialect
         self.connector = connector
@@ -68,9 +75,14 @@ class Bridge:
         self._realtime_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
-        self._writers: list[asyncio.Task] = []
+        self._twilio_writer_task: asyncio.Task | None = None
+        self._realtime_writers: list[asyncio.Task] = []
         self._done = asyncio.Event()
         self._warned_unknown: set[str] = set()
+        self.max_message_bytes = max_message_bytes
+        self._close_code = 1000
+        self._drops: dict[str, int] = {}  # peer → messages dropped since the last warning
+        self._drop_warned_at: dict[str, float] = {}
 
     def now(self) -> float:
         return self._loop.time()
@@ -96,28 +108,41 @@ class Bridge:
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):
                 log.info("call %s: ending stream: %s", self.sid, action.reason)
+                if action.policy_violation:
+                    self._close_code = POLICY_VIOLATION
                 self._done.set()
             elif isinstance(action, Record):
                 if self.on_record is not None:
                     self.on_record(self.call, action)
+            elif isinstance(action, (HangUp, Transfer)):
+                self._spawn(self._call_control(action))
 
     def _enqueue(self, queue: asyncio.Queue, item: tuple[str, float, str], peer: str) -> None:
         try:
             queue.put_nowait(item)
         except asyncio.QueueFull:
-            log.warning("call %s: %s is not reading; message dropped", self.sid, peer)
+            self._drops[peer] = self._drops.get(peer, 0) + 1
+            last = self._drop_warned_at.get(peer)
+            if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
+                log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,
+                            self._drops[peer])
+                self._drop_warned_at[peer] = self.now()
+                self._drops[peer] = 0
 
-    def _spawn(self, coro, writer: bool = False) -> None:
+    def end(self, reason: str) -> None:
+        """Ends the call from outside (shutdown); Twilio speaks the fallback."""
+        self.dispatch(self.call.end(reason))
+
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
-        if writer:
-            self._writers.append(task)
+        return task
 
     # --- Pumps ---
 
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
-        self._spawn(self._twilio_writer(), writer=True)
+        self._twilio_writer_task = self._spawn(self._twilio_writer())
         self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
@@ -138,8 +163,13 @@ class Bridge:
                 self.stats.twilio_in += 1
                 self.observer.received("twilio")
                 text = message.get("text")
+                raw = text if text is not None else message.get("bytes") or b""
+                if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
+                    log.warning("call %s: Twilio message of %d bytes is over the %d-byte limit; dropped",
+                                self.sid, len(raw), self.max_message_bytes)
+                    continue
                 try:
-                    event = tw.parse(text if text is not None else message.get("bytes") or b"")
+                    event = tw.parse(raw)
                 except tw.TwilioProtocolError as exc:
                     log.warning("call %s: bad Twilio message: %s", self.sid, exc)
                     continue
@@ -167,9 +197,14 @@ class Bridge:
             log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
             self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))
             return
-        if self._done.is_set():
+        if self._done.is_set():  # the call ended while we were connecting: nobody else closes it
+            upstream, self._upstream = self._upstream, None
+            await _close_quietly(upstream)
             return
-        self._spawn(self._realtime_writer(self._upstream), writer=True)
+        # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
+        self._realtime_out = asyncio.Queue(QUEUE_LIMIT)
+        writer = self._spawn(self._realtime_writer(self._upstream, self._realtime_out))
+        self._realtime_writers.append(writer)
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
@@ -192,10 +227,13 @@ class Bridge:
             raise
         except Exception as exc:
             reason = _describe(exc)
+        writer.cancel()
+        upstream, self._upstream = self._upstream, None
+        await _close_quietly(upstream)
         self.dispatch(self.call.on_realtime_closed(reason))
 
-    async def _realtime_writer(self, upstream: RealtimeTransport) -> None:
-        while (item := await self._realtime_out.get()) is not None:
+    async def _realtime_writer(self, upstream: RealtimeTransport, queue: asyncio.Queue) -> None:
+        while (item := await queue.get()) is not None:
             await upstream.send(item[0])
             self.stats.realtime_out += 1
             self.observer.sent("realtime", "", item[1], self.now())
@@ -205,22 +243,59 @@ class Bridge:
             await asyncio.sleep(TICK_S)
             self.dispatch(self.call.on_tick(self.now()))
 
+    async def _call_control(self, action: HangUp | Transfer) -> None:
+        """Hang-up and transfer go through Twilio's REST API; Twilio then stops the stream."""
+        sid = self.call.call_sid or ""
+        if self.call_control is None:
+            log.warning("call %s: %s needs TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN; closing the stream "
+                        "instead", self.sid, type(action).__name__)
+            self._done.set()
+            return
+        try:
+            if isinstance(action, HangUp):
+                log.info("call %s: hanging up: %s", self.sid, action.reason)
+                await asyncio.to_thread(self.call_control.hang_up, sid)
+            else:
+                log.info("call %s: transferring to %s", self.sid, action.number)
+                await asyncio.to_thread(self.call_control.redirect, sid, dial(action.number))
+        except TwilioError as exc:
+            log.error("call %s: Twilio refused %s (%s): %s", self.sid, type(action).__name__,
+                      exc.status, exc)
+            if isinstance(action, HangUp):
+                self._done.set()
+
     async def _shutdown(self) -> None:
-        # Let the writers flush what the core already decided to send, then stop them.
+        # Each side flushes what the core already decided to send, then closes, independently:
+        # a stalled upstream must not delay the Twilio close (the fallback speaks on it).
         for queue in (self._twilio_out, self._realtime_out):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-        if self._writers:
-            await asyncio.wait(self._writers, timeout=CLOSE_TIMEOUT_S / 2)
+        await asyncio.gather(self._close_twilio(), self._close_realtime())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._upstream is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._upstream.close(), CLOSE_TIMEOUT_S / 2)
+
+    async def _close_twilio(self) -> None:
+        if self._twilio_writer_task is not None:
+            await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
+            self._twilio_writer_task.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.ws.close()
+                await self.ws.close(self._close_code)
+
+    async def _close_realtime(self) -> None:
+        writers = [w for w in self._realtime_writers if not w.done()]
+        if writers:
+            await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
+        for writer in writers:
+            writer.cancel()
+        if self._upstream is not None:
+            await _close_quietly(self._upstream)
+
+
+async def _close_quietly(upstream: RealtimeTransport) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(upstream.close(), CLOSE_TIMEOUT_S / 2)
 
 
 _KINDS = {tw.SendMedia: "media", tw.SendMark: "mark", tw.SendClear: "clear"}

@@ -11,8 +11,10 @@ from .settings import Settings, SettingsError
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from . import logs
+    from .server import GracefulServer, tcp_socket, ws_max_size
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
@@ -20,14 +22,22 @@ def _serve(args: argparse.Namespace) -> int:
                    # Behind Heroku's router: X-Forwarded-Proto makes the stream URL wss://.
                    proxy_headers=True, forwarded_allow_ips="*",
                    log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
-                   log_level=settings.log_level.lower())
+                   log_level=settings.log_level.lower(),
+                   ws_max_size=ws_max_size(settings), ws="websockets-sansio")
+    grace = settings.shutdown_grace_seconds
     if settings.web_concurrency > 1:
-        # Workers are separate processes: each builds its own app from the environment.
-        uvicorn.run("telephony.cli:worker_app", factory=True, workers=settings.web_concurrency, **options)
+        # Workers are separate processes: each builds its own app from the environment. The
+        # listening socket is ours, not uvicorn's: uvicorn binds with protocol 0, and asyncio
+        # then leaves Nagle on for every call's socket (a barge-in `clear` waits for an ACK).
+        config = uvicorn.Config("telephony.cli:worker_app", factory=True,
+                                workers=settings.web_concurrency, **options)
+        sock = tcp_socket(config.host, config.port)
+        Multiprocess(config, target=GracefulServer(config, None, grace).run, sockets=[sock]).run()
     else:
         from .app import create_app
 
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        GracefulServer(uvicorn.Config(app, **options), app.state.calls, grace).run()  # SIGTERM: drain
     return 0
 
 
@@ -78,6 +88,72 @@ def _configure_number(args: argparse.Namespace, http_client=None) -> int:
     return 0
 
 
+def _call(args: argparse.Namespace) -> int:
+    """Places a call exactly as POST /calls does, from this machine's settings."""
+    import json
+
+    import time
+
+    from .app import OUTBOUND_URL_TTL_S
+    from .outbound import RequestError, answer_url, parse_request, place
+    from .security import StreamTokens, stream_key
+    from .twilio_rest import CallControl, TwilioError
+
+    settings = Settings.from_env()
+    if not settings.public_url:
+        print("telephony call: set PUBLIC_URL to the service's public https:// URL", file=sys.stderr)
+        return 2
+    body = {"to": args.to, **{k: v for k, v in (("from", args.from_), ("instructions", args.instructions),
+                                                 ("greeting", args.greeting), ("voice", args.voice)) if v}}
+    if args.machine_detection:
+        body["machine_detection"] = True
+    try:
+        req = parse_request(json.dumps(body).encode(), settings.twilio_from_number)
+        signer = StreamTokens(stream_key(settings), OUTBOUND_URL_TTL_S)
+        url = answer_url(req, settings.public_url, signer, time.time())
+        placed = place(CallControl(settings), req, settings.public_url, url)
+    except (RequestError, TwilioError) as exc:
+        print(f"telephony call: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"call_sid": placed.sid, "status": placed.status}))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.main(args.output, args.play, args.verbose, args.voice)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .dial import simulate
+
+    return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
+                    caller=args.caller, callee=args.callee)
+
+
+def _realtime_server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .local_engine import EngineConfig
+    from .local_realtime import RealtimeServer
+    from .voices import make_voice
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        async with RealtimeServer(make_voice(args.voice), EngineConfig(), args.host, args.port) as server:
+            print(f"local Realtime engine (beta and GA protocols, voice: {server.persona.voice.name}) "
+                  f"listening on {server.url}", flush=True)
+            await server.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telephony", description="Phone calls ⇄ Realtime voice models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +169,41 @@ def main(argv: list[str] | None = None) -> int:
     configure.add_argument("number", help="the number in E.164 form, e.g. +15551230000")
     configure.add_argument("--url", default=None, help="public base URL (default: PUBLIC_URL)")
     configure.set_defaults(func=_configure_number)
+    call = sub.add_parser("call", help="place an outbound call to an E.164 number")
+    call.add_argument("to", help="number to call, E.164 (+15551234567)")
+    call.add_argument("--from", dest="from_", default=None, help="caller id (default TWILIO_FROM_NUMBER)")
+    call.add_argument("--instructions", default=None, help="instructions for this call only")
+    call.add_argument("--greeting", default=None, help="greeting for this call only")
+    call.add_argument("--voice", default=None, help="voice for this call only")
+    call.add_argument("--machine-detection", action="store_true", help="detect answering machines")
+    call.set_defaults(func=_call)
+
+    demo = sub.add_parser("demo", help="an offline call: the app, the local engine and a simulated caller")
+    demo.add_argument("--output", default="demo-call.wav", help="stereo call recording to write")
+    demo.add_argument("--play", default=None, help="caller WAV to use instead of the bundled one")
+    demo.add_argument("--verbose", action="store_true", help="show the service's logs")
+    demo.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
+                      help="agent voice: espeak-ng when installed (auto), or the built-in synthesiser")
+    demo.set_defaults(func=_demo)
+
+    sim = sub.add_parser("simulate", help="place a simulated Twilio call to a running service")
+    sim.add_argument("--url", required=True, help="media stream URL, e.g. ws://127.0.0.1:8000/twilio/media-stream"
+                                                  " (the TwiML is fetched from /twilio/voice on that host)")
+    sim.add_argument("--play", default=None, help="WAV the caller says (any rate, width, channels)")
+    sim.add_argument("--record", default="call.wav", help="stereo WAV to write (caller left, agent right)")
+    sim.add_argument("--listen", type=float, default=8.0, help="seconds to stay on after the WAV ends")
+    sim.add_argument("--hang-up-after", type=float, default=1.5,
+                     help="hang up once the agent has answered and been quiet this long (seconds)")
+    sim.add_argument("--from", dest="caller", default="+15550100001", help="caller number (From)")
+    sim.add_argument("--to", dest="callee", default="+15550100002", help="called number (To)")
+    sim.set_defaults(func=_simulate)
+
+    rts = sub.add_parser("realtime-server", help="run the local Realtime engine as a websocket server")
+    rts.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    rts.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    rts.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
+                     help="agent voice: espeak-ng when installed (auto), or the built-in synthesiser")
+    rts.set_defaults(func=_realtime_server)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

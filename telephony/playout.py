@@ -41,6 +41,10 @@ class PlayoutLedger:
         self._pending.append(_Chunk(name, item_id, start, start + duration_ms))
         return name
 
+    def issued(self, name: str) -> bool:
+        """Whether ``name`` is a mark this ledger handed out (pending or not)."""
+        return name.isdigit() and 0 < int(name) <= self._seq
+
     def echoed(self, name: str, now: float) -> bool:
         """A mark came back. False if it is not one we are waiting for."""
         if not any(chunk.mark == name for chunk in self._pending):

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .realtime import SessionConfig, Tool, TranscriptionConfig, TurnDetection
+from .realtime import SessionConfig, TranscriptionConfig, TurnDetection
+from .tools import E164, REGISTRY, declarations
 
 
 class ProfileError(ValueError):
@@ -23,13 +24,16 @@ class Profile:
     turn_detection: TurnDetection = field(default_factory=TurnDetection)
     transcription_model: str = ""
     transcription_language: str = ""
-    tools: tuple[Tool, ...] = ()
+    voicemail: str = ""
+    tool_names: tuple[str, ...] = ()
+    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number
 
-    def session_config(self, audio_format: str) -> SessionConfig:
+    def session_config(self, audio_format: str, instructions: str | None = None,
+                       voice: str | None = None) -> SessionConfig:
         return SessionConfig(
-            instructions=self.instructions, voice=self.voice, audio_format=audio_format,
-            turn_detection=self.turn_detection,
-            transcription_model=self.transcription_model or None, tools=self.tools)
+            instructions=instructions or self.instructions, voice=voice or self.voice,
+            audio_format=audio_format, turn_detection=self.turn_detection,
+            transcription_model=self.transcription_model or None, tools=declarations(self))
 
     def transcription_config(self, audio_format: str = "pcm16") -> TranscriptionConfig:
         return TranscriptionConfig(model=self.transcription_model or "whisper-1",
@@ -64,7 +68,19 @@ def load_profile(path: Path) -> Profile:
                            silence_duration_ms=int(vad.get("silence_duration_ms", 500)))
     except (TypeError, ValueError) as exc:
         raise ProfileError(f"{path}: [turn_detection] {exc}") from None
+    tools_table = _table(data, "tools", path)
+    tool_names = tuple(str(n) for n in tools_table.get("enabled", ()))
+    unknown = [n for n in tool_names if n not in REGISTRY]
+    if unknown:
+        raise ProfileError(f"{path}: [tools] enabled names unknown tools {unknown}; known: {sorted(REGISTRY)}")
+    targets = {str(k): str(v) for k, v in _table(data, "transfer", path).items()}
+    bad = [f"{k} = {v!r}" for k, v in targets.items() if not E164.match(v)]
+    if bad:
+        raise ProfileError(f"{path}: [transfer] numbers must be E.164 (+15551234567): {', '.join(bad)}")
     return Profile(
+        voicemail=str(agent.get("voicemail", "")).strip(),
+        tool_names=tool_names,
+        transfer_targets=targets,
         instructions=instructions,
         voice=str(agent.get("voice", "alloy")),
         greeting=str(agent.get("greeting", "")).strip(),

@@ -70,6 +70,11 @@ class AppendAudio:
 
 
 @dataclass(frozen=True)
+class CommitAudio:
+    """End the caller's turn now (e.g. the call ended mid-sentence) so it gets transcribed."""
+
+
+@dataclass(frozen=True)
 class CreateResponse:
     instructions: str | None = None
 
@@ -91,13 +96,20 @@ class AddUserText:
 
 
 @dataclass(frozen=True)
+class AddAssistantText:
+    """Something the agent said, as text (restoring a conversation in a new session)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class AddFunctionOutput:
     call_id: str
     output: str
 
 
-Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CreateResponse,
-                CancelResponse, TruncateItem, AddUserText, AddFunctionOutput]
+Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CommitAudio, CreateResponse,
+                CancelResponse, TruncateItem, AddUserText, AddAssistantText, AddFunctionOutput]
 
 
 # --- Events: what the model tells the core ---
@@ -129,6 +141,17 @@ class InputTranscript:
 @dataclass(frozen=True)
 class ResponseCreated:
     response_id: str
+
+
+@dataclass(frozen=True)
+class OutputItemAdded:
+    """A response started an item; for function calls this is where beta names the function."""
+
+    response_id: str
+    item_id: str
+    type: str
+    name: str = ""
+    call_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,9 +215,15 @@ class RealtimeError:
         """Errors about one client event leave the session usable; these do not."""
         return (self.type in FATAL_ERROR_TYPES or (self.code or "") in FATAL_ERROR_CODES)
 
+    @property
+    def benign(self) -> bool:
+        """Expected races: our cancel after the server's own VAD cancel, a commit of nothing."""
+        return (self.code or "") in BENIGN_ERROR_CODES
+
 
 FATAL_ERROR_TYPES = frozenset({"server_error", "authentication_error", "permission_error"})
 FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficient_quota"})
+BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 
 
 @dataclass(frozen=True)
@@ -211,7 +240,7 @@ class Unknown:
     type: str
 
 
-Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated,
+Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated, OutputItemAdded,
               AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
               ItemTruncated, RealtimeError, Ignored, Unknown]
 
@@ -265,13 +294,16 @@ _BUILDERS = {
         _s(m.get("response") or {}, "id"), _s(m.get("response") or {}, "status") or "completed",
         (m.get("response") or {}).get("usage")),
     "conversation.item.truncated": lambda m: ItemTruncated(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "response.output_item.added": lambda m: OutputItemAdded(
+        _s(m, "response_id"), _s(m.get("item") or {}, "id"), _s(m.get("item") or {}, "type"),
+        _s(m.get("item") or {}, "name"), _s(m.get("item") or {}, "call_id")),
     "error": _decode_error,
 }
 
 # Events both dialects send that the bridge does not act on.
 COMMON_IGNORED = frozenset({
     "input_audio_buffer.committed", "input_audio_buffer.cleared", "conversation.created",
-    "conversation.item.created", "conversation.item.deleted", "response.output_item.added",
+    "conversation.item.created", "conversation.item.deleted",
     "response.output_item.done", "response.content_part.added", "response.content_part.done",
     "response.function_call_arguments.delta", "rate_limits.updated",
     "conversation.item.input_audio_transcription.delta",

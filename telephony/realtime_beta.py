@@ -52,6 +52,8 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "input_audio_buffer.append", "audio": command.audio}
     if isinstance(command, rt.ConfigureSession):
         return {"type": "session.update", "session": _session(command.config)}
+    if isinstance(command, rt.CommitAudio):
+        return {"type": "input_audio_buffer.commit"}
     if isinstance(command, rt.TruncateItem):
         return {"type": "conversation.item.truncate", "item_id": command.item_id,
                 "content_index": 0, "audio_end_ms": command.audio_end_ms}
@@ -68,6 +70,11 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "conversation.item.create", "item": {
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": command.text}]}}
+    if isinstance(command, rt.AddAssistantText):
+        # Beta assistant messages carry "text" parts; "input_text" is for user messages.
+        return {"type": "conversation.item.create", "item": {
+            "type": "message", "role": "assistant",
+            "content": [{"type": "text", "text": command.text}]}}
     if isinstance(command, rt.AddFunctionOutput):
         return {"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": command.call_id, "output": command.output}}

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from .security import RedactingLogger
 from .settings import Settings
+
+log = logging.getLogger("telephony.realtime_client")
 
 CONNECT_TIMEOUT_S = 4.0  # a caller must never sit in silence waiting for a dead upstream
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # session.created carries the whole config; deltas are small
+CLOSE_TIMEOUT_S = 0.5  # then the TCP connection is dropped: a closing call must not linger
 
 
 class RealtimeTransport(Protocol):
@@ -52,7 +57,12 @@ class WebsocketTransport:
         return message if isinstance(message, str) else message.decode("utf-8", "replace")
 
     async def close(self) -> None:
-        await self._conn.close()
+        try:
+            await self._conn.close()
+        finally:
+            # A provider that stopped reading never answers the close frame; if we are cancelled
+            # waiting for it, the socket would stay open. Aborting a closed transport is a no-op.
+            self._conn.transport.abort()
 
 
 async def connect(settings: Settings, dialect_headers: dict[str, str],
@@ -63,8 +73,10 @@ async def connect(settings: Settings, dialect_headers: dict[str, str],
         additional_headers=auth_headers(settings, dialect_headers),
         open_timeout=CONNECT_TIMEOUT_S,
         max_size=MAX_MESSAGE_BYTES,
+        close_timeout=CLOSE_TIMEOUT_S,
         ping_interval=20,
         compression=None,  # audio does not compress; deflate only costs CPU
         user_agent_header="telephony",
+        logger=RedactingLogger(log, settings.secrets()),  # its DEBUG logs show the headers we send
     )
     return WebsocketTransport(conn)

@@ -77,7 +77,11 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "session.update", "session": _session(command.config)}
     if isinstance(command, rt.ConfigureTranscription):
         return {"type": "session.update", "session": _transcription_session(command.config)}
-    # Appending audio, truncating, cancelling, creating responses and items are the same on
+    if isinstance(command, rt.AddAssistantText):  # restoring the conversation after a reconnect
+        return {"type": "conversation.item.create", "item": {
+            "type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": command.text}]}}
+    # Appending audio, truncating, cancelling, creating responses and other items are the same on
     # the wire in both dialects.
     return _encode_beta(command)
 

@@ -43,15 +43,27 @@ class CallResult:
     clears: list[float]  # seconds since start
     received: list[dict[str, Any]]  # every message the bridge sent (payloads elided)
     close_code: int | None = None
+    closed_by_bridge_at: float | None = None  # seconds since start, when the bridge hung up first
 
 
 class TwilioCallSimulator:
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
-                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None) -> None:
+                 hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
+                 outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None,
+                 before_start: list[str] | None = None,
+                 media_format: dict[str, Any] | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
-        ``extra_messages``: (seconds, raw text) sent as-is at that time, for protocol tests.
+        ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
+        the caller's audio goes as the ``inbound`` track and this as the ``outbound`` track.
+
+        ``hang_up_when_quiet_s``: hang up earlier, once the caller's audio is over and the agent,
+        having spoken since, has been quiet this long (a caller who got their answer).
+
+        ``extra_messages``: (seconds, raw text | bytes) sent as-is at that time, for protocol
+        tests; ``before_start``: raw messages sent between ``connected`` and ``start``;
+        ``media_format``: overrides the ``start`` message's (Twilio's is μ-law 8 kHz mono).
         """
         self.url = url
         self.caller_audio = caller_audio
@@ -61,7 +73,12 @@ class TwilioCallSimulator:
         self.custom_parameters = custom_parameters or {}
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
-        self.extra = sorted(extra_messages or [])
+        self.extra = sorted(extra_messages or [], key=lambda m: m[0])
+        self.outbound_audio = outbound_audio
+        self.hang_up_when_quiet_s = hang_up_when_quiet_s
+        self.before_start = list(before_start or [])
+        self.media_format = media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        self.closed_by_bridge_at: float | None = None  # seconds since start, if the bridge closed
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -76,10 +93,16 @@ class TwilioCallSimulator:
         self._received: list[dict[str, Any]] = []
         self._t0 = 0.0
         self._agent_playing = False
+        self._frame_started, self._frame_audio_ms = 0.0, 0.0  # the frame playing now
         self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
+        self.started = asyncio.Event()  # set when the stream opens: ``elapsed`` counts from then
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
+
+    def elapsed(self) -> float:
+        """Seconds since the stream started, on the clock of the timeline and the recordings."""
+        return self._now()
 
     def _note(self, kind: str, **detail: Any) -> None:
         entry = TimelineEntry(round(self._now(), 4), kind, detail)
@@ -93,17 +116,22 @@ class TwilioCallSimulator:
 
     async def run(self) -> CallResult:
         close_code = None
-        async with websockets.connect(self.url, max_size=2**24, compression=None) as ws:
+        async with websockets.connect(self.url, max_size=2**24, compression=None, max_queue=None) as ws:
             self._t0 = time.monotonic()
+            self.started.set()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             self._seq = 1
+            for raw in self.before_start:
+                await ws.send(raw)
             await ws.send(self._message("start", start={
                 "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-                "tracks": ["inbound"], "customParameters": self.custom_parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
+                "tracks": ["inbound", "outbound"] if self.outbound_audio is not None else ["inbound"],
+                "customParameters": self.custom_parameters, "mediaFormat": self.media_format}))
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._pace(ws, receiver)
+            except websockets.ConnectionClosed:  # the bridge closed the stream while we were talking
+                await asyncio.wait([receiver], timeout=1.0)  # let the receiver note it
             finally:
                 receiver.cancel()
                 try:
@@ -112,12 +140,14 @@ class TwilioCallSimulator:
                     pass
             close_code = ws.close_code
         return CallResult(bytes(self._caller), bytes(self._agent), self._timeline, self._echoed,
-                          self._echoed_by_clear, self._clears, self._received, close_code)
+                          self._echoed_by_clear, self._clears, self._received, close_code,
+                          self.closed_by_bridge_at)
 
     async def _pace(self, ws, receiver: asyncio.Task) -> None:
         """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
         n_frames = int(self.duration_s * 1000 / FRAME_MS)
         extra = deque(self.extra)
+        answered, quiet_frames = False, 0
         for k in range(n_frames):
             delay = self._t0 + k * FRAME_MS / 1000 - time.monotonic()
             if delay > 0:
@@ -126,24 +156,49 @@ class TwilioCallSimulator:
                 return  # the bridge closed the stream
             while extra and extra[0][0] <= k * FRAME_MS / 1000:
                 await ws.send(extra.popleft()[1])
-            frame = self.caller_audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
-            if len(frame) < FRAME_BYTES:
-                if k * FRAME_BYTES < len(self.caller_audio) <= (k + 1) * FRAME_BYTES:
-                    self._note("caller_audio_end")
-                frame = frame + ULAW_SILENCE * (FRAME_BYTES - len(frame))
+            frame = self._frame(self.caller_audio, k)
             self._caller += frame
             await ws.send(self._message("media", media={
                 "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
                 "payload": base64.b64encode(frame).decode("ascii")}))
-            await self._play_frame(ws)
+            if self.outbound_audio is not None:
+                other = self._frame(self.outbound_audio, k)
+                self._agent += other
+                await ws.send(self._message("media", media={
+                    "track": "outbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
+                    "payload": base64.b64encode(other).decode("ascii")}))
+            else:
+                await self._play_frame(ws)
+            if self.hang_up_when_quiet_s is not None and k * FRAME_BYTES >= len(self.caller_audio):
+                if self._agent_playing:
+                    answered, quiet_frames = True, 0
+                else:
+                    quiet_frames += 1
+                if answered and quiet_frames * FRAME_MS >= self.hang_up_when_quiet_s * 1000:
+                    break
         if self.hang_up:
             await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
                                                       "callSid": self.call_sid}))
 
+    def _frame(self, audio: bytes, k: int) -> bytes:
+        frame = audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
+        if len(frame) < FRAME_BYTES:
+            if audio is self.caller_audio and k * FRAME_BYTES < len(audio) <= (k + 1) * FRAME_BYTES:
+                self._note("caller_audio_end")
+            frame = frame + ULAW_SILENCE * (FRAME_BYTES - len(frame))
+        return frame
+
     async def _play_frame(self, ws) -> None:
+        # Marks whose audio finished playing in the previous frame come back now, as Twilio
+        # echoes a mark only once the audio before it has been played out.
+        while self._marks and self._marks[0][0] <= self._played_total:
+            name = self._marks.popleft()[1]
+            self._echoed.append(name)
+            await ws.send(self._message("mark", mark={"name": name}))
         played = bytes(self._buffer[:FRAME_BYTES])
         del self._buffer[:FRAME_BYTES]
         self._played_total += len(played)
+        self._frame_started, self._frame_audio_ms = time.monotonic(), len(played) / 8
         if played and not self._agent_playing:
             self._agent_playing = True
             self._note("agent_audio_start")
@@ -151,12 +206,22 @@ class TwilioCallSimulator:
             self._agent_playing = False
             self._note("agent_audio_stop")
         self._agent += played + ULAW_SILENCE * (FRAME_BYTES - len(played))
-        while self._marks and self._marks[0][0] <= self._played_total:
-            name = self._marks.popleft()[1]
-            self._echoed.append(name)
-            await ws.send(self._message("mark", mark={"name": name}))
+
+    def _heard_ms(self) -> float:
+        """Agent audio heard so far, to the millisecond: the frame playing now only counts as far
+        as it has played."""
+        elapsed = (time.monotonic() - self._frame_started) * 1000
+        return self._played_total / 8 - max(0.0, self._frame_audio_ms - elapsed)
 
     async def _receive(self, ws) -> None:
+        try:
+            await self._receive_messages(ws)
+        except websockets.ConnectionClosedError:
+            pass  # closed with an error code (e.g. 1009): still the bridge hanging up
+        self.closed_by_bridge_at = self._now()  # the bridge ended the stream: Twilio runs the fallback
+        self._note("closed_by_bridge")
+
+    async def _receive_messages(self, ws) -> None:
         async for text in ws:
             msg = json.loads(text)
             event = msg.get("event")
@@ -174,7 +239,7 @@ class TwilioCallSimulator:
                 dropped = len(self._buffer)
                 self._buffer.clear()
                 self._queued_total = self._played_total
-                self._note("clear", dropped_ms=dropped / 8, played_ms=self._played_total / 8)
+                self._note("clear", dropped_ms=dropped / 8, played_ms=self._heard_ms())
                 while self._marks:  # Twilio echoes every pending mark on clear
                     name = self._marks.popleft()[1]
                     self._echoed_by_clear.append(name)

@@ -38,6 +38,7 @@ class Media:
     payload: str  # base64 μ-law 8 kHz, as received
     timestamp_ms: int = 0
     track: str = "inbound"
+    stream_sid: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,13 @@ def _str(obj: dict, key: str, where: str) -> str:
     return value
 
 
+def _int(obj: dict, key: str, default: int) -> int:
+    try:
+        return int(obj.get(key) or default)
+    except (TypeError, ValueError):
+        raise TwilioProtocolError(f"start with a non-numeric mediaFormat {key!r}") from None
+
+
 def parse(text: str | bytes) -> TwilioEvent | None:
     """One frame → one event; None for event types we do not use (logged by the caller)."""
     if isinstance(text, (bytes, bytearray)):
@@ -84,6 +92,7 @@ def parse(text: str | bytes) -> TwilioEvent | None:
         raise TwilioProtocolError("JSON that is not an object")
     event = msg.get("event")
     if event == "media":
+        stream_sid = _str(msg, "streamSid", "media")
         media = _obj(msg, "media")
         payload = media.get("payload")
         if not isinstance(payload, str):
@@ -92,7 +101,7 @@ def parse(text: str | bytes) -> TwilioEvent | None:
             timestamp = int(media.get("timestamp") or 0)
         except (TypeError, ValueError):
             timestamp = 0
-        return Media(payload, timestamp, str(media.get("track") or "inbound"))
+        return Media(payload, timestamp, str(media.get("track") or "inbound"), stream_sid)
     if event == "mark":
         return Mark(_str(_obj(msg, "mark"), "name", "mark"))
     if event == "start":
@@ -101,6 +110,8 @@ def parse(text: str | bytes) -> TwilioEvent | None:
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             raise TwilioProtocolError("start with customParameters that are not an object")
+        if not isinstance(fmt, dict):
+            raise TwilioProtocolError("start with a mediaFormat that is not an object")
         return Start(
             stream_sid=_str(start, "streamSid", "start") if "streamSid" in start
             else _str(msg, "streamSid", "start"),
@@ -109,8 +120,8 @@ def parse(text: str | bytes) -> TwilioEvent | None:
             tracks=tuple(start.get("tracks") or ("inbound",)),
             custom_parameters={str(k): str(v) for k, v in params.items()},
             encoding=str(fmt.get("encoding") or "audio/x-mulaw"),
-            sample_rate=int(fmt.get("sampleRate") or 8000),
-            channels=int(fmt.get("channels") or 1),
+            sample_rate=_int(fmt, "sampleRate", 8000),
+            channels=_int(fmt, "channels", 1),
         )
     if event == "dtmf":
         return Dtmf(_str(_obj(msg, "dtmf"), "digit", "dtmf"))

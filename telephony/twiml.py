@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
+TRANSCRIBE_STREAM_PATH = "/twilio/transcribe-stream"
 
 
 def websocket_url(public_base: str, path: str = MEDIA_STREAM_PATH) -> str:
@@ -34,4 +35,40 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str
     if fallback:
         response.say(fallback)
     response.hangup()
+    return str(response)
+
+
+def dial(number: str) -> str:
+    """A live call's new TwiML for a transfer."""
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)
+
+
+def say_and_hang_up(message: str) -> str:
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.hangup()
+    return str(response)
+
+
+
+def fork_and_dial(stream_url: str, parameters: Mapping[str, str], number: str) -> str:
+    """Fork both tracks one way to the transcriber, then connect the caller to ``number``."""
+    response = VoiceResponse()
+    start = Start()
+    stream = start.stream(url=stream_url, track="both_tracks")
+    for name, value in parameters.items():
+        if value:
+            stream.parameter(name=name, value=value)
+    response.append(start)
+    response.dial(number)
+    return str(response)
+
+
+def reject_busy() -> str:
+    """<Reject reason="busy"/>: the caller hears a busy tone and we are not billed for the call."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
     return str(response)

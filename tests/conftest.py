@@ -10,6 +10,7 @@ import uvicorn
 
 from telephony.app import create_app
 from telephony.profile import Profile, load_profile
+from telephony.server import ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +25,20 @@ def profile() -> Profile:
 async def running_app(settings: Settings, profile: Profile | None = None, **kwargs):
     """The real app under a real uvicorn server on a free loopback port."""
     app = create_app(settings, profile or load_profile(ROOT / "config" / "agent.toml"), **kwargs)
-    sock = socket.socket()
+    async with serve_app(app, ws_max_size(settings)) as host:
+        yield app, host
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app, max_ws_message: int = 1 << 20):
+    """Any ASGI app under uvicorn on a free loopback port; yields "127.0.0.1:PORT"."""
+    # proto=IPPROTO_TCP matters: asyncio only disables Nagle on sockets that say they are TCP, and
+    # with Nagle on, a 68-byte `clear` waits for the peer's next ACK (~20 ms here, measured).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=1 << 20)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=max_ws_message,
+                            ws="websockets-sansio")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -35,7 +46,7 @@ async def running_app(settings: Settings, profile: Profile | None = None, **kwar
             task.result()
         await asyncio.sleep(0.01)
     try:
-        yield app, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task

@@ -72,3 +72,37 @@ def active_spans(ulaw: bytes, frame: int = 160, threshold: float = 200.0) -> lis
     if start is not None:
         spans.append((start / 8000, len(pcm) / 8000))
     return spans
+
+
+def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict[str, str] | None = None,
+                   path: str = "/twilio/media-stream", **kwargs):
+    """A simulated caller whose stream carries the token the app's TwiML would have given it."""
+    import time
+    import uuid
+
+    from telephony.simulator import TwilioCallSimulator
+
+    call_sid = call_sid or "CA" + uuid.uuid4().hex
+    signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time())
+    return TwilioCallSimulator(f"ws://{host}{path}", call_sid=call_sid,
+                               custom_parameters=signed, **kwargs)
+
+
+async def twilio_post(host: str, path: str, form: dict[str, str], auth_token: str | None = None,
+                      public_base: str = "https://bridge.example.com"):
+    """POSTs a webhook as Twilio does: form-encoded, behind a proxy, signed when a token is given."""
+    import httpx
+    from twilio.request_validator import RequestValidator
+
+    headers = {"X-Forwarded-Proto": public_base.split("://")[0], "Host": public_base.split("://")[1]}
+    if auth_token:
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
+            public_base + path, form)
+    async with httpx.AsyncClient() as client:
+        return await client.post(f"http://{host}{path}", data=form, headers=headers)
+
+
+def stream_parameters(twiml: str) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    return {p.get("name"): p.get("value") for p in ET.fromstring(twiml).iter("Parameter")}

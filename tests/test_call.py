@@ -183,10 +183,71 @@ def test_fatal_realtime_error_ends_with_fallback_but_client_error_does_not(profi
     assert any(isinstance(a, EndStream) and a.abnormal for a in actions)
 
 
-def test_realtime_close_ends_stream_abnormally(profile):
+def test_realtime_drop_reconnects_once_then_ends_abnormally(profile):
     call = started_call(profile)
     actions = call.on_realtime_closed("connection reset")
+    assert any(isinstance(a, OpenRealtime) for a in actions)
+    assert not any(isinstance(a, EndStream) for a in actions)
+    call.on_realtime_open(1.0)
+    actions = call.on_realtime_closed("connection reset again")
     assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
+
+
+def test_connect_failure_ends_at_once(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    actions = call.on_realtime_closed("connect failed: refused")
+    assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
+
+
+def test_reconnect_resends_config_and_restores_conversation_without_greeting(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.5)
+    call.on_realtime(rt.TranscriptDelta("r1", "a1", "Hello "), 0.5)
+    call.on_realtime(rt.TranscriptDone("r1", "a1", "Hello there."), 0.6)
+    call.on_realtime(rt.InputTranscript("u1", "Hi, I need help."), 0.7)  # arrives late, ordered by speech
+    call.on_realtime(rt.SpeechStarted("u2", 0), 1.0)
+    call.on_realtime(rt.InputTranscript("u2", "With my bill."), 1.5)
+    call.on_realtime_closed("dropped")
+    actions = call.on_realtime_open(2.0)
+    commands = realtime(actions)
+    assert isinstance(commands[0], rt.ConfigureSession)
+    assert commands[1:] == [rt.AddUserText("Hi, I need help."), rt.AddAssistantText("Hello there."),
+                            rt.AddUserText("With my bill.")]
+    assert not realtime(actions, rt.CreateResponse)  # no second greeting
+
+
+def test_stream_with_refused_token_ends_with_policy_violation(profile):
+    call = Call(profile, verify_start=lambda start: "forged" if start.call_sid == "CA2" else None)
+    actions = call.on_twilio(tw.Start("MZ1", "CA2", custom_parameters={"token": "x"}), 0.0)
+    assert not any(isinstance(a, OpenRealtime) for a in actions)
+    (end,) = [a for a in actions if isinstance(a, EndStream)]
+    assert end.policy_violation and call.ended
+    ok = Call(profile, verify_start=lambda start: None)
+    actions = ok.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"token": "t", "from": "+1"}), 0.0)
+    assert any(isinstance(a, OpenRealtime) for a in actions) and ok.parameters == {"from": "+1"}
+
+
+def test_silent_stream_times_out(profile):
+    call = Call(profile, media_timeout_s=2.0)
+    call.on_tick(0.0)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.5)
+    assert call.on_tick(2.4) == []
+    call.on_twilio(tw.Media(ULAW_FRAME, stream_sid="MZ1"), 2.4)
+    assert call.on_tick(4.3) == []
+    actions = call.on_tick(4.5)
+    assert any(isinstance(a, EndStream) and a.abnormal for a in actions)
+
+
+def test_marks_never_sent_are_told_from_marks_cleared(profile, caplog):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=2, ms=100, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.05)  # clear: pending marks come back
+    call.on_twilio(tw.Mark(marks[1]), 0.06)
+    call.on_twilio(tw.Mark("bogus"), 0.07)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["call CA1: Twilio echoed mark 'bogus', which we never sent; ignored"]
 
 
 def test_media_before_start_and_bad_payload_are_dropped(profile):
@@ -220,8 +281,138 @@ def test_records_barge_in_with_heard_ms(profile):
     call = started_call(profile)
     play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
     actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.12)
-    (rec,) = [a for a in actions if isinstance(a, Record)]
-    assert rec.kind == "barge_in" and rec.data == {"item_id": "i1", "heard_ms": 120}
+    (rec,) = [a for a in actions if isinstance(a, Record) and a.kind == "barge_in"]
+    assert rec.data == {"item_id": "i1", "heard_ms": 120}
+
+
+# --- Tools and call control ---
+
+from dataclasses import replace  # noqa: E402
+
+from telephony.actions import HangUp, Transfer  # noqa: E402
+
+
+def tool_call(call, name, args, now, response="r1", item="f1", call_id="c1"):
+    call.on_realtime(rt.OutputItemAdded(response, item, "function_call", name, call_id), now)
+    return call.on_realtime(rt.FunctionCall(response, item, call_id, "", args), now)
+
+
+def test_end_call_waits_for_the_goodbye_to_be_heard(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r0"), 0.0)  # the greeting
+    call.on_realtime(rt.ResponseDone("r0", "completed"), 0.0)
+    # A response that calls end_call without saying anything first: the core asks for the goodbye.
+    call.on_realtime(rt.ResponseCreated("r1"), 1.0)
+    actions = tool_call(call, "end_call", "{}", 1.0)
+    assert realtime(actions, rt.AddFunctionOutput)[0].call_id == "c1"
+    assert not realtime(actions, rt.CreateResponse)  # r1 is still open: asked for when it is done
+    actions = call.on_realtime(rt.ResponseDone("r1", "completed"), 1.1)
+    assert realtime(actions, rt.CreateResponse)
+    assert call.on_tick(1.2) == []  # the goodbye response has not even started
+    marks = play(call, "r2", "i2", chunks=2, ms=500, now=1.3)
+    call.on_realtime(rt.ResponseDone("r2", "completed"), 1.4)
+    assert call.on_tick(1.5) == []
+    assert not any(isinstance(a, HangUp) for a in call.on_twilio(tw.Mark(marks[0]), 1.8))
+    actions = call.on_twilio(tw.Mark(marks[1]), 2.3)  # the last word was heard
+    assert [a for a in actions if isinstance(a, HangUp)] == [HangUp("end_call: the agent ended the call")]
+    assert call.on_tick(3.0) == []  # once only
+
+
+def test_end_call_after_speaking_does_not_ask_for_another_turn(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    actions = tool_call(call, "end_call", '{"reason": "bye"}', 0.1)
+    actions += call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    assert not realtime(actions, rt.CreateResponse)
+    actions = call.on_tick(0.5)  # 300 ms sent at 0.0, no echo yet: interpolation is not proof
+    assert not any(isinstance(a, HangUp) for a in actions)
+
+
+def test_after_playout_action_has_a_deadline(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    tool_call(call, "end_call", "{}", 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    actions = call.on_tick(25.0)  # the mark never came back
+    assert any(isinstance(a, HangUp) for a in actions)
+
+
+def test_transfer_only_to_listed_destinations(profile):
+    profile = replace(profile, transfer_targets={"support": "+15550009999"})
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = tool_call(call, "transfer_call", '{"destination": "+15551112222"}', 0.0)
+    assert "error" in realtime(actions, rt.AddFunctionOutput)[0].output
+    actions = call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    assert realtime(actions, rt.CreateResponse)  # so the model can tell the caller
+    call.on_realtime(rt.ResponseCreated("r2"), 0.2)
+    tool_call(call, "transfer_call", '{"destination": "support"}', 0.2, response="r2", call_id="c2")
+    actions = call.on_realtime(rt.ResponseDone("r2", "completed"), 0.3)
+    actions += call.on_realtime(rt.ResponseCreated("r3"), 0.3)
+    actions += call.on_realtime(rt.ResponseDone("r3", "completed"), 0.4)
+    assert [a for a in actions if isinstance(a, Transfer)] == [Transfer("+15550009999")]
+
+
+@pytest.mark.parametrize("name,args,error", [("launch_rockets", "{}", "unknown tool"),
+                                             ("end_call", "{not json", "not valid JSON"),
+                                             ("end_call", "[1]", "JSON object")])
+def test_bad_tool_calls_answer_the_model_with_an_error(profile, name, args, error):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = tool_call(call, name, args, 0.0)
+    assert error in realtime(actions, rt.AddFunctionOutput)[0].output
+
+
+def test_answering_machine_gets_the_voicemail_then_a_hang_up(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=2, ms=500, now=0.0)  # greeting playing over the machine's message
+    actions = call.on_answered_by("machine_end_beep", 0.3)
+    assert twilio(actions) == [tw.SendClear()]
+    (voicemail,) = realtime(actions, rt.CreateResponse)
+    assert profile.voicemail in voicemail.instructions
+    marks = play(call, "r2", "i2", chunks=1, ms=400, now=0.4)
+    call.on_realtime(rt.ResponseDone("r2", "completed"), 0.5)
+    actions = call.on_twilio(tw.Mark(marks[0]), 0.8)
+    assert [a.reason for a in actions if isinstance(a, HangUp)] == ["voicemail left (machine_end_beep)"]
+
+
+def test_a_human_answer_changes_nothing(profile):
+    call = started_call(profile)
+    actions = call.on_answered_by("human", 0.3)
+    assert realtime(actions) == [] and twilio(actions) == []
+    assert not any(isinstance(a, HangUp) for a in call.on_tick(60.0))
+
+
+def test_per_call_overrides_come_from_stream_parameters(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={
+        "instructions": "Remind about the dentist.", "voice": "coral", "greeting": "Hi, clinic here."}), 0.0)
+    actions = call.on_realtime_open(0.0)
+    config = realtime(actions, rt.ConfigureSession)[0].config
+    assert config.instructions == "Remind about the dentist." and config.voice == "coral"
+    assert "Hi, clinic here." in realtime(actions, rt.CreateResponse)[0].instructions
+
+
+def test_transcript_turns_carry_speaker_time_and_what_was_heard(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 10.0)
+    call.on_realtime_open(10.0)
+    records = call.on_realtime(rt.InputTranscript("u1", "Hello there"), 11.5)
+    assert [r.data for r in records if isinstance(r, Record)] == [
+        {"speaker": "caller", "item_id": "u1", "text": "Hello there", "at": 1.5}]
+    call.on_realtime(rt.ResponseCreated("r1"), 12.0)
+    marks = []
+    for word in ("one ", "two ", "three ", "four "):
+        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 12.0)
+        marks += [m.name for m in twilio(actions, tw.SendMark)]
+        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), 12.0)
+    call.on_twilio(tw.Mark(marks[0]), 12.1)
+    actions = call.on_realtime(rt.SpeechStarted("u2", 0), 12.2)
+    (turn,) = [a.data for a in actions if isinstance(a, Record) and a.kind == "transcript"]
+    assert turn == {"speaker": "agent", "item_id": "i1", "text": "one two ", "at": 2.2,
+                    "interrupted": True, "heard_ms": 200}
+    # The model's full transcript of the interrupted item arrives later: not recorded again.
+    assert call.on_realtime(rt.TranscriptDone("r1", "i1", "one two three four"), 12.3) == []
 
 
 def test_speech_stopped_is_recorded_for_the_turn_latency(profile):

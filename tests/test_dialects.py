@@ -25,12 +25,14 @@ def commands(audio_format: str) -> list[rt.Command]:
         rt.ConfigureTranscription(rt.TranscriptionConfig(model="whisper-1", audio_format=audio_format,
                                                          language="en")),
         rt.AppendAudio("AAAA"),
+        rt.CommitAudio(),
         rt.CreateResponse(),
         rt.CreateResponse("Say hello."),
         rt.CancelResponse(),
         rt.CancelResponse("resp_1"),
         rt.TruncateItem("item_1", 1234),
         rt.AddUserText("The caller pressed 5 on the keypad."),
+        rt.AddAssistantText("Hello, how can I help?"),
         rt.AddFunctionOutput("call_1", '{"ok": true}'),
     ]
 

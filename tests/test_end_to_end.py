@@ -12,10 +12,9 @@ import pytest
 
 from telephony.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.settings import Settings
-from telephony.simulator import TwilioCallSimulator
 
 from conftest import running_app
-from helpers import active_spans, dominant_freq, ulaw_silence, ulaw_tone, validate_event
+from helpers import active_spans, dominant_freq, simulated_call, ulaw_silence, ulaw_tone, validate_event
 
 API_KEY = "sk-test-secret-key-123"
 
@@ -45,8 +44,7 @@ async def test_barge_in_end_to_end(profile, dialect, codec):
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.6)
     async with ScriptedRealtimeServer(script, dialect=dialect) as server, \
             running_app(settings_for(server, realtime_dialect=dialect, audio_codec=codec)) as (app, host):
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=caller,
-                                  custom_parameters={"from": "+15551230000"})
+        sim = simulated_call(app, host, caller_audio=caller, parameters={"from": "+15551230000"})
         result = await sim.run()
         # Teardown: the upstream socket closes within a second of Twilio's stop.
         deadline = time.monotonic() + 1.0
@@ -108,7 +106,7 @@ async def test_barge_in_end_to_end(profile, dialect, codec):
 async def test_calls_in_one_process_are_independent(profile):
     script = Script(response_ms=2000, speed=5.0)
     async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server)) as (app, host):
-        sims = [TwilioCallSimulator(f"ws://{host}/twilio/media-stream",
+        sims = [simulated_call(app, host,
                                     caller_audio=ulaw_silence(0.3 + 0.3 * i) + ulaw_tone(500, 0.5)
                                     + ulaw_silence(1.6 - 0.3 * i)) for i in range(3)]
         results = await asyncio.gather(*(s.run() for s in sims))
@@ -125,8 +123,7 @@ async def test_realtime_refusing_connection_ends_stream_promptly(profile):
         url = server.url
     settings = Settings(realtime_url=url, realtime_api_key=API_KEY)  # nothing listens there now
     async with running_app(settings) as (app, host):
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", caller_audio=ulaw_silence(5.0),
-                                  hang_up=False)
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(5.0), hang_up=False)
         started = time.monotonic()
         result = await sim.run()
         assert time.monotonic() - started < 2.0  # the bridge closed the stream, so Twilio's fallback speaks
@@ -139,3 +136,40 @@ async def test_healthz():
             r = await client.get(f"http://{host}/healthz")
     assert r.json() == {"status": "ok", "active_calls": 0}
     assert API_KEY not in r.text
+
+
+async def test_barge_in_end_to_end_with_the_local_engine(profile):
+    """The same call against ``REALTIME_URL=local``: the app's own wiring, no socket upstream."""
+    settings = Settings.from_env({"REALTIME_URL": "local"})
+    caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(5.0)
+    async with running_app(settings) as (app, host):
+        sim = simulated_call(app, host, caller_audio=caller, hang_up_when_quiet_s=0.5)
+        result = await sim.run()
+    assert len(result.clears) == 1 and result.marks_echoed_by_clear
+    spans = active_spans(result.agent)
+    # The greeting played from the start and stopped soon after the caller spoke at 1.0 s…
+    assert spans[0][0] < 0.3
+    greeting_end = max(end for start, end in spans if start < 1.0)
+    assert 1.0 <= greeting_end <= 1.0 + 0.15
+    # …and the answer came after the caller's turn ended (0.6 s of tone + 0.5 s of silence).
+    answer = [s for s in spans if s[0] > 1.6]
+    assert answer and 2.1 <= answer[0][0] <= 2.1 + 0.3
+    assert answer[-1][1] - answer[0][0] > 1.0  # a spoken sentence, played to the end
+
+
+async def test_local_engine_events_seen_by_the_bridge_are_valid_and_truncate_matches(profile):
+    from telephony.local_realtime import local_connector
+
+    seen: list[tuple[str, dict]] = []
+    caller = ulaw_silence(1.2) + ulaw_tone(500, 0.5) + ulaw_silence(1.0)
+    settings = Settings(realtime_url="local")
+    factory = lambda s: local_connector(observer=lambda d, e: seen.append((d, e)), greeting=profile.greeting)  # noqa: E731
+    async with running_app(settings, connector_factory=factory) as (app, host):
+        result = await simulated_call(app, host, caller_audio=caller).run()
+    for direction, event in seen:
+        validate_event(event, "beta", direction)
+    (truncate,) = [e for d, e in seen if d == "client" and e["type"] == "conversation.item.truncate"]
+    clear = next(e for e in result.timeline if e.kind == "clear")
+    assert abs(truncate["audio_end_ms"] - clear.detail["played_ms"]) <= 20
+    (truncated,) = [e for d, e in seen if d == "server" and e["type"] == "conversation.item.truncated"]
+    assert truncated["audio_end_ms"] == truncate["audio_end_ms"]  # accepted: within the item's audio

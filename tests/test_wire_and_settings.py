@@ -18,7 +18,7 @@ def test_parse_twilio_messages_as_twilio_sends_them():
     assert start == tw.Start("MZ1", "CA1", "AC1", ("inbound",), {"from": "+1555"})
     media = tw.parse('{"event":"media","streamSid":"MZ1","media":{"track":"inbound","chunk":"2",'
                      '"timestamp":"40","payload":"//8="}}')
-    assert media == tw.Media("//8=", 40, "inbound")
+    assert media == tw.Media("//8=", 40, "inbound", "MZ1")
     assert tw.parse('{"event":"mark","streamSid":"MZ1","mark":{"name":"7"}}') == tw.Mark("7")
     assert tw.parse('{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}') == tw.Dtmf("5")
     assert tw.parse('{"event":"stop","stop":{"callSid":"CA1"}}') == tw.Stop("CA1")
@@ -75,3 +75,18 @@ def test_realtime_url_and_headers():
     assert realtime_url(s, intent="transcription") == "wss://h/v1/realtime?x=1&intent=transcription"
     assert auth_headers(s, {"OpenAI-Beta": "realtime=v1"}) == {
         "OpenAI-Beta": "realtime=v1", "Authorization": "Bearer k"}
+
+
+def test_profile_refuses_unknown_tools_and_non_e164_transfer_numbers(tmp_path):
+    from telephony.profile import ProfileError, load_profile
+
+    bad_tool = tmp_path / "a.toml"
+    bad_tool.write_text('[agent]\ninstructions = "x"\n[tools]\nenabled = ["end_call", "rm_rf"]\n')
+    with pytest.raises(ProfileError, match="rm_rf"):
+        load_profile(bad_tool)
+    bad_number = tmp_path / "b.toml"
+    bad_number.write_text('[agent]\ninstructions = "x"\n[transfer]\nsales = "555-1234"\n')
+    with pytest.raises(ProfileError, match="E.164"):
+        load_profile(bad_number)
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(tmp_path / "missing.toml")

@@ -1,0 +1,99 @@
+"""SIGTERM on the real `telephony serve` process: drain, busy-reject, then end calls cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.simulator import TwilioCallSimulator
+
+from helpers import ulaw_silence
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "sk-shutdown-SECRET-key"
+AUTH_TOKEN = "shutdown-SECRET-auth-token"
+GRACE_S = 1.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def answer(client: httpx.AsyncClient, base: str, call_sid: str) -> str:
+    form = {"CallSid": call_sid, "From": "+15551230000", "To": "+15559870000"}
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(base + "/twilio/voice", form)
+    r = await client.post(base + "/twilio/voice", data=form, headers={"X-Twilio-Signature": signature})
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def caller(base: str, call_sid: str, twiml: str, seconds: float) -> TwilioCallSimulator:
+    params = {p.get("name"): p.get("value") for p in ET.fromstring(twiml).iter("Parameter")}
+    return TwilioCallSimulator(base.replace("http://", "ws://") + "/twilio/media-stream", call_sid=call_sid,
+                               custom_parameters=params, caller_audio=ulaw_silence(seconds),
+                               duration_s=seconds, hang_up=True)
+
+
+async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with ScriptedRealtimeServer(Script(respond_to_turns=False, response_ms=300)) as upstream:
+        env = {**os.environ, "REALTIME_URL": upstream.url, "REALTIME_API_KEY": API_KEY,
+               "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": base, "HOST": "127.0.0.1", "PORT": str(port),
+               "SHUTDOWN_GRACE_SECONDS": str(GRACE_S), "LOG_LEVEL": "INFO"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            async with httpx.AsyncClient() as client:
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        if (await client.get(base + "/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "server did not start"
+                    await asyncio.sleep(0.1)
+                short = caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0)  # ends in grace
+                long = caller(base, "CAlong", await answer(client, base, "CAlong"), 6.0)  # outlives it
+                calls = [asyncio.create_task(short.run()), asyncio.create_task(long.run())]
+                await asyncio.sleep(0.3)
+                sigterm_at = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                busy = await answer(client, base, "CAlate")  # still listening, but taking no calls
+                health = (await client.get(base + "/healthz")).json()
+                short_result, long_result = await asyncio.gather(*calls)
+                long_ended_after = time.monotonic() - sigterm_at
+            code = await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        log = (await proc.stdout.read()).decode()
+
+    assert '<Reject reason="busy" />' in busy, busy
+    assert health == {"status": "draining", "active_calls": 2}
+    assert short_result.closed_by_bridge_at is None  # finished on its own within the grace
+    # The long call was ended by us, normally, so Twilio goes on to the <Say> fallback.
+    assert long_result.closed_by_bridge_at is not None and long_result.close_code == 1000
+    assert GRACE_S <= long_ended_after < GRACE_S + 1.5
+    # After a clean shutdown uvicorn re-raises the signal it caught, so the exit is "by SIGTERM".
+    assert code in (0, -signal.SIGTERM), log
+    assert "Finished server process" in log
+    assert "waiting up to 1.5 s for 2 call(s)" in log and "ending 1 call(s) still in progress" in log
+    assert "call CAlate rejected as busy: shutting down" in log
+    assert API_KEY not in log and AUTH_TOKEN not in log

@@ -1,0 +1,157 @@
+"""The Realtime side failing: refused, stalled, erroring, dropped. What the caller gets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from telephony import bridge, realtime_beta, realtime_client
+from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings
+
+from conftest import running_app
+from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
+
+API_KEY = "sk-test-secret-key-123"
+
+
+def settings_for(server: ScriptedRealtimeServer) -> Settings:
+    return Settings(realtime_url=server.url, realtime_api_key=API_KEY)
+
+
+async def closed(server: ScriptedRealtimeServer, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(c.closed for c in server.connections) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("status", [401, 503])
+async def test_rejected_handshake_ends_the_stream_at_once(status, caplog):
+    async with ScriptedRealtimeServer(Script(reject_status=status)) as server, \
+            running_app(settings_for(server)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(5.0), hang_up=False)
+        result = await sim.run()
+    assert result.closed_by_bridge_at is not None and result.closed_by_bridge_at < 1.0
+    assert f"call {sim.call_sid}: cannot connect to Realtime: InvalidStatus" in caplog.text
+    assert f"HTTP {status}" in caplog.text
+
+
+async def test_stalled_handshake_times_out_before_the_caller_waits_five_seconds():
+    async with ScriptedRealtimeServer(Script(handshake_delay_s=30)) as server, \
+            running_app(settings_for(server)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(8.0), hang_up=False)
+        result = await sim.run()
+    # Twilio plays the fallback as soon as the stream closes.
+    assert realtime_client.CONNECT_TIMEOUT_S - 0.2 < result.closed_by_bridge_at < 5.0
+    assert result.agent.count(b"\xff") == len(result.agent)  # silence until then, nothing else
+
+
+CALLER = ulaw_silence(0.3) + ulaw_tone(500, 0.5) + ulaw_silence(1.9)  # one turn, then quiet
+
+
+async def test_dropped_upstream_reconnects_with_config_and_conversation(caplog):
+    # ~80 client messages is 1.5 s in: after the greeting, the caller's turn and the reply.
+    script = Script(response_ms=600, drop_after=80)
+    async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=CALLER, duration_s=len(CALLER) / 8000)
+        result = await sim.run()
+        await closed(server)
+    assert result.closed_by_bridge_at is None  # the caller noticed nothing but a pause
+    first, second = server.connections
+    assert f"call {sim.call_sid}: Realtime session dropped" in caplog.text
+    said = [e for e in first.sent if e["type"] == "response.audio_transcript.done"]
+    assert [e["transcript"] for e in said][-1].startswith("Scripted response number 2")
+
+    for event in second.received:
+        validate_event(event, "beta", "client")
+    types = second.received_types()
+    assert types[0] == "session.update"
+    assert second.received[0]["session"] == first.received[0]["session"]
+    assert "response.create" not in types  # not greeted twice
+    items = [e["item"] for e in second.of_type("conversation.item.create")]
+    assert [(i["role"], i["content"][0]["type"]) for i in items] == [
+        ("assistant", "text"), ("user", "input_text"), ("assistant", "text")]
+    greeting, caller, reply = (i["content"][0]["text"] for i in items)
+    full_greeting = "Scripted response number 1, a tone of 440 hertz."
+    assert greeting and full_greeting.startswith(greeting) and greeting != full_greeting  # cut as heard
+    assert caller.startswith("a 500 Hz tone")  # the scripted server transcribes a turn as its pitch
+    assert reply.startswith("Scripted response number 2")
+    assert types.index("conversation.item.create") < types.index("input_audio_buffer.append")
+    # Caller audio kept flowing: what was said during the reconnect was buffered, then sent.
+    assert len(first.of_type("input_audio_buffer.append")) + len(second.of_type("input_audio_buffer.append")) \
+        >= len(CALLER) // 160 - 2
+
+
+async def test_upstream_dropping_twice_ends_the_stream_so_the_fallback_speaks(caplog):
+    script = Script(response_ms=600, drop_after=40, drop_connections=2)
+    async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(6.0), hang_up=False)
+        result = await sim.run()
+    assert len(server.connections) == 2
+    assert result.closed_by_bridge_at is not None and result.closed_by_bridge_at < 2.5
+    assert f"call {sim.call_sid}: Realtime session closed" in caplog.text
+
+
+async def test_upstream_that_stops_reading_does_not_hold_up_the_caller():
+    opened = []
+
+    def recording(settings: Settings):
+        async def connect():
+            opened.append(await realtime_client.connect(settings, realtime_beta.headers))
+            return opened[-1]
+        return connect
+
+    async with ScriptedRealtimeServer(Script(stall_after=20)) as server, \
+            running_app(settings_for(server), connector_factory=recording) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(1.5), duration_s=1.5)
+        started = time.monotonic()
+        result = await sim.run()
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(realtime_client.CLOSE_TIMEOUT_S + 0.2)
+        # It never answered our close frame (it reads nothing): the socket was dropped anyway.
+        (upstream,) = opened
+        assert upstream._conn.transport.is_closing()
+    assert result.closed_by_bridge_at is None and elapsed < 1.5 + 0.4  # frames out on time, prompt close
+    assert app.state.active_calls == set()
+
+
+class _NeverSends:
+    """A transport whose send never completes: a full TCP window to a provider that hung."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    async def send(self, text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def recv(self) -> str:
+        return await self.inner.recv()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_stalled_upstream_drops_audio_with_one_warning_not_unbounded_buffering(monkeypatch, caplog):
+    monkeypatch.setattr(bridge, "QUEUE_LIMIT", 10)
+
+    def stalled(settings: Settings):
+        async def connect():
+            return _NeverSends(await realtime_client.connect(settings, realtime_beta.headers))
+        return connect
+
+    async with ScriptedRealtimeServer() as server, \
+            running_app(settings_for(server), connector_factory=stalled) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(1.5), duration_s=1.5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            result = await sim.run()
+        elapsed = time.monotonic() - started
+        await closed(server)
+    assert result.closed_by_bridge_at is None and elapsed < 1.5 + 0.4
+    drops = [r.getMessage() for r in caplog.records if "Realtime is not reading" in r.getMessage()]
+    assert len(drops) == 1, drops  # rate limited: ~60 drops in 1.5 s, one line
+    assert f"call {sim.call_sid}: Realtime is not reading; 1 message(s) dropped" == drops[0]
+    assert app.state.active_calls == set()
