@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
@@ -38,6 +38,11 @@ class Snapshot:
     tasks: int
     sockets: int
     rss_kb: int
+    task_set: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    def new_tasks(self, before: "Snapshot") -> set:
+        """Tasks alive now that were not before (one left over from an earlier test may end meanwhile)."""
+        return set(self.task_set - before.task_set)
 
     def __str__(self) -> str:
         return f"tasks={self.tasks} sockets={self.sockets} rss={self.rss_kb / 1024:.1f} MB"
@@ -51,13 +56,14 @@ def snapshot() -> Snapshot:
         with contextlib.suppress(OSError):
             sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
     rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-    return Snapshot(len(asyncio.all_tasks()), sockets, rss)
+    tasks = frozenset(asyncio.all_tasks())
+    return Snapshot(len(tasks), sockets, rss, tasks)
 
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings):
     app = create_app(settings, load_profile(ROOT / "config" / "agent.toml"))
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws_max_size=1 << 20))
     task = asyncio.create_task(server.serve(sockets=[sock]))

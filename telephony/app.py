@@ -126,11 +126,16 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     async def status_callback(request: Request) -> Response:
         # Twilio's call progress (outbound calls, and numbers set up by `configure-number`): logged.
         form = await request.form()
-        log.info("Twilio call status %s", form.get("CallStatus"),
-                 extra={"call_sid": str(form.get("CallSid", "")), "event": "twilio_status",
-                        "status": str(form.get("CallStatus", "")),
-                        "answered_by": str(form.get("AnsweredBy", "")),
-                        "duration_s": str(form.get("CallDuration", ""))})
+        status = {"status": str(form.get("CallStatus", "")), "answered_by": str(form.get("AnsweredBy", "")),
+                  "duration_s": str(form.get("CallDuration", ""))}
+        sid = str(form.get("CallSid", ""))
+        log.info("Twilio call status %s", status["status"],
+                 extra={"call_sid": sid, "event": "twilio_status", **status})
+        if settings.call_records_dir is not None and sid:
+            # Appended to the call's record (progress often arrives after the stream has ended).
+            record = CallRecordFile(settings.call_records_dir, sid)
+            record.write("twilio_status", status)
+            record.close()
         return Response(status_code=204)
 
     async def amd_callback(request: Request) -> Response:

@@ -29,10 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
         # Workers are separate processes: each builds its own app from the environment. The
         # listening socket is ours, not uvicorn's: uvicorn binds with protocol 0, and asyncio
         # then leaves Nagle on for every call's socket (a barge-in `clear` waits for an ACK).
+        # (uvicorn's supervisor builds each worker's server itself, so workers stop the uvicorn way:
+        # the graceful drain below is for the single-process default.)
         config = uvicorn.Config("telephony.cli:worker_app", factory=True,
                                 workers=settings.web_concurrency, **options)
-        sock = tcp_socket(config.host, config.port)
-        Multiprocess(config, target=GracefulServer(config, None, grace).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[tcp_socket(config.host, config.port)]).run()
     else:
         from .app import create_app
 

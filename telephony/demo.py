@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .call_console import CallConsole
 from .dial import place_call
 from .local_realtime import local_connector
 from .profile import load_profile
+from .server import tcp_socket
 from .settings import Settings
 from .voices import Voice, make_voice
 from .wavfile import read_call, read_pcm8k, write_call
@@ -54,9 +54,8 @@ class DemoReport:
 @contextlib.asynccontextmanager
 async def serving(app: Any) -> AsyncIterator[int]:
     """The app under uvicorn on a free loopback port, in this event loop."""
-    sock = socket.socket()
-    sock.bind((LOOPBACK, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+    sock = tcp_socket(LOOPBACK, 0)  # TCP protocol: asyncio turns Nagle off, so `clear` is not held
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws="websockets-sansio"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

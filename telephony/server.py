@@ -17,27 +17,15 @@ from .settings import Settings
 
 
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, calls: CallRegistry | None, grace_s: float) -> None:
-        """``calls`` None: found on the app the worker loads (WEB_CONCURRENCY > 1)."""
+    def __init__(self, config: uvicorn.Config, calls: CallRegistry, grace_s: float) -> None:
         super().__init__(config)
         self.calls = calls
         self.grace_s = grace_s
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        calls = self.calls or _registry_of(self.config.loaded_app)
-        if calls is not None and not self.force_exit:  # a second Ctrl-C skips the wait
-            await calls.drain(self.grace_s)
+        if not self.force_exit:  # a second Ctrl-C skips the wait
+            await self.calls.drain(self.grace_s)
         await super().shutdown(sockets)
-
-
-def _registry_of(app: object) -> CallRegistry | None:
-    """The call registry of our app, under whatever middleware uvicorn wrapped it in."""
-    for _ in range(8):
-        calls = getattr(getattr(app, "state", None), "calls", None)
-        if isinstance(calls, CallRegistry):
-            return calls
-        app = getattr(app, "app", None)
-    return None
 
 
 def tcp_socket(host: str, port: int) -> socket.socket:

@@ -123,25 +123,45 @@ async def test_doctor_without_twilio_keys_still_passes():
 
 
 @pytest.mark.parametrize("workers", ["1", "3"])
-def test_serve_honours_port_workers_and_proxy_headers(monkeypatch, workers):
-    import uvicorn
+def test_serve_honours_port_workers_and_proxy_headers(workers):
+    """The Procfile's command as Heroku runs it: PORT, WEB_CONCURRENCY, a router in front."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    monkeypatch.setattr("telephony.logs.configure", lambda *a, **k: None)  # keep pytest's logging
-    env(monkeypatch)
-    monkeypatch.setenv("PORT", "5123")
-    monkeypatch.setenv("WEB_CONCURRENCY", workers)
-    monkeypatch.setenv("REALTIME_API_KEY", "k")
-    assert cli.main(["serve"]) == 0
-    ((app, kw),) = calls
-    assert kw["port"] == 5123 and kw["host"] == "0.0.0.0"
-    assert kw["proxy_headers"] is True and kw["forwarded_allow_ips"] == "*"
-    if workers == "1":
-        assert not isinstance(app, str)
-    else:
-        assert app == "telephony.cli:worker_app" and kw["factory"] is True and kw["workers"] == 3
-        assert callable(cli.worker_app().router)  # the factory builds an app from the environment
+    from conftest import ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "WEB_CONCURRENCY": workers,
+           "REALTIME_API_KEY": "k", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_SECONDS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/twilio/voice", data=b"CallSid=CA1&From=%2B15551230000",
+            headers={"X-Forwarded-Proto": "https", "Host": "my-app.herokuapp.com"})
+        twiml = urllib.request.urlopen(request, timeout=5).read().decode()
+        assert '<Stream url="wss://my-app.herokuapp.com/twilio/media-stream">' in twiml
+        children = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True,
+                                  text=True).stdout.split()
+        # the workers (multiprocessing may add a helper process of its own)
+        assert len(children) >= int(workers) if workers != "1" else not children
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
 
 
 def test_procfile_app_json_and_runtime_pin():

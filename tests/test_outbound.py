@@ -229,3 +229,19 @@ async def test_answering_machine_verdict_leaves_voicemail_then_hangs_up(profile)
     assert len(result.clears) == 1  # the greeting stopped for the beep
     (sid, form, at) = fake.updates[0]
     assert sid == sim.call_sid and form == {"Status": "completed"}
+
+
+async def test_status_callbacks_are_kept_in_the_call_record(tmp_path):
+    from telephony.records import read_records
+
+    async with running_fake_twilio() as fake, \
+            running_app(replace(settings(fake), call_records_dir=tmp_path)) as (app, host):
+        for status in ("ringing", "in-progress", "completed"):
+            r = await twilio_post(host, "/twilio/status", {"CallSid": "CA" + "5" * 32, "CallStatus": status},
+                                  AUTH_TOKEN)
+            assert r.status_code == 204
+        forged = await twilio_post(host, "/twilio/status", {"CallSid": "CA" + "5" * 32, "CallStatus": "busy"},
+                                   "not-the-token")
+        assert forged.status_code == 403
+    entries = read_records(tmp_path / ("CA" + "5" * 32 + ".jsonl"))
+    assert [e["status"] for e in entries if e["kind"] == "twilio_status"] == ["ringing", "in-progress", "completed"]
