@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 from . import realtime as rt
 from . import tools
 from . import twilio_wire as tw
-from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
+from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio
 from .audio import make_codec
 from .playout import PlayoutLedger
 from .profile import Profile

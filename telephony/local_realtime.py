@@ -112,8 +112,26 @@ def local_connector(voice: Voice | None = None, config: EngineConfig | None = No
     return connect
 
 
-async def run_session(ws: ServerConnection, engine: RealtimeEngine, observer: Observer | None = None) -> None:
-    """Serves one websocket connection until the client goes away."""
+class ServedSession:
+    """What a hook may do to a session while it is served: send raw text, or go silent."""
+
+    def __init__(self, out: asyncio.Queue[str], runner: EngineRunner, writer: asyncio.Task) -> None:
+        self._out, self._runner, self._writer = out, runner, writer
+
+    def send_raw(self, text: str) -> None:
+        self._out.put_nowait(text)
+
+    def go_silent(self) -> None:
+        self._runner.close()
+        self._writer.cancel()
+
+
+AfterMessage = Callable[[int, ServedSession], Awaitable[bool]]  # (messages so far, session) → stop?
+
+
+async def run_session(ws: ServerConnection, engine: RealtimeEngine, observer: Observer | None = None,
+                      after_message: AfterMessage | None = None) -> None:
+    """Serves one websocket connection until the client goes away (or ``after_message`` says stop)."""
     out: asyncio.Queue[str] = asyncio.Queue()
 
     def deliver(event: dict[str, Any]) -> None:
@@ -127,12 +145,17 @@ async def run_session(ws: ServerConnection, engine: RealtimeEngine, observer: Ob
 
     runner = EngineRunner(engine, deliver)
     writer = asyncio.create_task(write())
+    served = ServedSession(out, runner, writer)
     try:
+        n = 0
         async for message in ws:
             if observer:
                 with contextlib.suppress(ValueError):
                     observer("client", json.loads(message))
             runner.feed(message)
+            n += 1
+            if after_message is not None and await after_message(n, served):
+                break
     except websockets.ConnectionClosed:
         pass
     finally:

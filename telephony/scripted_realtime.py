@@ -13,17 +13,14 @@ raw (malformed, unknown, error) events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from .local_engine import BETA_NAMES, GA_NAMES, EngineConfig, RealtimeEngine, Utterance
-from .local_realtime import EngineRunner
+from .local_realtime import ServedSession, run_session
 from .voices import RATE
 
 __all__ = ["BETA_NAMES", "GA_NAMES", "Connection", "Script", "ScriptedRealtimeServer", "TonePersona"]
@@ -166,39 +163,18 @@ class ScriptedRealtimeServer:
     async def _run(self, ws: ServerConnection, engine: RealtimeEngine, conn: Connection, index: int) -> None:
         """``run_session`` with the script's faults: injected raw events, drops and stalls."""
         script, inject = self.script, sorted(self.script.inject)
-        out: asyncio.Queue[str] = asyncio.Queue()
 
-        def deliver(event: dict[str, Any]) -> None:
-            conn.observe("server", event)
-            out.put_nowait(json.dumps(event))
+        async def faults(n: int, session: ServedSession) -> bool:
+            while inject and inject[0][0] <= n:
+                session.send_raw(inject.pop(0)[1])
+            if script.drop_after is not None and n >= script.drop_after and index < script.drop_connections:
+                ws.transport.abort()  # as a network fault: no close frame
+                return True
+            if script.stall_after is not None and n >= script.stall_after:
+                session.go_silent()
+                await self._closing.wait()  # neither reads nor answers from now on
+                ws.transport.abort()  # it never read the client's close frame either
+                return True
+            return False
 
-        async def write() -> None:
-            while True:
-                await ws.send(await out.get())
-
-        runner = EngineRunner(engine, deliver)
-        writer = asyncio.create_task(write())
-        try:
-            async for message in ws:
-                with contextlib.suppress(ValueError):
-                    conn.observe("client", json.loads(message))
-                runner.feed(message)
-                n = len(conn.received)
-                while inject and inject[0][0] <= n:
-                    out.put_nowait(inject.pop(0)[1])
-                if script.drop_after is not None and n >= script.drop_after and index < script.drop_connections:
-                    ws.transport.abort()  # as a network fault: no close frame
-                    break
-                if script.stall_after is not None and n >= script.stall_after:
-                    runner.close()
-                    writer.cancel()
-                    await self._closing.wait()  # neither reads nor answers from now on
-                    ws.transport.abort()  # it never read the client's close frame either
-                    break
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            runner.close()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                await writer
+        await run_session(ws, engine, conn.observe, faults)

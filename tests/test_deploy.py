@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from urllib.parse import parse_qs
 
 import pytest
 from twilio.http import HttpClient
