@@ -65,7 +65,6 @@ class Call:
         self._transcripts: dict[str, list[str]] = {}  # agent item → transcript deltas
         self._dtmf: list[str] = []
         self._dtmf_last = 0.0
-        self._dropped_deltas = 0
         self._after_playout: tuple[Action, float] | None = None  # (action, deadline)
         self._respond_when_done = False  # a tool answered: ask the model to speak after this response
         self._awaiting_response = False  # we asked for a response the server has not started yet
@@ -251,8 +250,7 @@ class Call:
 
     def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
         if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
-            self._dropped_deltas += 1  # audio of an interrupted response still in flight
-            return []
+            return []  # audio of an interrupted response still in flight
         if self._response is not None and self._response.id == event.response_id:
             self._response.items.add(event.item_id)
         elif event.response_id not in self._known_responses and event.item_id not in self._warned_items:

@@ -28,6 +28,27 @@ def server_vad(td: rt.TurnDetection) -> dict[str, Any]:
             "silence_duration_ms": td.silence_duration_ms}
 
 
+def agent_turns(td: rt.TurnDetection) -> dict[str, Any]:
+    """Server VAD that answers each turn and stops the answer when the caller barges in."""
+    return {**server_vad(td), "create_response": True, "interrupt_response": True}
+
+
+def transcription(model: str, language: str | None = None) -> dict[str, Any]:
+    settings: dict[str, Any] = {"model": model}
+    if language:
+        settings["language"] = language
+    return settings
+
+
+def add_tools(session: dict[str, Any], tools: tuple[rt.Tool, ...]) -> dict[str, Any]:
+    """Function tools are declared alike in both dialects' sessions."""
+    if tools:
+        session["tools"] = [{"type": "function", "name": t.name, "description": t.description,
+                             "parameters": t.parameters} for t in tools]
+        session["tool_choice"] = "auto"
+    return session
+
+
 def _session(config: rt.SessionConfig) -> dict[str, Any]:
     session: dict[str, Any] = {
         "modalities": ["audio", "text"],
@@ -35,16 +56,11 @@ def _session(config: rt.SessionConfig) -> dict[str, Any]:
         "voice": config.voice,
         "input_audio_format": config.audio_format,
         "output_audio_format": config.audio_format,
-        "turn_detection": {**server_vad(config.turn_detection),
-                           "create_response": True, "interrupt_response": True},
+        "turn_detection": agent_turns(config.turn_detection),
     }
     if config.transcription_model:
-        session["input_audio_transcription"] = {"model": config.transcription_model}
-    if config.tools:
-        session["tools"] = [{"type": "function", "name": t.name, "description": t.description,
-                             "parameters": t.parameters} for t in config.tools]
-        session["tool_choice"] = "auto"
-    return session
+        session["input_audio_transcription"] = transcription(config.transcription_model)
+    return add_tools(session, config.tools)
 
 
 def encode(command: rt.Command) -> dict[str, Any]:
@@ -80,12 +96,9 @@ def encode(command: rt.Command) -> dict[str, Any]:
             "type": "function_call_output", "call_id": command.call_id, "output": command.output}}
     if isinstance(command, rt.ConfigureTranscription):
         cfg = command.config
-        transcription: dict[str, Any] = {"model": cfg.model}
-        if cfg.language:
-            transcription["language"] = cfg.language
         return {"type": "transcription_session.update", "session": {
             "input_audio_format": cfg.audio_format,
-            "input_audio_transcription": transcription,
+            "input_audio_transcription": transcription(cfg.model, cfg.language),
             "turn_detection": server_vad(cfg.turn_detection)}}
     raise TypeError(f"beta dialect cannot encode {command!r}")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import realtime as rt
+from .realtime_beta import add_tools, agent_turns, server_vad, transcription
 from .realtime_beta import encode as _encode_beta
-from .realtime_beta import server_vad
 
 name = "ga"
 headers: dict[str, str] = {}
@@ -42,13 +42,10 @@ def _audio_format(name_: str) -> dict[str, Any]:
 
 
 def _session(config: rt.SessionConfig) -> dict[str, Any]:
-    audio_input: dict[str, Any] = {
-        "format": _audio_format(config.audio_format),
-        "turn_detection": {**server_vad(config.turn_detection),
-                           "create_response": True, "interrupt_response": True},
-    }
+    audio_input: dict[str, Any] = {"format": _audio_format(config.audio_format),
+                                   "turn_detection": agent_turns(config.turn_detection)}
     if config.transcription_model:
-        audio_input["transcription"] = {"model": config.transcription_model}
+        audio_input["transcription"] = transcription(config.transcription_model)
     session: dict[str, Any] = {
         "type": "realtime",
         "output_modalities": ["audio"],
@@ -56,19 +53,12 @@ def _session(config: rt.SessionConfig) -> dict[str, Any]:
         "audio": {"input": audio_input,
                   "output": {"format": _audio_format(config.audio_format), "voice": config.voice}},
     }
-    if config.tools:
-        session["tools"] = [{"type": "function", "name": t.name, "description": t.description,
-                             "parameters": t.parameters} for t in config.tools]
-        session["tool_choice"] = "auto"
-    return session
+    return add_tools(session, config.tools)
 
 
 def _transcription_session(cfg: rt.TranscriptionConfig) -> dict[str, Any]:
-    transcription: dict[str, Any] = {"model": cfg.model}
-    if cfg.language:
-        transcription["language"] = cfg.language
     return {"type": "transcription", "audio": {"input": {
-        "format": _audio_format(cfg.audio_format), "transcription": transcription,
+        "format": _audio_format(cfg.audio_format), "transcription": transcription(cfg.model, cfg.language),
         "turn_detection": server_vad(cfg.turn_detection)}}}
 
 
