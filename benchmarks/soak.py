@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from telephony.app import create_app  # noqa: E402
 from telephony.profile import load_profile  # noqa: E402
 from telephony.scripted_realtime import Script, ScriptedRealtimeServer  # noqa: E402
+from telephony.server import DirectWebSocketProtocol  # noqa: E402
 from telephony.settings import Settings  # noqa: E402
 from telephony.simulator import TwilioCallSimulator  # noqa: E402
 
@@ -65,7 +66,8 @@ async def serving(settings: Settings):
     app = create_app(settings, load_profile(ROOT / "config" / "agent.toml"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws_max_size=1 << 20))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws_max_size=1 << 20,
+                                           ws=DirectWebSocketProtocol))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -1,8 +1,9 @@
 """The shell around one call: two pumps (Twilio, Realtime) feeding one ``Call`` object.
 
-Actions are queued synchronously, in the order the core returned them, into one queue per
-socket with a single writer each. That is what keeps a ``clear`` from overtaking the media
-it must drop, or media of an interrupted item from slipping out after it.
+Actions are written out synchronously, in the order the core returned them, straight onto
+each socket (under any ASGI server but ours, Twilio's side is a queue with a single writer
+task). That is what keeps a ``clear`` from overtaking the media it must drop, or media of
+an interrupted item from slipping out after it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import twilio_wire as tw
 from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
 from .call import Call
 from .realtime_client import RealtimeTransport
+from .server import DIRECT_LANE
 from .twilio_rest import CallControl, TwilioError
 from .twiml import dial
 
@@ -70,13 +72,13 @@ class Bridge:
             dialect, "serialize", None) or (lambda command: json.dumps(dialect.encode(command)))
         self.stats = BridgeStats()
         self._loop = asyncio.get_running_loop()
-        # Items: (text, arrival time of the message that caused it, kind), or None to stop.
+        # uvicorn through our protocol offers a synchronous lane; any other server, plain ASGI:
+        # then a queue with one writer task, items (text, arrival of its cause, kind) or None.
+        self._lane = ws.scope.get("extensions", {}).get(DIRECT_LANE)
         self._twilio_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
-        self._realtime_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._twilio_writer_task: asyncio.Task | None = None
-        self._realtime_writers: list[asyncio.Task] = []
         self._done = asyncio.Event()
         self._warned_unknown: set[str] = set()
         self.max_message_bytes = max_message_bytes
@@ -99,11 +101,16 @@ class Bridge:
         for action in actions:
             if isinstance(action, ToTwilio):
                 message = action.message
-                self._enqueue(self._twilio_out, (tw.serialize(message, self.call.stream_sid or ""),
-                                                 arrived, _KINDS.get(type(message), "")), "Twilio")
+                text, kind = tw.serialize(message, self.call.stream_sid or ""), _KINDS.get(type(message), "")
+                if self._lane is None:
+                    self._enqueue(self._twilio_out, (text, arrived, kind), "Twilio")
+                elif self._lane.send_text(text):
+                    self.stats.twilio_out += 1
+                    self.observer.sent("twilio", kind, arrived, self.now())
+                else:
+                    self._dropped("Twilio")
             elif isinstance(action, ToRealtime):
-                self._enqueue(self._realtime_out,
-                              (self._serialize(action.command), arrived, ""), "Realtime")
+                self._to_realtime(self._serialize(action.command), arrived)
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._realtime_pump())
             elif isinstance(action, EndStream):
@@ -117,17 +124,30 @@ class Bridge:
             elif isinstance(action, (HangUp, Transfer)):
                 self._spawn(self._call_control(action))
 
+    def _to_realtime(self, text: str, arrived: float) -> None:
+        upstream = self._upstream
+        if upstream is None:
+            return  # between connections: the core resends what matters when one opens
+        if upstream.send(text):
+            self.stats.realtime_out += 1
+            self.observer.sent("realtime", "", arrived, self.now())
+        else:
+            self._dropped("Realtime")
+
     def _enqueue(self, queue: asyncio.Queue, item: tuple[str, float, str], peer: str) -> None:
         try:
             queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._drops[peer] = self._drops.get(peer, 0) + 1
-            last = self._drop_warned_at.get(peer)
-            if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
-                log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,
-                            self._drops[peer])
-                self._drop_warned_at[peer] = self.now()
-                self._drops[peer] = 0
+            self._dropped(peer)
+
+    def _dropped(self, peer: str) -> None:
+        self._drops[peer] = self._drops.get(peer, 0) + 1
+        last = self._drop_warned_at.get(peer)
+        if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
+            log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,
+                        self._drops[peer])
+            self._drop_warned_at[peer] = self.now()
+            self._drops[peer] = 0
 
     def end(self, reason: str) -> None:
         """Ends the call from outside (shutdown); Twilio speaks the fallback."""
@@ -142,7 +162,10 @@ class Bridge:
 
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
-        self._twilio_writer_task = self._spawn(self._twilio_writer())
+        if self._lane is not None:
+            self._lane.attach(self._on_twilio_message)  # the reader below then sees only the end
+        else:
+            self._twilio_writer_task = self._spawn(self._twilio_writer())
         self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
@@ -157,32 +180,34 @@ class Bridge:
         try:
             while True:
                 message = await self.ws.receive()
-                arrived = self.now()
                 if message["type"] == "websocket.disconnect":
                     break
-                self.stats.twilio_in += 1
-                self.observer.received("twilio")
                 text = message.get("text")
-                raw = text if text is not None else message.get("bytes") or b""
-                if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
-                    log.warning("call %s: Twilio message of %d bytes is over the %d-byte limit; dropped",
-                                self.sid, len(raw), self.max_message_bytes)
-                    continue
-                try:
-                    event = tw.parse(raw)
-                except tw.TwilioProtocolError as exc:
-                    log.warning("call %s: bad Twilio message: %s", self.sid, exc)
-                    continue
-                if event is None:
-                    log.info("call %s: Twilio event ignored: %.80s", self.sid, text)
-                    continue
-                self.dispatch(self.call.on_twilio(event, arrived), arrived)
+                self._on_twilio_message(text if text is not None else message.get("bytes") or b"")
         except WebSocketDisconnect:
             pass
         finally:
             if not self.call.ended:
                 self.dispatch(self.call.on_twilio(tw.Stop(), self.now()))
             self._done.set()
+
+    def _on_twilio_message(self, raw: str | bytes) -> None:
+        arrived = self.now()
+        self.stats.twilio_in += 1
+        self.observer.received("twilio")
+        if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
+            log.warning("call %s: Twilio message of %d bytes is over the %d-byte limit; dropped",
+                        self.sid, len(raw), self.max_message_bytes)
+            return
+        try:
+            event = tw.parse(raw)
+        except tw.TwilioProtocolError as exc:
+            log.warning("call %s: bad Twilio message: %s", self.sid, exc)
+            return
+        if event is None:
+            log.info("call %s: Twilio event ignored: %.80s", self.sid, raw)
+            return
+        self.dispatch(self.call.on_twilio(event, arrived), arrived)
 
     async def _twilio_writer(self) -> None:
         while (item := await self._twilio_out.get()) is not None:
@@ -201,10 +226,6 @@ class Bridge:
             upstream, self._upstream = self._upstream, None
             await _close_quietly(upstream)
             return
-        # A fresh queue per connection: nothing meant for a dropped socket reaches its successor.
-        self._realtime_out = asyncio.Queue(QUEUE_LIMIT)
-        writer = self._spawn(self._realtime_writer(self._upstream, self._realtime_out))
-        self._realtime_writers.append(writer)
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
@@ -227,16 +248,9 @@ class Bridge:
             raise
         except Exception as exc:
             reason = _describe(exc)
-        writer.cancel()
         upstream, self._upstream = self._upstream, None
         await _close_quietly(upstream)
         self.dispatch(self.call.on_realtime_closed(reason))
-
-    async def _realtime_writer(self, upstream: RealtimeTransport, queue: asyncio.Queue) -> None:
-        while (item := await queue.get()) is not None:
-            await upstream.send(item[0])
-            self.stats.realtime_out += 1
-            self.observer.sent("realtime", "", item[1], self.now())
 
     async def _ticker(self) -> None:
         while True:
@@ -267,9 +281,8 @@ class Bridge:
     async def _shutdown(self) -> None:
         # Each side flushes what the core already decided to send, then closes, independently:
         # a stalled upstream must not delay the Twilio close (the fallback speaks on it).
-        for queue in (self._twilio_out, self._realtime_out):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._twilio_out.put_nowait(None)
         await asyncio.gather(self._close_twilio(), self._close_realtime())
         for task in self._tasks:
             task.cancel()
@@ -284,11 +297,7 @@ class Bridge:
                 await self.ws.close(self._close_code)
 
     async def _close_realtime(self) -> None:
-        writers = [w for w in self._realtime_writers if not w.done()]
-        if writers:
-            await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S / 2)
-        for writer in writers:
-            writer.cancel()
+        # What the core sent is already written (sends are synchronous): close at once.
         if self._upstream is not None:
             await _close_quietly(self._upstream)
 

@@ -14,7 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from . import logs
-    from .server import GracefulServer, tcp_socket, ws_max_size
+    from .server import DirectWebSocketProtocol, GracefulServer, tcp_socket, ws_max_size
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
                    proxy_headers=True, forwarded_allow_ips="*",
                    log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
                    log_level=settings.log_level.lower(),
-                   ws_max_size=ws_max_size(settings), ws="websockets-sansio")
+                   ws_max_size=ws_max_size(settings), ws=DirectWebSocketProtocol)
     grace = settings.shutdown_grace_seconds
     if settings.web_concurrency > 1:
         # Workers are separate processes: each builds its own app from the environment. The

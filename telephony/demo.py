@@ -25,7 +25,7 @@ from .call_console import CallConsole
 from .dial import place_call
 from .local_realtime import local_connector
 from .profile import load_profile
-from .server import tcp_socket
+from .server import DirectWebSocketProtocol, tcp_socket
 from .settings import Settings
 from .voices import Voice, make_voice
 from .wavfile import read_call, read_pcm8k, write_call
@@ -55,7 +55,7 @@ class DemoReport:
 async def serving(app: Any) -> AsyncIterator[int]:
     """The app under uvicorn on a free loopback port, in this event loop."""
     sock = tcp_socket(LOOPBACK, 0)  # TCP protocol: asyncio turns Nagle off, so `clear` is not held
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws="websockets-sansio"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", ws=DirectWebSocketProtocol))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

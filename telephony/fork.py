@@ -97,14 +97,13 @@ class ForkBridge:
                  connector: Connector, on_record: Callable[[Record], None]) -> None:
         self.ws, self.core, self.dialect, self.connector, self.on_record = ws, core, dialect, connector, on_record
         self._loop = asyncio.get_running_loop()
-        self._queues = {track: asyncio.Queue(2000) for track in SPEAKERS}
+        self._upstreams: dict[str, RealtimeTransport] = {}
         self._tasks: list[asyncio.Task] = []
 
     def _send(self, commands: list[tuple[str, rt.Command]]) -> None:
         for track, command in commands:
-            try:
-                self._queues[track].put_nowait(json.dumps(self.dialect.encode(command)))
-            except asyncio.QueueFull:
+            upstream = self._upstreams.get(track)
+            if upstream is not None and not upstream.send(json.dumps(self.dialect.encode(command))):
                 log.warning("call %s: %s transcription session is not reading; audio dropped",
                             self.core.call_sid, track)
 
@@ -143,7 +142,7 @@ class ForkBridge:
         except Exception as exc:
             log.error("call %s: cannot open the %s transcription session: %s", self.core.call_sid, track, exc)
             return
-        writer = asyncio.create_task(self._write(upstream, self._queues[track]))
+        self._upstreams[track] = upstream
         self._send(self.core.on_session_open(track))
         try:
             while True:
@@ -158,14 +157,9 @@ class ForkBridge:
         except Exception as exc:
             log.info("call %s: %s transcription session closed: %s", self.core.call_sid, track, exc)
         finally:
-            writer.cancel()
+            self._upstreams.pop(track, None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(upstream.close(), 0.5)
-
-    @staticmethod
-    async def _write(upstream: RealtimeTransport, queue: asyncio.Queue) -> None:
-        while True:
-            await upstream.send(await queue.get())
 
     async def _close(self) -> None:
         # The last words of each track are still being transcribed: give them a moment.

@@ -73,13 +73,14 @@ class LocalTransport:
             self._observer("server", event)
         self._out.put_nowait(json.dumps(event))
 
-    async def send(self, text: str) -> None:
+    def send(self, text: str) -> bool:
         if self._closed:
-            raise ConnectionError("local Realtime session is closed")
+            return True  # dropped, as on a closed socket: recv reports the close
         if self._observer:
             with contextlib.suppress(ValueError):
                 self._observer("client", json.loads(text))
         self._runner.feed(text)
+        return True
 
     async def recv(self) -> str:
         text = await self._out.get()

@@ -1,13 +1,19 @@
-"""The Realtime websocket client: a thin transport that moves text to and from the provider."""
+"""The Realtime websocket client: a thin transport that moves text to and from the provider.
+
+It is on picows (Cython framing, callbacks instead of a task per message) because the bridge
+moves about a hundred Realtime messages per call per second, and the pure-Python client's
+per-message cost was most of the bridge's CPU. Sends are synchronous writes: no writer task,
+no queue; a provider that stops reading fills the buffer and the bridge drops, not stalls."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
-import websockets
-from websockets.asyncio.client import ClientConnection
+import picows
 
 from .security import RedactingLogger
 from .settings import Settings
@@ -17,10 +23,14 @@ log = logging.getLogger("telephony.realtime_client")
 CONNECT_TIMEOUT_S = 4.0  # a caller must never sit in silence waiting for a dead upstream
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # session.created carries the whole config; deltas are small
 CLOSE_TIMEOUT_S = 0.5  # then the TCP connection is dropped: a closing call must not linger
+PING_IDLE_S = 20.0  # a silent provider is pinged; no pong within as long again and it is dropped
+SEND_BUFFER_LIMIT = 1 << 20  # bytes unsent (~12 s of PCM16 appends): past it, audio is dropped
 
 
 class RealtimeTransport(Protocol):
-    async def send(self, text: str) -> None: ...
+    def send(self, text: str) -> bool:
+        """Writes at once, without waiting. False: the provider is not reading and the message
+        was dropped. On a closed socket the message is dropped too: the reader sees the close."""
 
     async def recv(self) -> str: ...
 
@@ -45,38 +55,139 @@ def auth_headers(settings: Settings, dialect_headers: dict[str, str]) -> dict[st
     return headers
 
 
-class WebsocketTransport:
-    def __init__(self, conn: ClientConnection) -> None:
-        self._conn = conn
+class _Listener(picows.WSListener):
+    """Collects the provider's messages as picows hands over frames: called on the event loop,
+    so a read that brings several messages wakes the bridge once, not once per message."""
 
-    async def send(self, text: str) -> None:
-        await self._conn.send(text)
+    def __init__(self) -> None:
+        self.messages: deque[str] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed: str | None = None  # why, once the socket is gone or closing
+        self.paused = False
+        self._fragments: list[bytes] = []
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == picows.WSMsgType.TEXT and frame.fin and not self._fragments:
+            self._push(frame.get_payload_as_utf8_text())
+        elif kind in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
+            self._fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                text = b"".join(self._fragments).decode("utf-8", "replace")
+                self._fragments.clear()
+                self._push(text)
+        elif kind == picows.WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
+            self._end(f"closed by the provider ({int(code)}{': ' + reason if reason else ''})")
+            transport.send_close(code)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self._end("connection lost")
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def _push(self, text: str) -> None:
+        self.messages.append(text)
+        self._wake()
+
+    def _end(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class WebsocketTransport:
+    """The provider's socket (picows): sends are synchronous writes, receives are batched."""
+
+    def __init__(self, transport: picows.WSTransport, listener: _Listener) -> None:
+        self._transport = transport
+        self._listener = listener
+
+    def send(self, text: str) -> bool:
+        listener = self._listener
+        if listener.closed is not None:
+            return True  # dropped: the reader reports the close and the bridge reconnects
+        if listener.paused and self._transport.underlying_transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            return False
+        self._transport.send(picows.WSMsgType.TEXT, text.encode())
+        return True
 
     async def recv(self) -> str:
-        message = await self._conn.recv()
-        return message if isinstance(message, str) else message.decode("utf-8", "replace")
+        listener = self._listener
+        while not listener.messages:
+            if listener.closed is not None:
+                raise ConnectionError(listener.closed)
+            listener.waiter = asyncio.get_running_loop().create_future()
+            await listener.waiter
+        return listener.messages.popleft()
 
     async def close(self) -> None:
         try:
-            await self._conn.close()
+            if self._listener.closed is None:
+                self._listener.closed = "closed by us"
+                self._transport.send_close(picows.WSCloseCode.OK)
+                await asyncio.wait_for(self._transport.wait_disconnected(), CLOSE_TIMEOUT_S)
+        except (asyncio.TimeoutError, picows.WSError, OSError):
+            pass
         finally:
-            # A provider that stopped reading never answers the close frame; if we are cancelled
-            # waiting for it, the socket would stay open. Aborting a closed transport is a no-op.
-            self._conn.transport.abort()
+            # A provider that stopped reading never answers the close frame; the socket is
+            # dropped rather than left open. Disconnecting a closed transport is a no-op.
+            self._transport.disconnect(graceful=False)
+
+    @property
+    def is_closing(self) -> bool:
+        return self._transport.underlying_transport.is_closing()
 
 
 async def connect(settings: Settings, dialect_headers: dict[str, str],
                   intent: str | None = None) -> RealtimeTransport:
-    """Opens the upstream socket. Raises OSError/TimeoutError/websockets errors on failure."""
-    conn = await websockets.connect(
-        realtime_url(settings, intent),
-        additional_headers=auth_headers(settings, dialect_headers),
-        open_timeout=CONNECT_TIMEOUT_S,
-        max_size=MAX_MESSAGE_BYTES,
-        close_timeout=CLOSE_TIMEOUT_S,
-        ping_interval=20,
-        compression=None,  # audio does not compress; deflate only costs CPU
-        user_agent_header="telephony",
-        logger=RedactingLogger(log, settings.secrets()),  # its DEBUG logs show the headers we send
+    """Opens the upstream socket. Raises OSError, TimeoutError or HandshakeRejected."""
+    url = realtime_url(settings, intent)
+    headers = dict(auth_headers(settings, dialect_headers), **{"User-Agent": "telephony"})
+    # The deadline covers TCP, TLS and the upgrade: a blackholed host must not hold the caller.
+    try:
+        transport, listener = await asyncio.wait_for(_open(url, headers, settings), CONNECT_TIMEOUT_S)
+    except picows.WSHandshakeError as exc:
+        raise HandshakeRejected(_rejection(exc)) from None
+    return WebsocketTransport(transport, listener)
+
+
+class HandshakeRejected(ConnectionError):
+    """The provider answered the upgrade with an HTTP error (bad key, no quota, wrong model)."""
+
+
+def _rejection(exc: picows.WSHandshakeError) -> str:
+    response = exc.response
+    status = f"HTTP {int(response.status)}" if response is not None and response.status else "handshake failed"
+    body = (exc.raw_body or b"")[:300].decode("utf-8", "replace").strip()
+    return f"{status}: {body}" if body else f"{status} ({exc})"
+
+
+def _open(url: str, headers: dict[str, str], settings: Settings):
+    return picows.ws_connect(
+        _Listener, url,
+        websocket_handshake_timeout=CONNECT_TIMEOUT_S,
+        extra_headers=headers,
+        max_frame_size=MAX_MESSAGE_BYTES,
+        enable_auto_ping=True, auto_ping_idle_timeout=PING_IDLE_S, auto_ping_reply_timeout=PING_IDLE_S,
+        max_redirects=0,
+        logger_name=_LibraryLogger(log, settings.secrets()),
     )
-    return WebsocketTransport(conn)
+
+
+class _LibraryLogger(RedactingLogger):
+    """picows says "connection established" and "disconnected" at INFO for every socket: for
+    us that is per call, without the call's id, so it goes to DEBUG."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)

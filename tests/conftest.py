@@ -10,7 +10,7 @@ import uvicorn
 
 from telephony.app import create_app
 from telephony.profile import Profile, load_profile
-from telephony.server import ws_max_size
+from telephony.server import DirectWebSocketProtocol, ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,15 +22,17 @@ def profile() -> Profile:
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings, profile: Profile | None = None, **kwargs):
-    """The real app under a real uvicorn server on a free loopback port."""
+async def running_app(settings: Settings, profile: Profile | None = None, ws: type | str = DirectWebSocketProtocol,
+                      **kwargs):
+    """The real app under a real uvicorn server on a free loopback port (``ws``: its websocket
+    protocol; "websockets-sansio" is plain ASGI, as under any other server)."""
     app = create_app(settings, profile or load_profile(ROOT / "config" / "agent.toml"), **kwargs)
-    async with serve_app(app, ws_max_size(settings)) as host:
+    async with serve_app(app, ws_max_size(settings), ws) as host:
         yield app, host
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app, max_ws_message: int = 1 << 20):
+async def serve_app(app, max_ws_message: int = 1 << 20, ws: type | str = DirectWebSocketProtocol):
     """Any ASGI app under uvicorn on a free loopback port; yields "127.0.0.1:PORT"."""
     # proto=IPPROTO_TCP matters: asyncio only disables Nagle on sockets that say they are TCP, and
     # with Nagle on, a 68-byte `clear` waits for the peer's next ACK (~20 ms here, measured).
@@ -38,7 +40,7 @@ async def serve_app(app, max_ws_message: int = 1 << 20):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_max_size=max_ws_message,
-                            ws="websockets-sansio")
+                            ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -36,14 +36,17 @@ async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
     assert xml.index("</Connect>") < xml.index("<Say>") and profile.fallback in xml
 
 
-@pytest.mark.parametrize("dialect,codec", [("beta", "pcm16"), ("beta", "g711_ulaw"),
-                                           ("ga", "pcm16"), ("ga", "g711_ulaw")])
-async def test_barge_in_end_to_end(profile, dialect, codec):
+# The last case runs under plain ASGI (uvicorn's own protocol, no direct lane), as under any server.
+@pytest.mark.parametrize("dialect,codec,ws", [("beta", "pcm16", None), ("beta", "g711_ulaw", None),
+                                              ("ga", "pcm16", None), ("ga", "g711_ulaw", None),
+                                              ("beta", "pcm16", "websockets-sansio")])
+async def test_barge_in_end_to_end(profile, dialect, codec, ws):
     # Deltas at 2x real time: the greeting is still being generated when the caller speaks.
     script = Script(response_ms=3000, speed=2.0)
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.6)
+    options = {"ws": ws} if ws else {}
     async with ScriptedRealtimeServer(script, dialect=dialect) as server, \
-            running_app(settings_for(server, realtime_dialect=dialect, audio_codec=codec)) as (app, host):
+            running_app(settings_for(server, realtime_dialect=dialect, audio_codec=codec), **options) as (app, host):
         sim = simulated_call(app, host, caller_audio=caller, parameters={"from": "+15551230000"})
         result = await sim.run()
         # Teardown: the upstream socket closes within a second of Twilio's stop.
