@@ -98,17 +98,15 @@ class Bridge:
     def dispatch(self, actions: list[Action], arrived: float | None = None) -> None:
         if arrived is None:
             arrived = self.now()
+        batch: list[tuple[str, str]] = []  # Twilio messages (text, kind), written together
         for action in actions:
             if isinstance(action, ToTwilio):
                 message = action.message
                 text, kind = tw.serialize(message, self.call.stream_sid or ""), _KINDS.get(type(message), "")
                 if self._lane is None:
                     self._enqueue(self._twilio_out, (text, arrived, kind), "Twilio")
-                elif self._lane.send_text(text):
-                    self.stats.twilio_out += 1
-                    self.observer.sent("twilio", kind, arrived, self.now())
                 else:
-                    self._dropped("Twilio")
+                    batch.append((text, kind))
             elif isinstance(action, ToRealtime):
                 self._to_realtime(self._serialize(action.command), arrived)
             elif isinstance(action, OpenRealtime):
@@ -123,6 +121,18 @@ class Bridge:
                     self.on_record(self.call, action)
             elif isinstance(action, (HangUp, Transfer)):
                 self._spawn(self._call_control(action))
+        if batch:
+            self._to_twilio(batch, arrived)
+
+    def _to_twilio(self, batch: list[tuple[str, str]], arrived: float) -> None:
+        # One write for a chunk and its mark: one syscall, one TCP segment, instead of two.
+        if not self._lane.send_texts([text for text, _ in batch]):
+            self._dropped("Twilio", len(batch))
+            return
+        now = self.now()
+        for _, kind in batch:
+            self.stats.twilio_out += 1
+            self.observer.sent("twilio", kind, arrived, now)
 
     def _to_realtime(self, text: str, arrived: float) -> None:
         upstream = self._upstream
@@ -140,8 +150,8 @@ class Bridge:
         except asyncio.QueueFull:
             self._dropped(peer)
 
-    def _dropped(self, peer: str) -> None:
-        self._drops[peer] = self._drops.get(peer, 0) + 1
+    def _dropped(self, peer: str, count: int = 1) -> None:
+        self._drops[peer] = self._drops.get(peer, 0) + count
         last = self._drop_warned_at.get(peer)
         if last is None or self.now() - last >= DROP_WARNING_EVERY_S:
             log.warning("call %s: %s is not reading; %d message(s) dropped", self.sid, peer,

@@ -86,16 +86,18 @@ class DirectLane:
             protocol.read_paused = False
             protocol.transport.resume_reading()
 
-    def send_text(self, text: str) -> bool:
-        """Writes at once. False: the caller's side is not reading and the message was dropped.
-        On a closing socket the message is dropped too: the ASGI reader sees the disconnect."""
+    def send_texts(self, texts: list[str]) -> bool:
+        """Writes them at once, in one write. False: the caller's side is not reading and they were
+        dropped. On a closing socket they are dropped too: the ASGI reader sees the disconnect."""
         protocol = self._protocol
         if protocol.close_sent or protocol.disconnected or protocol.transport.is_closing():
             return True
         if not protocol.writable.is_set() and protocol.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
             return False
-        protocol.conn.send_text(text.encode())
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        conn = protocol.conn
+        for text in texts:
+            conn.send_text(text.encode())
+        protocol.transport.write(b"".join(conn.data_to_send()))
         return True
 
 
