@@ -264,11 +264,13 @@ class Call:
             return []
         if chunk.model_ms <= 0:
             return []
-        name = self.ledger.sent(event.item_id, chunk.model_ms, now)
         actions: list[Action] = []
+        if (before := self.ledger.before(event.item_id)) is not None:
+            actions.append(ToTwilio(tw.SendMark(before)))
         if chunk.payload:
             actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
-        actions.append(ToTwilio(tw.SendMark(name)))
+        if (name := self.ledger.sent(event.item_id, chunk.model_ms, now)) is not None:
+            actions.append(ToTwilio(tw.SendMark(name)))
         return actions
 
     def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
@@ -348,7 +350,10 @@ class Call:
         if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
             return []
         tail = self.codec.end_of_item()
-        return [ToTwilio(tw.SendMedia(tail))] if tail else []
+        actions: list[Action] = [ToTwilio(tw.SendMedia(tail))] if tail else []
+        if (name := self.ledger.seal()) is not None:  # the item's last audio: know when it ends
+            actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
 
     def _barge_in(self, event: rt.SpeechStarted, now: float) -> list[Action]:
         """The caller started talking: stop the agent now and tell the model what was heard."""
@@ -416,7 +421,10 @@ class Call:
             log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
                       self.call_sid, now - self._last_heard)
             return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
-        return self._flush_dtmf(now) + self._check_after_playout(now)
+        actions = self._flush_dtmf(now) + self._check_after_playout(now)
+        if (name := self.ledger.due(now)) is not None:
+            actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
 
     def _flush_dtmf(self, now: float) -> list[Action]:
         if not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:

@@ -14,6 +14,10 @@ from telephony.call import Call, EndStream, OpenRealtime, Record, ToRealtime, To
 ULAW_FRAME = base64.b64encode(b"\xff" * 160).decode()
 
 
+def ulaw_ms(ms: int) -> str:
+    return base64.b64encode(b"\xff" * (8 * ms)).decode()
+
+
 def pcm_ms(ms: int) -> str:
     """A 440 Hz tone of ``ms`` milliseconds, PCM16 24 kHz, base64."""
     t = np.arange(ms * 24) / 24000
@@ -419,3 +423,19 @@ def test_speech_stopped_is_recorded_for_the_turn_latency(profile):
     call = started_call(profile)
     actions = call.on_realtime(rt.SpeechStopped("item_9", 2300), 5.0)
     assert actions == [Record("speech_stopped", {"item_id": "item_9", "audio_end_ms": 2300})]
+
+
+def test_marks_follow_every_100_ms_of_agent_audio_and_the_end_of_each_item(profile):
+    call = started_call(profile, "g711_ulaw")
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    sent = []
+    for i in range(5):  # 200 ms in 40 ms deltas
+        sent += twilio(call.on_realtime(rt.AudioDelta("r1", "i1", ulaw_ms(40)), i * 0.04))
+    assert [type(m) for m in sent].count(tw.SendMark) == 1 and isinstance(sent[3], tw.SendMark)  # after 120 ms
+    # The item ends: its last 80 ms get their mark at once, so the end of playout is known.
+    done = twilio(call.on_realtime(rt.AudioDone("r1", "i1"), 0.2), tw.SendMark)
+    assert len(done) == 1
+    # A model that pauses without ending the item: the mark follows on the clock.
+    call.on_realtime(rt.AudioDelta("r1", "i1", ulaw_ms(40)), 0.3)
+    assert twilio(call.on_tick(0.32), tw.SendMark) == []
+    assert len(twilio(call.on_tick(0.4), tw.SendMark)) == 1
