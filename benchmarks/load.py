@@ -181,7 +181,12 @@ def conversion_cost_us(codec_name: str) -> tuple[float, float]:
     return up * 1e6, down * 1e6
 
 
-def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> dict:
+def pinned(cpus: set[int] | None):
+    """preexec_fn that keeps a child on ``cpus`` (None: wherever the kernel likes)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0")
@@ -190,16 +195,19 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
     server = None
     port_file = Path(f"/tmp/telephony-bench-{os.getpid()}.port")
     port_file.unlink(missing_ok=True)
+    # --pin: the server alone on CPU 0, the load generators on the others, so they do not compete.
+    server_cpus, helper_cpus = ({0}, set(range(1, os.cpu_count() or 2))) if pin else (None, None)
     try:
         procs.append(subprocess.Popen([sys.executable, str(here), "--role", "realtime", "--port-file",
-                                       str(port_file)], env=env, cwd=ROOT))
+                                       str(port_file)], env=env, cwd=ROOT, preexec_fn=pinned(helper_cpus)))
         wait_for(lambda: port_file.exists() and port_file.read_text(), 10, "the scripted Realtime server")
         rt_port = int(port_file.read_text())
         port = free_port()
         server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
                           AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1")
         prefix = [sys.executable] + (["-m", "cProfile", "-o", profile_out] if profile_out else [])
-        server = subprocess.Popen(prefix + ["-m", "telephony", "serve"], env=server_env, cwd=ROOT)
+        server = subprocess.Popen(prefix + ["-m", "telephony", "serve"], env=server_env, cwd=ROOT,
+                                  preexec_fn=pinned(server_cpus))
         procs.append(server)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
                  20, "the server")
@@ -208,7 +216,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
         callers = subprocess.Popen(
             [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}/twilio/media-stream",
              "--calls", str(calls), "--seconds", str(seconds + ramp), "--ramp", str(ramp)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE)
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pinned(helper_cpus))
         procs.append(callers)
         # Measure once every call is up, until the first one hangs up.
         time.sleep(ramp + 1.0)
@@ -255,7 +263,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None) -> 
         for proc in reversed(procs):
             if proc.poll() is None:
                 # uvicorn re-raises the signal it stopped on: SIGINT lets cProfile write its stats.
-                proc.send_signal(signal.SIGINT if proc is server else signal.SIGTERM)
+                proc.send_signal(signal.SIGINT if proc is server and profile_out else signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=15)
@@ -301,6 +309,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
     parser.add_argument("--profile", metavar="FILE", help="run the server under cProfile, stats to FILE.<codec>")
     parser.add_argument("--json", action="store_true", help="also print every run as JSON")
+    parser.add_argument("--pin", action="store_true",
+                        help="server alone on CPU 0, load generators on the other CPUs (needs 2+)")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -312,13 +322,16 @@ def main() -> None:
     if args.role == "callers":
         asyncio.run(callers_role(args.url, args.calls, args.seconds, args.ramp))
         return
-    print(f"machine: {os.cpu_count()} CPUs, {platform_cpu()}, Python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} CPUs, {platform_cpu()}, Python {sys.version.split()[0]}"
+          + (", server pinned to CPU 0, load generators to the rest" if args.pin else ""))
+    if args.pin:
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
     medians = []
     for codec in args.codec:
         runs = []
         for _ in range(args.runs):
             runs.append(run_one(codec, args.calls, args.seconds,
-                                f"{args.profile}.{codec}" if args.profile else None))
+                                f"{args.profile}.{codec}" if args.profile else None, args.pin))
             # Measured with the other processes gone, so they do not compete for the CPU.
             runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
             if args.json:

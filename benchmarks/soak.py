@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from telephony.app import create_app  # noqa: E402
 from telephony.profile import load_profile  # noqa: E402
 from telephony.scripted_realtime import Script, ScriptedRealtimeServer  # noqa: E402
-from telephony.server import DirectWebSocketProtocol  # noqa: E402
+from telephony.direct_lane import DirectWebSocketProtocol  # noqa: E402
 from telephony.settings import Settings  # noqa: E402
 from telephony.simulator import TwilioCallSimulator  # noqa: E402
 

@@ -22,7 +22,7 @@ from . import twilio_wire as tw
 from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
 from .call import Call
 from .realtime_client import RealtimeTransport
-from .server import DIRECT_LANE
+from .direct_lane import DIRECT_LANE
 from .twilio_rest import CallControl, TwilioError
 from .twiml import dial
 

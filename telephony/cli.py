@@ -14,7 +14,8 @@ def _serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from . import logs
-    from .server import DirectWebSocketProtocol, GracefulServer, tcp_socket, ws_max_size
+    from .direct_lane import DirectWebSocketProtocol
+    from .server import GracefulServer, tcp_socket, ws_max_size
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())

@@ -25,7 +25,8 @@ from .call_console import CallConsole
 from .dial import place_call
 from .local_realtime import local_connector
 from .profile import load_profile
-from .server import DirectWebSocketProtocol, tcp_socket
+from .direct_lane import DirectWebSocketProtocol
+from .server import tcp_socket
 from .settings import Settings
 from .voices import Voice, make_voice
 from .wavfile import read_call, read_pcm8k, write_call

@@ -10,7 +10,8 @@ import uvicorn
 
 from telephony.app import create_app
 from telephony.profile import Profile, load_profile
-from telephony.server import DirectWebSocketProtocol, ws_max_size
+from telephony.direct_lane import DirectWebSocketProtocol
+from telephony.server import ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
