@@ -1,4 +1,5 @@
-"""The shell around one call: two pumps (Twilio, Realtime) feeding one ``Call`` object.
+"""The shell around one call: Twilio's messages (through the direct lane, or an ASGI reader)
+and the Realtime pump feed one ``Call`` object.
 
 Actions are written out synchronously, in the order the core returned them, straight onto
 each socket (under any ASGI server but ours, Twilio's side is a queue with a single writer
@@ -29,7 +30,7 @@ from .twiml import dial
 log = logging.getLogger("telephony.bridge")
 
 TICK_S = 0.05
-QUEUE_LIMIT = 2000  # messages; ~40 s of audio. Past it the peer is stalled and we drop.
+QUEUE_LIMIT = 2000  # plain-ASGI Twilio queue, messages (~40 s of audio): past it, drop
 CLOSE_TIMEOUT_S = 1.0
 DROP_WARNING_EVERY_S = 5.0  # a stalled peer drops 50 messages a second: say so, not 50 times
 POLICY_VIOLATION = 1008  # websocket close code for a stream we refuse
