@@ -173,13 +173,13 @@ class Bridge:
 
     async def run(self) -> None:
         """Serves the call until either side ends it; then closes both within a second."""
-        if self._lane is not None:
-            self._lane.attach(self._on_twilio_message)  # the reader below then sees only the end
-        else:
-            self._twilio_writer_task = self._spawn(self._twilio_writer())
-        self._spawn(self._ticker())
         reader = asyncio.create_task(self._twilio_reader())
         try:
+            if self._lane is not None:
+                self._lane.attach(self._on_twilio_message)  # the reader then sees only the end
+            else:
+                self._twilio_writer_task = self._spawn(self._twilio_writer())
+            self._spawn(self._ticker())
             await self._done.wait()
         finally:
             reader.cancel()
@@ -304,8 +304,15 @@ class Bridge:
             await asyncio.wait([self._twilio_writer_task], timeout=CLOSE_TIMEOUT_S / 2)
             self._twilio_writer_task.cancel()
         if self.ws.client_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await self.ws.close(self._close_code)
+            try:
+                # A caller's side that stopped reading never lets the close frame out.
+                await asyncio.wait_for(self.ws.close(self._close_code), CLOSE_TIMEOUT_S / 2)
+            except asyncio.TimeoutError:
+                log.warning("call %s: Twilio is not reading; connection dropped", self.sid)
+                if self._lane is not None:
+                    self._lane.abort()
+            except Exception:
+                pass
 
     async def _close_realtime(self) -> None:
         # What the core sent is already written (sends are synchronous): close at once.

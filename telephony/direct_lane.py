@@ -74,6 +74,11 @@ class DirectLane:
         return True
 
 
+    def abort(self) -> None:
+        """Drops the connection without a close handshake (the peer stopped reading)."""
+        self._protocol.transport.abort()
+
+
 def _text_header(n: int) -> bytes:
     """A final, unmasked text frame's header (RFC 6455 5.2): servers never mask."""
     if n < 126:
@@ -88,17 +93,31 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     on_message: Callable[[str | bytes], None] | None = None
     context: contextvars.Context | None = None
-    _pending = b""  # the start of a frame not yet complete
+    _pending: bytearray | None = None  # the start of a frame not yet complete
+    _need = 0  # bytes that frame takes in all (0: its header is not complete either)
     _fast = True  # False once anything is off the common path: websockets has it from then on
 
     def data_received(self, data: bytes) -> None:
         # websockets parses the handshake; after it, frames are cut here, from the first byte,
         # so websockets only ever gets whole frames and its parser stays at a frame boundary.
-        if not self._fast or self.conn.state is not State.OPEN or self.conn.reader.buffer:
-            self._fast = self._fast and self.conn.state is State.CONNECTING
+        if self.conn.state is State.CONNECTING:
+            if self.handshake_initiated:
+                self._fast = False  # frames before our 101: websockets may be inside one already
             return super().data_received(data)
-        buf = self._pending + data if self._pending else data
+        if not self._fast or self.conn.state is not State.OPEN or self.conn.reader.buffer:
+            self._fast = False
+            if self._pending:  # a frame begun on the fast path: websockets gets it from its start
+                data, self._pending = bytes(self._pending) + data, None
+            return super().data_received(data)
+        if self._pending:
+            self._pending += data  # in place: a large frame in small reads stays linear
+            if len(self._pending) < self._need:
+                return
+            buf, self._pending = self._pending, None
+        else:
+            buf = data
         end, pos = len(buf), 0
+        self._need = 0  # unless a frame's header is complete and its payload is not
         while self._fast and end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
             length, start = b1 & 0x7F, pos + 2
@@ -115,7 +134,8 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                 break
             stop = start + 4 + length
             if stop > end:
-                break  # the rest of the frame is still on its way
+                self._need = stop - pos  # the rest of the frame is still on its way
+                break
             if b0 == 0x81 and not self.frames and not self.close_sent:
                 # A whole text message: what uvicorn's handle_text does, minus the parsing.
                 self.curr_msg_data_type = "text"
@@ -123,17 +143,16 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.send_receive_event_to_app()
             else:
                 # Control frame, fragment, reserved bits: websockets parses it, uvicorn answers.
-                super().data_received(buf[pos:stop])
+                super().data_received(bytes(buf[pos:stop]))
                 if self.conn.state is not State.OPEN or self.conn.parser_exc is not None:
                     self._fast = False
             pos = stop
-        rest = buf[pos:]
+        if pos == end:
+            return
         if self._fast:
-            self._pending = rest
-        else:
-            self._pending = b""
-            if rest and not self.transport.is_closing():
-                super().data_received(rest)
+            self._pending = bytearray(buf[pos:])
+        elif not self.transport.is_closing():
+            super().data_received(bytes(buf[pos:]))
 
     def handle_connect(self, event) -> None:
         super().handle_connect(event)

@@ -80,7 +80,8 @@ class _Listener(picows.WSListener):
             code = frame.get_close_code()
             reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
             self._end(f"closed by the provider ({int(code)}{': ' + reason if reason else ''})")
-            transport.send_close(code)
+            # A close frame without a code reads as 0 (NO_INFO), which is not ours to send back.
+            transport.send_close(code if int(code) >= 1000 else picows.WSCloseCode.OK)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:

@@ -120,3 +120,107 @@ async def test_plain_text_messages_skip_websockets_parser(url, monkeypatch):
         await ws.ping()
     assert handshake == 1 and parsed[0].startswith(b"GET / HTTP/1.1")  # only the upgrade request
     assert len(parsed) >= 2 and parsed[1][0] == 0x89  # the ping: a whole frame, handed over
+
+
+async def test_a_caller_side_that_stops_reading_is_dropped_not_waited_for_forever():
+    """Twilio's side stalls (it reads nothing; its receive window stays full): the agent's audio
+    piles up, the lane drops past its limit, and when the call ends the close frame cannot go
+    out. The bridge must give up on the close handshake and drop the connection, or the call
+    never ends."""
+    import base64
+    import json
+    import socket
+    import time
+    import uuid
+
+    from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+    from telephony.settings import Settings
+
+    from conftest import running_app
+
+    def frame(message: dict) -> bytes:
+        return Frame(Opcode.TEXT, json.dumps(message).encode()).serialize(mask=True, extensions=[])
+
+    script = Script(response_ms=120_000, speed=50.0)  # two minutes of agent audio, 50x real time
+    async with ScriptedRealtimeServer(script) as server:
+        settings = Settings(realtime_url=server.url, realtime_api_key="k", audio_codec="g711_ulaw")
+        async with running_app(settings) as (app, host):
+            h, p = host.split(":")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
+            sock.connect((h, int(p)))
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(f"GET /twilio/media-stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            sock.setblocking(False)
+            response = b""
+            while b"\r\n\r\n" not in response:  # the 101, before any frame (as a client must)
+                response += await asyncio.get_running_loop().sock_recv(sock, 4096)
+            assert response.startswith(b"HTTP/1.1 101")
+            sid = "CA" + uuid.uuid4().hex
+            params = app.state.stream_tokens.with_token({"call_sid": sid}, time.time())
+            send = asyncio.get_running_loop().sock_sendall
+            await send(sock, frame({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await send(sock, frame({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {
+                "accountSid": "AC1", "streamSid": "MZ1", "callSid": sid, "tracks": ["inbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+            await asyncio.sleep(0.1)
+            # The kernel would otherwise queue megabytes for a peer that reads nothing.
+            (bridge,) = app.state.calls._calls
+            server_side = bridge._lane._protocol.transport.get_extra_info("socket")
+            server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await asyncio.sleep(2.0)  # the greeting streams in; none of it is read
+            assert bridge._drops.get("Twilio")  # past the lane's limit: dropped, not buffered
+            assert app.state.active_calls
+            await send(sock, frame({"event": "stop", "sequenceNumber": "2", "streamSid": "MZ1",
+                                "stop": {"callSid": sid}}))
+            deadline = time.monotonic() + 3.0
+            while app.state.active_calls and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            ended = not app.state.active_calls
+            sock.close()
+    assert ended  # the call ended, though its close frame could not be sent
+
+
+async def test_a_frame_split_when_the_server_starts_closing_still_reaches_websockets_whole():
+    """The app closes while half a frame sits in the lane's buffer: websockets must get that
+    frame from its first byte, or it misreads the client's close reply and the socket lingers
+    until uvicorn's 10 s close timer."""
+    import base64
+    import time
+
+    from websockets.frames import Close
+
+    async def closing_app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        bye = asyncio.Event()
+        scope["extensions"][DIRECT_LANE].attach(lambda m: bye.set() if m == "bye" else None)
+        await bye.wait()
+        await send({"type": "websocket.close", "code": 1000})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass  # returning leaves the TCP close to uvicorn's close handshake (or its 10 s timer)
+
+    def masked(opcode, payload, mask=b"\0\0\0\0"):
+        return bytes((0x80 | opcode.value, 0x80 | len(payload))) + mask + payload  # zero mask: as is
+
+    async with serve_app(closing_app) as host:
+        h, p = host.split(":")
+        reader, writer = await asyncio.open_connection(h, int(p))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        # A binary frame whose payload looks like a frame header, cut after 6 of its 34 bytes.
+        second = masked(Opcode.BINARY, b"\x81\xfe\x00\xc8" + b"\x00" * 24)
+        writer.write(masked(Opcode.TEXT, b"bye") + second[:6])
+        header = await reader.readexactly(2)
+        await reader.readexactly(header[1] & 0x7F)
+        assert header[0] == 0x88  # the server's close frame
+        writer.write(second[6:] + masked(Opcode.CLOSE, Close(1000, "").serialize()))
+        started = time.monotonic()
+        await asyncio.wait_for(reader.read(), 5)  # until the server drops TCP
+        assert time.monotonic() - started < 1.0
+        writer.close()
