@@ -1,7 +1,7 @@
 """Load benchmark: N simulated Twilio callers through ONE `telephony serve` process.
 
     python benchmarks/load.py --calls 50 --seconds 20            # both codecs, side by side
-    python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof.out
+    python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof   # needs py-spy
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
 Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -186,6 +187,18 @@ def pinned(cpus: set[int] | None):
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
+def py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
+    """Samples the server's stacks, native frames included (under uvloop cProfile cannot tell
+    idle from busy); group them with benchmarks/profile_summary.py. Native stacks need py-spy to
+    pause the server at each sample, so its CPU figures read a little high in a profiled run."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy (and ptrace rights: root or CAP_SYS_PTRACE)")
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(max(int(seconds), 1)), "-r", "200",
+                             "--native", "-f", "raw", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
@@ -205,8 +218,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         port = free_port()
         server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
                           AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1")
-        prefix = [sys.executable] + (["-m", "cProfile", "-o", profile_out] if profile_out else [])
-        server = subprocess.Popen(prefix + ["-m", "telephony", "serve"], env=server_env, cwd=ROOT,
+        server = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=server_env, cwd=ROOT,
                                   preexec_fn=pinned(server_cpus))
         procs.append(server)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
@@ -224,12 +236,16 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         h0 = [sum(cpu_seconds(pid)) for pid in helpers]
         m0, c0, t0 = scrape(port), cpu_seconds(server.pid), time.monotonic()
         w0 = runqueue_wait_s(server.pid)
-        time.sleep(max(seconds - 2.0, 1.0))
+        window = max(seconds - 2.0, 1.0)
+        spy = py_spy(server.pid, window, profile_out) if profile_out else None
+        time.sleep(window)
         m1, c1, t1 = scrape(port), cpu_seconds(server.pid), time.monotonic()
         h1 = [sum(cpu_seconds(pid)) for pid in helpers]
         w1 = runqueue_wait_s(server.pid)
         rss_loaded = rss_kb(server.pid)
         active = m1[("telephony_active_calls", ())]
+        if spy is not None:
+            spy.wait(timeout=30)
         out, _ = callers.communicate(timeout=seconds + 60)
         results = json.loads(out)
         cpu_share = (sum(c1) - sum(c0)) / (t1 - t0)  # cores
@@ -262,8 +278,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
-                # uvicorn re-raises the signal it stopped on: SIGINT lets cProfile write its stats.
-                proc.send_signal(signal.SIGINT if proc is server and profile_out else signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=15)
@@ -307,7 +322,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window is this minus 2 s")
     parser.add_argument("--codec", nargs="+", default=["pcm16", "g711_ulaw"], choices=["pcm16", "g711_ulaw"])
     parser.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
-    parser.add_argument("--profile", metavar="FILE", help="run the server under cProfile, stats to FILE.<codec>")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="sample the server with py-spy over the window, raw stacks to FILE.<codec>")
     parser.add_argument("--json", action="store_true", help="also print every run as JSON")
     parser.add_argument("--pin", action="store_true",
                         help="server alone on CPU 0, load generators on the other CPUs (needs 2+)")

@@ -1,52 +1,55 @@
-"""Groups a cProfile dump of the server by concern: python benchmarks/profile_summary.py FILE."""
+"""Groups a py-spy profile of the server by concern: python benchmarks/profile_summary.py FILE...
+
+FILE is raw collapsed stacks (`py-spy record --native -f raw`, which `load.py --profile` runs).
+Idle time (the event loop waiting in epoll) is left out: shares are of the server's busy time.
+Each sample counts once, for the innermost frame that matches a concern.
+"""
 
 from __future__ import annotations
 
-import pstats
+import re
 import sys
+from collections import Counter
 
-# First match wins: (label, substrings of "file:function").
+# First match from the innermost frame outwards wins: (label, regex over "function (file:line)").
 GROUPS = [
-    ("idle (epoll wait)", ["select.epoll"]),
-    ("socket syscalls (send/recv)", ["_socket.socket' objects}", "socket.socket.send", "'recv' of", "'send' of"]),
-    ("JSON encode/decode", ["json/"]),
-    ("base64", ["binascii", "base64"]),
-    ("audio conversion (numpy, audioop)", ["telephony/audio.py", "numpy", "audioop", "'convolve'", "astype",
-                                          "'clip'", "'rint'", "tobytes", "frombuffer", "concatenate"]),
-    ("websocket framing (websockets)", ["websockets/"]),
-    ("ASGI server (uvicorn, starlette)", ["uvicorn/", "starlette/"]),
-    ("metrics (prometheus_client)", ["prometheus_client/"]),
-    ("call core + wire (telephony)", ["telephony/call.py", "telephony/playout.py", "twilio_wire.py",
-                                      "realtime.py", "realtime_beta.py", "realtime_ga.py"]),
-    ("bridge + telemetry (telephony)", ["telephony/bridge.py", "telephony/telemetry.py", "telephony/records.py"]),
-    ("asyncio event loop", ["asyncio/", "_contextvars", "selectors.py", "'_asyncio."]),
+    ("socket syscalls (send, write, read)", r"^(send|write|read|recv|writev|sendto|recvfrom|sendmsg) \(libc"),
+    ("JSON (orjson, json)", r"orjson|json"),
+    ("base64", r"binascii|base64"),
+    ("audio conversion (numpy, audioop)", r"numpy|audioop|_multiarray|telephony/audio\.py|blas"),
+    ("websocket framing (direct lane, picows, websockets)", r"direct_lane\.py|picows|websockets/|apply_mask"),
+    ("call core + wire parsing", r"telephony/(call|playout|twilio_wire|realtime|realtime_beta|realtime_ga|actions)\.py"),
+    ("bridge + telemetry + metrics", r"telephony/(bridge|telemetry|metrics|records|logs)\.py"),
+    ("Realtime client", r"telephony/realtime_client\.py"),
+    ("uvicorn / starlette", r"uvicorn/|starlette/"),
+    ("event loop (uvloop, libuv, asyncio tasks)",
+     r"uv_|uv__|loop\.c|Loop_|Handle__|asyncio|task_step|_asynciomodule|selector_transport|aiofastnet"),
 ]
 
 
-def label_of(file: str, func: str) -> str | None:
-    key = f"{file}:{func}"
-    return next((g for g, needles in GROUPS if any(n in key for n in needles)), None)
+def shares(path: str) -> tuple[Counter, int]:
+    counts: Counter = Counter()
+    busy = 0
+    with open(path) as lines:
+        for line in lines:
+            stack, n = line.rsplit(" ", 1)
+            frames = stack.split(";")
+            if "epoll" in frames[-1]:
+                continue  # waiting for the next event
+            busy += int(n)
+            label = next((name for frame in reversed(frames) for name, rx in GROUPS if re.search(rx, frame)),
+                         "other")
+            counts[label] += int(n)
+    return counts, busy
 
 
-def main(path: str) -> None:
-    stats = pstats.Stats(path).stats
-    totals: dict[str, float] = {}
-    for (file, line, func), (cc, nc, tt, ct, callers) in stats.items():
-        label = label_of(file, func)
-        if label is None and callers:
-            # A builtin (len, isinstance, dict.get…) counts for whoever called it, pro rata.
-            spent = sum(c[2] for c in callers.values()) or 1.0
-            for (cfile, _, cfunc), c in callers.items():
-                owner = label_of(cfile, cfunc) or "other"
-                totals[owner] = totals.get(owner, 0.0) + tt * c[2] / spent
-            continue
-        totals[label or "other"] = totals.get(label or "other", 0.0) + tt
-    busy = sum(v for k, v in totals.items() if not k.startswith("idle"))
-    print(f"{'':36} {'s':>7} {'% of busy':>9}")
-    for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
-        share = "" if label.startswith("idle") else f"{100 * seconds / busy:8.1f}%"
-        print(f"{label:36} {seconds:7.2f} {share:>9}")
+def main(paths: list[str]) -> None:
+    for path in paths:
+        counts, busy = shares(path)
+        print(f"{path}: {busy} busy samples")
+        for label, n in counts.most_common():
+            print(f"  {100 * n / max(busy, 1):5.1f} %  {label}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
