@@ -12,6 +12,7 @@ import logging
 from collections import deque
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.request import getproxies, proxy_bypass
 
 import picows
 
@@ -174,14 +175,24 @@ def _rejection(exc: picows.WSHandshakeError) -> str:
     return f"{status}: {body}" if body else f"{status} ({exc})"
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for this URL (HTTPS_PROXY for wss, HTTP_PROXY for ws,
+    NO_PROXY honoured), as the websockets client and most HTTP tools do."""
+    parts = urlsplit(url)
+    if proxy_bypass(parts.hostname or ""):
+        return None
+    return getproxies().get("https" if parts.scheme == "wss" else "http")
+
+
 def _open(url: str, headers: dict[str, str], settings: Settings):
     return picows.ws_connect(
         _Listener, url,
+        proxy=proxy_for(url),
         websocket_handshake_timeout=CONNECT_TIMEOUT_S,
         extra_headers=headers,
         max_frame_size=MAX_MESSAGE_BYTES,
         enable_auto_ping=True, auto_ping_idle_timeout=PING_IDLE_S, auto_ping_reply_timeout=PING_IDLE_S,
-        max_redirects=0,
+        max_redirects=0,  # a redirect would carry the API key to another host
         logger_name=_LibraryLogger(log, settings.secrets()),
     )
 

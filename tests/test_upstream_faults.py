@@ -173,3 +173,42 @@ async def test_transport_drops_rather_than_buffers_for_a_provider_that_stopped_r
             assert buffered <= realtime_client.SEND_BUFFER_LIMIT + len(chunk)
         finally:
             await upstream.close()
+
+
+async def test_realtime_connection_goes_through_the_proxy_the_environment_names(monkeypatch):
+    """Operators behind an egress proxy set HTTPS_PROXY (HTTP_PROXY for ws://), as for any tool."""
+    tunnels: list[bytes] = []
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def connect_proxy(reader, writer):  # just enough of an HTTP CONNECT proxy
+        request = await reader.readuntil(b"\r\n\r\n")
+        tunnels.append(request.split(b"\r\n")[0])
+        host, port = request.split()[1].decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(connect_proxy, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    try:
+        async with ScriptedRealtimeServer() as server:
+            upstream = await realtime_client.connect(settings_for(server), realtime_beta.headers)
+            try:
+                assert json.loads(await asyncio.wait_for(upstream.recv(), 2))["type"] == "session.created"
+            finally:
+                await upstream.close()
+            port = server.url.split(":")[2].split("/")[0]
+    finally:
+        proxy.close()
+    assert tunnels == [f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()]
