@@ -212,3 +212,36 @@ async def test_realtime_connection_goes_through_the_proxy_the_environment_names(
     finally:
         proxy.close()
     assert tunnels == [f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()]
+
+
+async def test_wss_with_the_default_tls_context_carries_large_and_many_messages(monkeypatch):
+    """Providers are wss://: the system's trust store (here SSL_CERT_FILE naming a test CA)."""
+    import ssl
+    from pathlib import Path
+
+    import websockets
+
+    data = Path(__file__).parent / "data"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(data / "localhost-cert.pem", data / "localhost-key.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", str(data / "localhost-cert.pem"))
+
+    async def echo(ws):
+        await ws.send('{"type":"session.created","session":{}}')
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets.serve(echo, "127.0.0.1", 0, ssl=context) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = Settings(realtime_url=f"wss://localhost:{port}/v1/realtime", realtime_api_key=API_KEY)
+        upstream = await realtime_client.connect(settings, realtime_beta.headers)
+        try:
+            assert json.loads(await upstream.recv())["type"] == "session.created"
+            big = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 200_000})
+            for i in range(100):
+                assert upstream.send(json.dumps({"type": "n", "i": i}))
+            assert upstream.send(big)
+            echoed = [await asyncio.wait_for(upstream.recv(), 2) for _ in range(101)]
+        finally:
+            await upstream.close()
+    assert [json.loads(m)["i"] for m in echoed[:100]] == list(range(100)) and echoed[100] == big
