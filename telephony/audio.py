@@ -41,11 +41,14 @@ def lowpass_taps(fs: int = MODEL_RATE, cutoff: float = 4000.0, transition: float
     return taps
 
 
+_INT16_MIN, _INT16_MAX = np.float32(-32768), np.float32(32767)  # float32: no per-call scalar cast
+
+
 def _to_int16(x: np.ndarray) -> bytes:
     """Rounds and saturates in place (x is scratch), then packs little-endian int16."""
     np.rint(x, out=x)
-    np.maximum(x, -32768, out=x)
-    np.minimum(x, 32767, out=x)
+    np.maximum(x, _INT16_MIN, out=x)
+    np.minimum(x, _INT16_MAX, out=x)
     return x.astype("<i2").tobytes()
 
 
