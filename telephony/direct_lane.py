@@ -73,7 +73,6 @@ class DirectLane:
         protocol.transport.write(b"".join(frames))
         return True
 
-
     def abort(self) -> None:
         """Drops the connection without a close handshake (the peer stopped reading)."""
         self._protocol.transport.abort()
