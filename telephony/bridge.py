@@ -240,21 +240,11 @@ class Bridge:
         self.dispatch(self.call.on_realtime_open(self.now()))
         reason = "closed by the provider"
         try:
+            attach = getattr(self._upstream, "attach", None)
+            if attach is not None:
+                await attach(self._on_realtime_message)  # called per message; raises at the end
             while True:
-                text = await self._upstream.recv()
-                arrived = self.now()
-                self.stats.realtime_in += 1
-                self.observer.received("realtime")
-                try:
-                    event = self.dialect.decode(text)
-                except rt.RealtimeProtocolError as exc:
-                    log.warning("call %s: bad Realtime message: %s", self.sid, exc)
-                    continue
-                if isinstance(event, rt.Unknown) and event.type not in self._warned_unknown:
-                    self._warned_unknown.add(event.type)
-                    log.info("call %s: Realtime event %r not known to the %s dialect; ignored",
-                             self.sid, event.type, self.dialect.name)
-                self.dispatch(self.call.on_realtime(event, arrived), arrived)
+                self._on_realtime_message(await self._upstream.recv())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -262,6 +252,21 @@ class Bridge:
         upstream, self._upstream = self._upstream, None
         await _close_quietly(upstream)
         self.dispatch(self.call.on_realtime_closed(reason))
+
+    def _on_realtime_message(self, text: str) -> None:
+        arrived = self.now()
+        self.stats.realtime_in += 1
+        self.observer.received("realtime")
+        try:
+            event = self.dialect.decode(text)
+        except rt.RealtimeProtocolError as exc:
+            log.warning("call %s: bad Realtime message: %s", self.sid, exc)
+            return
+        if isinstance(event, rt.Unknown) and event.type not in self._warned_unknown:
+            self._warned_unknown.add(event.type)
+            log.info("call %s: Realtime event %r not known to the %s dialect; ignored",
+                     self.sid, event.type, self.dialect.name)
+        self.dispatch(self.call.on_realtime(event, arrived), arrived)
 
     async def _ticker(self) -> None:
         while True:

@@ -8,9 +8,10 @@ no queue; a provider that stops reading fills the buffer and the bridge drops, n
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 from urllib.request import getproxies, proxy_bypass
 
@@ -57,15 +58,21 @@ def auth_headers(settings: Settings, dialect_headers: dict[str, str]) -> dict[st
 
 
 class _Listener(picows.WSListener):
-    """Collects the provider's messages as picows hands over frames: called on the event loop,
-    so a read that brings several messages wakes the bridge once, not once per message."""
+    """Hands the provider's messages on as picows parses them: to the attached consumer at once,
+    or into a queue that ``recv`` drains (one wake-up for all the messages of one read)."""
 
     def __init__(self) -> None:
         self.messages: deque[str] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closed: str | None = None  # why, once the socket is gone or closing
+        self.failed: BaseException | None = None  # what the consumer raised, which closed us
+        self.consumer: Callable[[str], None] | None = None
         self.paused = False
         self._fragments: list[bytes] = []
+        self._transport: picows.WSTransport | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self._transport = transport
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         kind = frame.msg_type
@@ -95,8 +102,17 @@ class _Listener(picows.WSListener):
         self.paused = False
 
     def _push(self, text: str) -> None:
-        self.messages.append(text)
-        self._wake()
+        if self.consumer is None:
+            self.messages.append(text)
+            self._wake()
+            return
+        try:
+            self.consumer(text)
+        except Exception as exc:  # a bug in the consumer: it sees it again from attach()
+            self.consumer, self.failed = None, exc
+            self._end(f"message handler failed: {exc!r}")
+            if self._transport is not None:
+                self._transport.disconnect()
 
     def _end(self, reason: str) -> None:
         if self.closed is None:
@@ -123,6 +139,25 @@ class WebsocketTransport:
             return False
         self._transport.send(picows.WSMsgType.TEXT, text.encode())
         return True
+
+    async def attach(self, on_message: Callable[[str], None]) -> None:
+        """Calls ``on_message`` for each message as it is read, in the caller's context (its log
+        ids), without a task switch per message; returns never: raises when the socket closes,
+        as ``recv`` does (or with what ``on_message`` raised)."""
+        listener = self._listener
+        while listener.messages:
+            on_message(listener.messages.popleft())
+        context = contextvars.copy_context()
+        listener.consumer = lambda text: context.run(on_message, text)
+        try:
+            while listener.closed is None:
+                listener.waiter = asyncio.get_running_loop().create_future()
+                await listener.waiter
+        finally:
+            listener.consumer = None
+        if listener.failed is not None:
+            raise listener.failed
+        raise ConnectionError(listener.closed)
 
     async def recv(self) -> str:
         listener = self._listener

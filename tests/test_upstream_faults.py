@@ -245,3 +245,24 @@ async def test_wss_with_the_default_tls_context_carries_large_and_many_messages(
         finally:
             await upstream.close()
     assert [json.loads(m)["i"] for m in echoed[:100]] == list(range(100)) and echoed[100] == big
+
+
+async def test_attached_consumer_gets_messages_in_order_and_its_failure_ends_the_socket():
+    async with ScriptedRealtimeServer() as server:
+        upstream = await realtime_client.connect(settings_for(server), realtime_beta.headers)
+        seen = []
+
+        def consume(text: str) -> None:
+            seen.append(json.loads(text)["type"])
+            if len(seen) == 2:
+                raise RuntimeError("bug in the handler")
+
+        try:
+            upstream.send(json.dumps({"type": "session.update", "session": {}}))
+            with pytest.raises(RuntimeError, match="bug in the handler"):
+                await asyncio.wait_for(upstream.attach(consume), 2)
+            assert seen == ["session.created", "session.updated"]
+            await asyncio.sleep(0.1)
+            assert upstream.is_closing  # a consumer that failed closes the socket, not just itself
+        finally:
+            await upstream.close()
