@@ -22,8 +22,8 @@ from . import realtime as rt
 from . import twilio_wire as tw
 from .actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, ToTwilio, Transfer
 from .call import Call
+from .direct_lane import DIRECT_LANE, payload
 from .realtime_client import RealtimeTransport
-from .direct_lane import DIRECT_LANE
 from .twilio_rest import CallControl, TwilioError
 from .twiml import dial
 
@@ -193,8 +193,7 @@ class Bridge:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                text = message.get("text")
-                self._on_twilio_message(text if text is not None else message.get("bytes") or b"")
+                self._on_twilio_message(payload(message))
         except WebSocketDisconnect:
             pass
         finally:
@@ -243,8 +242,9 @@ class Bridge:
             attach = getattr(self._upstream, "attach", None)
             if attach is not None:
                 await attach(self._on_realtime_message)  # called per message; raises at the end
-            while True:
-                self._on_realtime_message(await self._upstream.recv())
+            else:
+                while True:
+                    self._on_realtime_message(await self._upstream.recv())
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -23,9 +23,9 @@ from .app import create_app
 from .call_analysis import CALLER_GAP_S, CallMeasurements, measure, spans
 from .call_console import CallConsole
 from .dial import place_call
+from .direct_lane import DirectWebSocketProtocol
 from .local_realtime import local_connector
 from .profile import load_profile
-from .direct_lane import DirectWebSocketProtocol
 from .server import tcp_socket
 from .settings import Settings
 from .voices import Voice, make_voice

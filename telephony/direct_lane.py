@@ -27,6 +27,12 @@ DIRECT_LANE = "telephony.direct_lane"  # the ASGI scope extension that offers it
 SEND_BUFFER_LIMIT = 1 << 20  # bytes unsent to a caller (~50 s of μ-law): past it, drop
 
 
+def payload(message: dict) -> str | bytes:
+    """The text (or bytes) of an ASGI ``websocket.receive`` message."""
+    text = message.get("text")
+    return text if text is not None else message.get("bytes") or b""
+
+
 class DirectLane:
     """What the app sees: ``attach`` a callback for messages, ``send_texts`` synchronously."""
 
@@ -41,7 +47,7 @@ class DirectLane:
         while not queue.empty():
             event = queue.get_nowait()
             if event["type"] == "websocket.receive":
-                on_message(event["text"] if event.get("text") is not None else event.get("bytes") or b"")
+                on_message(payload(event))
                 # (a handler error here propagates to the caller of attach: the ASGI task)
             else:
                 held.append(event)  # disconnect: still for the ASGI reader

@@ -21,6 +21,7 @@ from . import realtime as rt
 from . import twilio_wire as tw
 from .actions import Record
 from .audio import make_codec
+from .direct_lane import payload
 from .profile import Profile
 from .realtime_client import RealtimeTransport
 
@@ -118,8 +119,7 @@ class ForkBridge:
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    event = tw.parse(message.get("text") if message.get("text") is not None
-                                     else message.get("bytes") or b"")
+                    event = tw.parse(payload(message))
                 except tw.TwilioProtocolError as exc:
                     log.warning("call %s: bad Twilio message: %s", self.core.call_sid or "?", exc)
                     continue

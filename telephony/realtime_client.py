@@ -123,6 +123,11 @@ class _Listener(picows.WSListener):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    async def news(self) -> None:
+        """Waits until a message is queued or the socket closes."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+
 
 class WebsocketTransport:
     """The provider's socket (picows): sends are synchronous writes, receives are batched."""
@@ -151,8 +156,7 @@ class WebsocketTransport:
         listener.consumer = lambda text: context.run(on_message, text)
         try:
             while listener.closed is None:
-                listener.waiter = asyncio.get_running_loop().create_future()
-                await listener.waiter
+                await listener.news()
         finally:
             listener.consumer = None
         if listener.failed is not None:
@@ -164,8 +168,7 @@ class WebsocketTransport:
         while not listener.messages:
             if listener.closed is not None:
                 raise ConnectionError(listener.closed)
-            listener.waiter = asyncio.get_running_loop().create_future()
-            await listener.waiter
+            await listener.news()
         return listener.messages.popleft()
 
     async def close(self) -> None:
