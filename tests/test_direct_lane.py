@@ -89,20 +89,14 @@ async def test_oversized_message_is_refused_with_1009(url):
     assert ws.close_code == 1009
 
 
-async def test_invalid_utf8_text_is_refused_with_1007(url):
+@pytest.mark.parametrize("payload,masked,code", [(b"\xff\xfe bad", True, 1007),  # invalid UTF-8
+                                                  (b"naked", False, 1002)])  # unmasked: protocol error
+async def test_bad_text_frame_is_refused_with_its_close_code(url, payload, masked, code):
     async with websockets.connect(url, compression=None) as ws:
-        ws.transport.write(Frame(Opcode.TEXT, b"\xff\xfe bad").serialize(mask=True, extensions=[]))
+        ws.transport.write(Frame(Opcode.TEXT, payload).serialize(mask=masked, extensions=[]))
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 2)
-    assert ws.close_code == 1007
-
-
-async def test_unmasked_client_frame_is_a_protocol_error_1002(url):
-    async with websockets.connect(url, compression=None) as ws:
-        ws.transport.write(Frame(Opcode.TEXT, b"naked").serialize(mask=False, extensions=[]))
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 2)
-    assert ws.close_code == 1002
+    assert ws.close_code == code
 
 
 async def test_plain_text_messages_skip_websockets_parser(url, monkeypatch):

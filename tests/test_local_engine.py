@@ -170,6 +170,15 @@ def test_espeak_voice_renders_24khz_speech():
     assert make_voice().name == "espeak-ng"
 
 
+async def next_event_of(conn, kind: str, received: list[dict]) -> dict:
+    """Reads an openai Realtime connection until an event of ``kind``, keeping all it read."""
+    while True:
+        event = json.loads(await conn.recv_bytes())
+        received.append(event)
+        if event["type"] == kind:
+            return event
+
+
 async def test_openai_realtime_client_completes_a_session_against_realtime_server():
     """The openai package's realtime client, offline: every server event is a valid
     ``RealtimeServerEvent`` (and carries no field the model does not know)."""
@@ -179,11 +188,7 @@ async def test_openai_realtime_client_completes_a_session_against_realtime_serve
         async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
 
             async def until(kind: str) -> dict:
-                while True:
-                    event = json.loads(await conn.recv_bytes())
-                    received.append(event)
-                    if event["type"] == kind:
-                        return event
+                return await next_event_of(conn, kind, received)
 
             await until("session.created")
             await conn.session.update(session={"turn_detection": {"type": "server_vad",
@@ -272,11 +277,7 @@ async def test_realtime_server_speaks_ga_to_the_openai_ga_client():
         async with client.realtime.connect(model="gpt-realtime") as conn:
 
             async def until(kind: str) -> dict:
-                while True:
-                    event = json.loads(await conn.recv_bytes())
-                    received.append(event)
-                    if event["type"] == kind:
-                        return event
+                return await next_event_of(conn, kind, received)
 
             created = await until("session.created")
             assert created["session"]["type"] == "realtime"

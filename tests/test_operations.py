@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -29,13 +30,14 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
-@pytest.fixture
-def json_logs():
+@contextlib.contextmanager
+def captured_json_logs(secrets: list[str] = ()):
+    """The root logger configured as the app does (JSON), into a string; restored afterwards."""
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     stream = io.StringIO()
-    logs.configure("INFO", "json", stream)
     try:
+        logs.configure("INFO", "json", stream, secrets=secrets)
         yield stream
     finally:
         for h in list(root.handlers):
@@ -43,6 +45,12 @@ def json_logs():
         for h in saved_handlers:
             root.addHandler(h)
         root.setLevel(saved_level)
+
+
+@pytest.fixture
+def json_logs():
+    with captured_json_logs() as stream:
+        yield stream
 
 
 async def barge_in_call(tmp_path, codec="pcm16"):
@@ -169,17 +177,7 @@ async def test_status_callback_is_accepted():
 
 
 def test_configured_logs_mask_secrets_that_slip_into_a_message():
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    stream = io.StringIO()
-    try:
-        logs.configure("INFO", "json", stream, secrets=Settings(realtime_api_key=API_KEY).secrets())
+    with captured_json_logs(Settings(realtime_api_key=API_KEY).secrets()) as stream:
         logging.getLogger("telephony.test").error("upstream said: bad key %s", API_KEY)
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved_handlers:
-            root.addHandler(h)
-        root.setLevel(saved_level)
     line = json.loads(stream.getvalue())
     assert API_KEY not in stream.getvalue() and line["msg"] == "upstream said: bad key [redacted]"
