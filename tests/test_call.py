@@ -53,6 +53,17 @@ def play(call: Call, response_id: str, item_id: str, chunks: int, ms: int, now: 
     return marks
 
 
+def speak_words(call: Call, now: float) -> list[str]:
+    """Response r1, item i1: "one two three four ", 100 ms of audio per word; the marks sent."""
+    call.on_realtime(rt.ResponseCreated("r1"), now)
+    marks = []
+    for word in ("one ", "two ", "three ", "four "):
+        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), now)
+        marks += [m.name for m in twilio(actions, tw.SendMark)]
+        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), now)
+    return marks
+
+
 def test_open_configures_session_and_greets(profile):
     call = Call(profile)
     call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"from": "+15550001"}), 0.0)
@@ -159,12 +170,7 @@ def test_second_response_after_interruption_plays_normally(profile):
 
 def test_interrupted_transcript_is_cut_to_what_was_heard(profile):
     call = started_call(profile)
-    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
-    marks = []
-    for word in ("one ", "two ", "three ", "four "):
-        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 0.0)
-        marks += [m.name for m in twilio(actions, tw.SendMark)]
-        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), 0.0)
+    marks = speak_words(call, 0.0)
     call.on_twilio(tw.Mark(marks[0]), 0.1)
     call.on_twilio(tw.Mark(marks[1]), 0.2)
     call.on_realtime(rt.SpeechStarted("u1", 0), 0.2)  # half of 400 ms heard, "three" cut short
@@ -404,12 +410,7 @@ def test_transcript_turns_carry_speaker_time_and_what_was_heard(profile):
     records = call.on_realtime(rt.InputTranscript("u1", "Hello there"), 11.5)
     assert [r.data for r in records if isinstance(r, Record)] == [
         {"speaker": "caller", "item_id": "u1", "text": "Hello there", "at": 1.5}]
-    call.on_realtime(rt.ResponseCreated("r1"), 12.0)
-    marks = []
-    for word in ("one ", "two ", "three ", "four "):
-        actions = call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 12.0)
-        marks += [m.name for m in twilio(actions, tw.SendMark)]
-        call.on_realtime(rt.TranscriptDelta("r1", "i1", word), 12.0)
+    marks = speak_words(call, 12.0)
     call.on_twilio(tw.Mark(marks[0]), 12.1)
     actions = call.on_realtime(rt.SpeechStarted("u2", 0), 12.2)
     (turn,) = [a.data for a in actions if isinstance(a, Record) and a.kind == "transcript"]
