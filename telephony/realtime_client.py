@@ -69,21 +69,17 @@ class _Listener(picows.WSListener):
         self.consumer: Callable[[str], None] | None = None
         self.paused = False
         self._fragments: list[bytes] = []
-        self._transport: picows.WSTransport | None = None
-
-    def on_ws_connected(self, transport: picows.WSTransport) -> None:
-        self._transport = transport
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         kind = frame.msg_type
         if kind == picows.WSMsgType.TEXT and frame.fin and not self._fragments:
-            self._push(frame.get_payload_as_utf8_text())
+            self._push(transport, frame.get_payload_as_utf8_text())
         elif kind in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
             self._fragments.append(frame.get_payload_as_bytes())
             if frame.fin:
                 text = b"".join(self._fragments).decode("utf-8", "replace")
                 self._fragments.clear()
-                self._push(text)
+                self._push(transport, text)
         elif kind == picows.WSMsgType.CLOSE:
             code = frame.get_close_code()
             reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
@@ -101,7 +97,7 @@ class _Listener(picows.WSListener):
     def resume_writing(self) -> None:
         self.paused = False
 
-    def _push(self, text: str) -> None:
+    def _push(self, transport: picows.WSTransport, text: str) -> None:
         if self.consumer is None:
             self.messages.append(text)
             self._wake()
@@ -111,8 +107,7 @@ class _Listener(picows.WSListener):
         except Exception as exc:  # a bug in the consumer: it sees it again from attach()
             self.consumer, self.failed = None, exc
             self._end(f"message handler failed: {exc!r}")
-            if self._transport is not None:
-                self._transport.disconnect()
+            transport.disconnect()
 
     def _end(self, reason: str) -> None:
         if self.closed is None:
