@@ -44,7 +44,7 @@ DELTA_MS = 40  # agent audio per Realtime delta
 
 
 async def realtime_role(port_file: str) -> None:
-    from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+    from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 
     script = Script(response_ms=RESPONSE_MS, chunk_ms=DELTA_MS, speed=1.0, silence_ms=300)
     async with ScriptedRealtimeServer(script) as server:
@@ -73,8 +73,8 @@ async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> Non
     import time
     import uuid
 
-    from telephony.security import StreamTokens
-    from telephony.simulator import TwilioCallSimulator
+    from telephony.offline.simulator import TwilioCallSimulator
+    from telephony.serve.security import StreamTokens
 
     rng = random.Random(8)
     # The server shares STREAM_SECRET with us, so each caller carries the token its TwiML would.
@@ -168,7 +168,7 @@ def conversion_cost_us(codec_name: str) -> tuple[float, float]:
     """Median µs per 20 ms frame: caller→model and model→caller."""
     import numpy as np
 
-    from telephony.audio import make_codec
+    from telephony.core.audio import make_codec
 
     codec = make_codec(codec_name)
     rng = np.random.default_rng(0)

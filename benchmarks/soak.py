@@ -24,12 +24,12 @@ import uvicorn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from telephony.app import create_app  # noqa: E402
-from telephony.profile import load_profile  # noqa: E402
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer  # noqa: E402
-from telephony.direct_lane import DirectWebSocketProtocol  # noqa: E402
+from telephony.core.profile import load_profile  # noqa: E402
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer  # noqa: E402
+from telephony.offline.simulator import TwilioCallSimulator  # noqa: E402
+from telephony.serve.app import create_app  # noqa: E402
+from telephony.serve.direct_lane import DirectWebSocketProtocol  # noqa: E402
 from telephony.settings import Settings  # noqa: E402
-from telephony.simulator import TwilioCallSimulator  # noqa: E402
 
 CALL_S = 0.06  # three 20 ms frames: a very short call that still opens both sockets
 

@@ -1,4 +1,4 @@
-"""Regenerates telephony/assets/demo-caller.wav (needs espeak-ng). Run from the repository root.
+"""Regenerates telephony/offline/assets/demo-caller.wav (needs espeak-ng). Run from the repository root.
 
 The caller waits 1.4 s (long enough to hear the greeting start), then talks over it, then
 stops so the agent can answer. 8 kHz mono 16-bit, a few seconds: small enough to ship.
@@ -22,7 +22,7 @@ speech = soxr.resample(np.frombuffer(raw, "<i2").astype(np.float32), rate, 8000)
 loud = np.flatnonzero(np.abs(speech) > 300)
 speech = speech[loud[0]:loud[-1] + 1]  # espeak pads both ends with silence; we set our own
 pcm = np.concatenate([np.zeros(int(8000 * LEAD_S)), speech, np.zeros(int(8000 * TAIL_S))])
-with wave.open("telephony/assets/demo-caller.wav", "wb") as out:
+with wave.open("telephony/offline/assets/demo-caller.wav", "wb") as out:
     out.setnchannels(1)
     out.setsampwidth(2)
     out.setframerate(8000)

@@ -6,16 +6,16 @@ import argparse
 import logging
 import sys
 
-from .settings import Settings, SettingsError
+from telephony.settings import Settings, SettingsError
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from . import logs
-    from .direct_lane import DirectWebSocketProtocol
-    from .server import GracefulServer, tcp_socket, ws_max_size
+    from telephony.ops import logs
+    from telephony.serve.direct_lane import DirectWebSocketProtocol
+    from telephony.serve.server import GracefulServer, tcp_socket, ws_max_size
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 workers=settings.web_concurrency, **options)
         Multiprocess(config, sockets=[tcp_socket(config.host, config.port)]).run()
     else:
-        from .app import create_app
+        from telephony.serve.app import create_app
 
         app = create_app(settings)
         GracefulServer(uvicorn.Config(app, **options), app.state.calls, grace).run()  # SIGTERM: drain
@@ -45,8 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def worker_app():
     """The app factory one uvicorn worker calls (WEB_CONCURRENCY > 1)."""
-    from . import logs
-    from .app import create_app
+    from telephony.ops import logs
+    from telephony.serve.app import create_app
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
@@ -56,7 +56,7 @@ def worker_app():
 def _doctor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .doctor import run_doctor
+    from telephony.ops.doctor import run_doctor
 
     return asyncio.run(run_doctor(Settings.from_env(), connect=args.connect, out=sys.stdout))
 
@@ -64,7 +64,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _configure_number(args: argparse.Namespace, http_client=None) -> int:
     from twilio.base.exceptions import TwilioRestException
 
-    from . import twilio_admin
+    from telephony.ops import twilio_admin
 
     settings = Settings.from_env()
     public_url = (args.url or settings.public_url or "").rstrip("/")
@@ -93,13 +93,12 @@ def _configure_number(args: argparse.Namespace, http_client=None) -> int:
 def _call(args: argparse.Namespace) -> int:
     """Places a call exactly as POST /calls does, from this machine's settings."""
     import json
-
     import time
 
-    from .app import OUTBOUND_URL_TTL_S
-    from .outbound import RequestError, answer_url, parse_request, place
-    from .security import StreamTokens, stream_key
-    from .twilio_rest import CallControl, TwilioError
+    from telephony.serve.app import OUTBOUND_URL_TTL_S
+    from telephony.serve.outbound import RequestError, answer_url, parse_request, place
+    from telephony.serve.security import StreamTokens, stream_key
+    from telephony.serve.twilio_rest import CallControl, TwilioError
 
     settings = Settings.from_env()
     if not settings.public_url:
@@ -122,13 +121,13 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from telephony.offline import demo
 
     return demo.main(args.output, args.play, args.verbose, args.voice)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .dial import simulate
+    from telephony.offline.dial import simulate
 
     return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
                     caller=args.caller, callee=args.callee)
@@ -137,9 +136,9 @@ def _simulate(args: argparse.Namespace) -> int:
 def _realtime_server(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .local_engine import EngineConfig
-    from .local_realtime import RealtimeServer
-    from .voices import make_voice
+    from telephony.offline.local_engine import EngineConfig
+    from telephony.offline.local_realtime import RealtimeServer
+    from telephony.offline.voices import make_voice
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

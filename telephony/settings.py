@@ -156,4 +156,4 @@ class Settings:
         local = Path("config/agent.toml")
         if local.is_file():
             return local
-        return Path(str(resources.files("telephony.config").joinpath("agent.toml")))
+        return Path(str(resources.files("telephony").joinpath("profiles", "agent.toml")))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from telephony.app import create_app
-from telephony.profile import Profile, load_profile
-from telephony.direct_lane import DirectWebSocketProtocol
-from telephony.server import ws_max_size
+from telephony.core.profile import Profile, load_profile
+from telephony.serve.app import create_app
+from telephony.serve.direct_lane import DirectWebSocketProtocol
+from telephony.serve.server import ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,12 +8,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from conftest import serve_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from conftest import serve_app
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio-auth-token-secret"

@@ -6,12 +6,11 @@ import audioop
 from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter
-
 from openai.types.beta.realtime import RealtimeClientEvent as BetaClientEvent
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeClientEvent as GaClientEvent
 from openai.types.realtime import RealtimeServerEvent as GaServerEvent
+from pydantic import TypeAdapter
 
 _ADAPTERS = {
     ("beta", "client"): TypeAdapter(BetaClientEvent),
@@ -80,7 +79,7 @@ def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict
     import time
     import uuid
 
-    from telephony.simulator import TwilioCallSimulator
+    from telephony.offline.simulator import TwilioCallSimulator
 
     call_sid = call_sid or "CA" + uuid.uuid4().hex
     signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time())

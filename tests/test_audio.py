@@ -8,7 +8,12 @@ import base64
 import numpy as np
 import pytest
 
-from telephony.audio import Downsampler, Pcm16Codec, UlawPassthroughCodec, Upsampler
+from telephony.core.audio import (
+    Downsampler,
+    Pcm16Codec,
+    UlawPassthroughCodec,
+    Upsampler,
+)
 
 
 def tone(freq: float, rate: int, seconds: float, amplitude: float = 10000.0) -> np.ndarray:

@@ -10,12 +10,11 @@ import logging
 import time
 
 import pytest
-
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-
 from conftest import running_app
 from helpers import simulated_call, ulaw_silence, ulaw_tone
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings
 
 API_KEY = "sk-test-secret-key-123"
 FRAMES = 60  # 1.2 s of caller audio, 20 ms a frame

@@ -7,9 +7,16 @@ import base64
 import numpy as np
 import pytest
 
-from telephony import realtime as rt
-from telephony import twilio_wire as tw
-from telephony.call import Call, EndStream, OpenRealtime, Record, ToRealtime, ToTwilio
+from telephony.core.call import (
+    Call,
+    EndStream,
+    OpenRealtime,
+    Record,
+    ToRealtime,
+    ToTwilio,
+)
+from telephony.wire import realtime as rt
+from telephony.wire import twilio as tw
 
 ULAW_FRAME = base64.b64encode(b"\xff" * 160).decode()
 
@@ -299,7 +306,7 @@ def test_records_barge_in_with_heard_ms(profile):
 
 from dataclasses import replace  # noqa: E402
 
-from telephony.actions import HangUp, Transfer  # noqa: E402
+from telephony.core.actions import HangUp, Transfer  # noqa: E402
 
 
 def tool_call(call, name, args, now, response="r1", item="f1", call_id="c1"):

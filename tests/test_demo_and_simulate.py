@@ -12,12 +12,11 @@ import wave
 
 import numpy as np
 import pytest
-
-from telephony.dial import parse_twiml, webhook_url
-from telephony.settings import Settings
-from telephony.wavfile import read_call, read_pcm8k
-
 from conftest import ROOT, running_app
+
+from telephony.offline.dial import parse_twiml, webhook_url
+from telephony.offline.wavfile import read_call, read_pcm8k
+from telephony.settings import Settings
 
 FRAME = 160  # 20 ms at 8 kHz
 

@@ -11,7 +11,7 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 
 from telephony import cli
-from telephony.doctor import run_doctor
+from telephony.ops.doctor import run_doctor
 from telephony.settings import Settings
 
 SID = "AC" + "1" * 32

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-from telephony import realtime as rt
-from telephony import realtime_beta, realtime_ga
-from telephony.realtime import Tool
-
 from helpers import validate_event
+
+from telephony.wire import realtime as rt
+from telephony.wire import realtime_beta, realtime_ga
+from telephony.wire.realtime import Tool
 
 DIALECTS = {"beta": realtime_beta, "ga": realtime_ga}
 
@@ -82,8 +80,8 @@ def test_each_dialect_decodes_its_own_names_and_not_the_others(dialect, audio, t
 async def test_doctor_reports_provider_and_handshake_without_the_key(dialect):
     import io
 
-    from telephony.doctor import run_doctor
-    from telephony.scripted_realtime import ScriptedRealtimeServer
+    from telephony.offline.scripted_realtime import ScriptedRealtimeServer
+    from telephony.ops.doctor import run_doctor
     from telephony.settings import Settings
 
     key = "sk-doctor-secret-999"
@@ -102,7 +100,7 @@ async def test_doctor_reports_provider_and_handshake_without_the_key(dialect):
 async def test_doctor_reports_a_refused_handshake():
     import io
 
-    from telephony.doctor import run_doctor
+    from telephony.ops.doctor import run_doctor
     from telephony.settings import Settings
 
     out = io.StringIO()
@@ -115,7 +113,7 @@ async def test_doctor_reports_a_refused_handshake():
 def test_serialize_matches_encode_and_escapes_passthrough_payloads(dialect):
     import json
 
-    from telephony.app import DIALECTS
+    from telephony.wire.dialects import DIALECTS
 
     module = DIALECTS[dialect]
     for command in (rt.AppendAudio("//8A/w=="), rt.AppendAudio('x","type":"response.create'),

@@ -11,11 +11,10 @@ import os
 
 import pytest
 import websockets
+from conftest import serve_app
 from websockets.frames import Frame, Opcode
 
-from telephony.direct_lane import DIRECT_LANE
-
-from conftest import serve_app
+from telephony.serve.direct_lane import DIRECT_LANE
 
 
 async def echo_app(scope, receive, send):
@@ -100,7 +99,9 @@ async def test_bad_text_frame_is_refused_with_its_close_code(url, payload, maske
 
 
 async def test_plain_text_messages_skip_websockets_parser(url, monkeypatch):
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import (
+        WebSocketsSansIOProtocol,
+    )
 
     parsed = []
     original = WebSocketsSansIOProtocol.data_received
@@ -127,10 +128,10 @@ async def test_a_caller_side_that_stops_reading_is_dropped_not_waited_for_foreve
     import time
     import uuid
 
-    from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-    from telephony.settings import Settings
-
     from conftest import running_app
+
+    from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+    from telephony.settings import Settings
 
     def frame(message: dict) -> bytes:
         return Frame(Opcode.TEXT, json.dumps(message).encode()).serialize(mask=True, extensions=[])

@@ -9,12 +9,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-
 from conftest import running_app
-from helpers import active_spans, dominant_freq, simulated_call, ulaw_silence, ulaw_tone, validate_event
+from helpers import (
+    active_spans,
+    dominant_freq,
+    simulated_call,
+    ulaw_silence,
+    ulaw_tone,
+    validate_event,
+)
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings
 
 API_KEY = "sk-test-secret-key-123"
 
@@ -161,7 +167,7 @@ async def test_barge_in_end_to_end_with_the_local_engine(profile):
 
 
 async def test_local_engine_events_seen_by_the_bridge_are_valid_and_truncate_matches(profile):
-    from telephony.local_realtime import local_connector
+    from telephony.offline.local_realtime import local_connector
 
     seen: list[tuple[str, dict]] = []
     caller = ulaw_silence(1.2) + ulaw_tone(500, 0.5) + ulaw_silence(1.0)

@@ -9,12 +9,11 @@ import time
 import httpx
 import pytest
 import websockets
-
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings, SettingsError
-
 from conftest import running_app
 from helpers import simulated_call, ulaw_silence
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings, SettingsError
 
 API_KEY = "sk-test-secret-key-123"
 

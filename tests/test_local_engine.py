@@ -10,12 +10,11 @@ import shutil
 import numpy as np
 import openai
 import pytest
-
-from telephony.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona
-from telephony.local_realtime import RealtimeServer
-from telephony.voices import EspeakVoice, FormantVoice, make_voice
-
 from helpers import validate_event
+
+from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona
+from telephony.offline.local_realtime import RealtimeServer
+from telephony.offline.voices import EspeakVoice, FormantVoice, make_voice
 
 
 def pcm_tone(seconds: float, amplitude: float = 6000.0, rate: int = 24000) -> bytes:
@@ -231,9 +230,8 @@ def test_realtime_server_command_serves_the_beta_protocol():
     import subprocess
     import sys
 
-    from websockets.sync.client import connect
-
     from conftest import ROOT
+    from websockets.sync.client import connect
 
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "telephony", "realtime-server", "--port", "0", "--voice", "synth"],

@@ -9,15 +9,14 @@ import logging
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from telephony import logs
-from telephony.records import read_records, record_path
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-
 from conftest import running_app
 from helpers import simulated_call, ulaw_silence, ulaw_tone
+from prometheus_client.parser import text_string_to_metric_families
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.ops import logs
+from telephony.ops.records import read_records, record_path
+from telephony.settings import Settings
 
 API_KEY = "sk-ops-secret-777"
 

@@ -10,14 +10,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-from telephony.simulator import TwilioCallSimulator
-
 from conftest import running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
-from helpers import simulated_call, stream_parameters, twilio_post, ulaw_silence, ulaw_tone, validate_event
+from helpers import (
+    simulated_call,
+    stream_parameters,
+    twilio_post,
+    ulaw_silence,
+    ulaw_tone,
+    validate_event,
+)
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.offline.simulator import TwilioCallSimulator
+from telephony.settings import Settings
 
 TOKEN = "calls-api-token-xyz"
 
@@ -232,7 +238,7 @@ async def test_answering_machine_verdict_leaves_voicemail_then_hangs_up(profile)
 
 
 async def test_status_callbacks_are_kept_in_the_call_record(tmp_path):
-    from telephony.records import read_records
+    from telephony.ops.records import read_records
 
     async with running_fake_twilio() as fake, \
             running_app(replace(settings(fake), call_records_dir=tmp_path)) as (app, host):

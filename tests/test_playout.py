@@ -1,6 +1,6 @@
 import pytest
 
-from telephony.playout import MARK_EVERY_MS, MARK_QUIET_S, PlayoutLedger
+from telephony.core.playout import MARK_EVERY_MS, MARK_QUIET_S, PlayoutLedger
 
 
 def test_echoed_marks_prove_what_was_heard():

@@ -6,13 +6,12 @@ import asyncio
 import logging
 
 import httpx
-from twilio.request_validator import RequestValidator
-
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-
 from conftest import running_app
 from helpers import simulated_call, ulaw_silence, ulaw_tone
+from twilio.request_validator import RequestValidator
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.settings import Settings
 
 API_KEY = "sk-live-SECRET-api-key-4242"
 AUTH_TOKEN = "SECRET-twilio-auth-token-77"

@@ -8,15 +8,14 @@ import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
-from twilio.request_validator import RequestValidator
-
-from telephony.scripted_realtime import ScriptedRealtimeServer
-from telephony.security import StreamTokens, stream_key
-from telephony.settings import Settings, SettingsError
-from telephony.simulator import TwilioCallSimulator
-
 from conftest import running_app
 from helpers import ulaw_silence
+from twilio.request_validator import RequestValidator
+
+from telephony.offline.scripted_realtime import ScriptedRealtimeServer
+from telephony.offline.simulator import TwilioCallSimulator
+from telephony.serve.security import StreamTokens, stream_key
+from telephony.settings import Settings, SettingsError
 
 API_KEY = "sk-test-secret-key-123"
 AUTH_TOKEN = "twilio-auth-token-0123456789abcdef"
@@ -206,7 +205,7 @@ async def test_every_twilio_http_route_requires_a_signature():
 def test_redacting_filter_scrubs_any_logger_through_the_handler():
     import io
 
-    from telephony.security import RedactingFilter
+    from telephony.serve.security import RedactingFilter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

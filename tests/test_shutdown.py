@@ -12,12 +12,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
+from helpers import ulaw_silence
 from twilio.request_validator import RequestValidator
 
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.simulator import TwilioCallSimulator
-
-from helpers import ulaw_silence
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.offline.simulator import TwilioCallSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-shutdown-SECRET-key"

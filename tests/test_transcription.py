@@ -10,16 +10,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from conftest import running_app, serve_app
+from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.settings import Settings
-
-from conftest import running_app, serve_app
-from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
 
 TOKEN = "calls-token-for-feeds"
 

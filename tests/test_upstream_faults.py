@@ -8,13 +8,13 @@ import logging
 import time
 
 import pytest
-
-from telephony import realtime_beta, realtime_client
-from telephony.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.settings import Settings
-
 from conftest import running_app
 from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.serve import realtime_client
+from telephony.settings import Settings
+from telephony.wire import realtime_beta
 
 API_KEY = "sk-test-secret-key-123"
 

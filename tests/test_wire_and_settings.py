@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from telephony import realtime as rt
-from telephony import realtime_beta
-from telephony import twilio_wire as tw
-from telephony.realtime_client import auth_headers, realtime_url
+from telephony.serve.realtime_client import auth_headers, realtime_url
 from telephony.settings import Settings, SettingsError
+from telephony.wire import realtime as rt
+from telephony.wire import realtime_beta
+from telephony.wire import twilio as tw
 
 
 def test_parse_twilio_messages_as_twilio_sends_them():
@@ -78,7 +78,7 @@ def test_realtime_url_and_headers():
 
 
 def test_profile_refuses_unknown_tools_and_non_e164_transfer_numbers(tmp_path):
-    from telephony.profile import ProfileError, load_profile
+    from telephony.core.profile import ProfileError, load_profile
 
     bad_tool = tmp_path / "a.toml"
     bad_tool.write_text('[agent]\ninstructions = "x"\n[tools]\nenabled = ["end_call", "rm_rf"]\n')

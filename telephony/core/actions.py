@@ -1,0 +1,58 @@
+"""Actions: what the call core asks its shells to do. Plain data; the shells carry them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from telephony.wire import realtime as rt
+from telephony.wire import twilio as tw
+
+
+@dataclass(frozen=True)
+class ToTwilio:
+    message: tw.TwilioMessage
+
+
+@dataclass(frozen=True)
+class ToRealtime:
+    command: rt.Command
+
+
+@dataclass(frozen=True)
+class OpenRealtime:
+    """Connect upstream now (the stream has started and its parameters are known)."""
+
+
+@dataclass(frozen=True)
+class EndStream:
+    """Close both sockets; Twilio then runs the TwiML after <Connect> (the spoken fallback)."""
+
+    reason: str
+    abnormal: bool = False
+    policy_violation: bool = False  # refused (bad token…): close with 1008, open nothing
+
+
+@dataclass(frozen=True)
+class Record:
+    """A fact for the call record and metrics."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """End the call through Twilio's REST API (no fallback speech: the call is over)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Replace the call's TwiML with a <Dial> to this number (from the profile's allow-list)."""
+
+    number: str
+
+
+Action = Union[ToTwilio, ToRealtime, OpenRealtime, EndStream, Record, HangUp, Transfer]

@@ -1,0 +1,469 @@
+"""The call core: one phone call bridged to one Realtime session, with no I/O at all.
+
+It is *told* what happened (a Twilio event, a Realtime event, the clock) and *answers* with
+the actions to carry out. The shells own the sockets, the tasks and the clock. Everything
+time-dependent takes ``now`` (seconds, monotonic) as an argument, so tests drive it with a
+fake clock and no sleeps.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from telephony.core import tools
+from telephony.core.actions import (
+    Action,
+    EndStream,
+    HangUp,
+    OpenRealtime,
+    Record,
+    ToRealtime,
+    ToTwilio,
+)
+from telephony.core.audio import make_codec
+from telephony.core.playout import PlayoutLedger
+from telephony.core.profile import Profile
+from telephony.wire import realtime as rt
+from telephony.wire import twilio as tw
+
+log = logging.getLogger("telephony.call")
+
+# Caller audio that arrives before the model is connected is kept (up to this much) and sent
+# once it is: the caller's first words are not lost while the upstream handshake runs.
+EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
+DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
+# Hang-up/transfer waits for the agent's last words to be heard, but never longer than this.
+AFTER_PLAYOUT_TIMEOUT_S = 20.0
+MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
+RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
+
+# Decides whether a stream may start (e.g. checks its signed token): None, or why not.
+StartVerifier = Callable[[tw.Start], Union[str, None]]
+
+
+@dataclass
+class _Response:
+    id: str
+    items: set[str] = field(default_factory=set)
+
+
+class Call:
+    """One call's state. Not thread-safe; the shells feed it from one event loop."""
+
+    def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
+                 verify_start: StartVerifier | None = None,
+                 media_timeout_s: float | None = None) -> None:
+        self.profile = profile
+        self.audio_format = audio_codec
+        self.codec = make_codec(audio_codec)
+        self.ledger = PlayoutLedger()
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.parameters: dict[str, str] = {}
+        self.realtime_open = False
+        self.ended = False
+        self._early_audio: list[str] = []
+        self._response: _Response | None = None  # the response in progress, if any
+        self._dropped_responses: set[str] = set()
+        self._dropped_items: set[str] = set()
+        self._transcripts: dict[str, list[str]] = {}  # agent item → transcript deltas
+        self._dtmf: list[str] = []
+        self._dtmf_last = 0.0
+        self._after_playout: tuple[Action, float] | None = None  # (action, deadline)
+        self._respond_when_done = False  # a tool answered: ask the model to speak after this response
+        self._awaiting_response = False  # we asked for a response the server has not started yet
+        self._function_names: dict[str, str] = {}  # call_id → name (beta names it only here)
+        self._started_at = 0.0
+        self.verify_start = verify_start
+        self.media_timeout_s = media_timeout_s
+        self._last_heard: float | None = None  # last Twilio message; None until the first tick
+        self._reconnects_left = RECONNECTS
+        self._sessions = 0  # Realtime sessions opened so far
+        self._history: list[tuple[str, str]] = []  # (role, item id) in conversation order
+        self._caller_text: dict[str, str] = {}  # caller item → transcript
+        self._known_responses: set[str] = set()
+        self._warned_items: set[str] = set()
+
+    # --- Twilio side ---
+
+    def on_twilio(self, event: tw.TwilioEvent, now: float) -> list[Action]:
+        if self.ended:
+            return []
+        self._last_heard = now
+        if isinstance(event, tw.Media):
+            return self._on_media(event)
+        if isinstance(event, tw.Mark):
+            if not self.ledger.echoed(event.name, now):
+                if self.ledger.issued(event.name):
+                    log.debug("call %s: mark %r echoed after a clear", self.call_sid, event.name)
+                else:
+                    log.warning("call %s: Twilio echoed mark %r, which we never sent; ignored",
+                                self.call_sid, event.name)
+                return []
+            return self._check_after_playout(now)
+        if isinstance(event, tw.Start):
+            self._started_at = now
+            return self._on_start(event)
+        if isinstance(event, tw.Dtmf):
+            self._dtmf.append(event.digit)
+            self._dtmf_last = now
+            return []
+        if isinstance(event, tw.Stop):
+            return self._end("caller hung up (Twilio stop)")
+        return []  # Connected: nothing to do until start
+
+    def _on_start(self, event: tw.Start) -> list[Action]:
+        if self.stream_sid is not None:
+            log.warning("call %s: second start (stream %s) ignored", self.call_sid, event.stream_sid)
+            return []
+        if self.verify_start is not None:
+            refused = self.verify_start(event)
+            if refused:
+                log.warning("call %s: stream refused: %s", event.call_sid, refused)
+                self.call_sid = event.call_sid
+                self.ended = True
+                return [Record("refused", {"reason": refused}),
+                        EndStream(f"stream refused: {refused}", abnormal=True, policy_violation=True)]
+        if (event.encoding, event.sample_rate, event.channels) != ("audio/x-mulaw", 8000, 1):
+            log.error("call %s: unsupported media format %s/%d/%d", event.call_sid, event.encoding,
+                      event.sample_rate, event.channels)
+            self.call_sid = event.call_sid
+            return self._end(f"unsupported media format {event.encoding}", abnormal=True)
+        self.stream_sid = event.stream_sid
+        self.call_sid = event.call_sid
+        self.parameters = {k: v for k, v in event.custom_parameters.items() if k != "token"}
+        return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
+                OpenRealtime()]
+
+    def _on_media(self, event: tw.Media) -> list[Action]:
+        if self.stream_sid is None:
+            log.warning("call ?: media before start dropped (no call sid yet)")
+            return []
+        if event.stream_sid and event.stream_sid != self.stream_sid:
+            log.warning("call %s: media for another stream (%s) dropped", self.call_sid, event.stream_sid)
+            return []
+        if event.track not in ("inbound", "inbound_track"):
+            return []
+        if not event.payload:
+            log.warning("call %s: empty media payload dropped", self.call_sid)
+            return []
+        try:
+            audio = self.codec.caller_to_model(event.payload)
+        except (binascii.Error, ValueError) as exc:
+            log.warning("call %s: media payload is not base64 (%s); frame dropped", self.call_sid, exc)
+            return []
+        if not self.realtime_open:
+            if len(self._early_audio) < EARLY_AUDIO_FRAMES:
+                self._early_audio.append(audio)
+            return []
+        return [ToRealtime(rt.AppendAudio(audio))]
+
+    # --- Realtime side ---
+
+    def on_realtime_open(self, now: float) -> list[Action]:
+        """The upstream socket is up: configure the session, greet, send the early audio."""
+        self.realtime_open = True
+        self._sessions += 1
+        # Per-call overrides arrive as signed stream parameters; the profile fills the rest.
+        config = self.profile.session_config(self.codec.model_format,
+                                             instructions=self.parameters.get("instructions"),
+                                             voice=self.parameters.get("voice"))
+        actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
+        if self._sessions > 1:
+            actions.extend(self._restore_conversation())
+            actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
+        greeting = self.parameters.get("greeting", self.profile.greeting)
+        if greeting and self._sessions == 1:
+            actions.append(self._create_response(
+                f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
+        actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
+        self._early_audio.clear()
+        return actions
+
+    def on_realtime_closed(self, reason: str) -> list[Action]:
+        """The upstream socket closed, or never opened. A drop mid-call is retried once."""
+        was_open, self.realtime_open = self.realtime_open, False
+        if self.ended:
+            return []
+        if was_open and self._reconnects_left > 0:
+            self._reconnects_left -= 1
+            log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
+            self._response = None  # its audio will never come: the new session starts afresh
+            return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
+        log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
+        return self._end(f"Realtime closed: {reason}", abnormal=True)
+
+    def _restore_conversation(self) -> list[Action]:
+        """The conversation so far, as text items, so the new session knows what was said."""
+        actions: list[Action] = []
+        for role, item in self._history:
+            if role == "user":
+                text = self._caller_text.get(item, "")
+                if text:
+                    actions.append(ToRealtime(rt.AddUserText(text)))
+            else:
+                text = self.agent_transcript(item)
+                if text:
+                    actions.append(ToRealtime(rt.AddAssistantText(text)))
+        return actions
+
+    def on_realtime(self, event: rt.Event, now: float) -> list[Action]:
+        if self.ended:
+            return []
+        if isinstance(event, rt.AudioDelta):
+            return self._on_audio_delta(event, now)
+        if isinstance(event, rt.SpeechStarted):
+            self._history.append(("user", event.item_id))
+            return self._barge_in(event, now)
+        if isinstance(event, rt.SpeechStopped):  # the turn-latency clock starts here
+            return [Record("speech_stopped", {"item_id": event.item_id, "audio_end_ms": event.audio_end_ms})]
+        if isinstance(event, rt.ResponseCreated):
+            self._response = _Response(event.response_id)
+            self._awaiting_response = False
+            self._known_responses.add(event.response_id)
+            return []
+        if isinstance(event, rt.AudioDone):
+            return self._on_audio_done(event)
+        if isinstance(event, rt.TranscriptDelta):
+            if event.item_id not in self._dropped_items:
+                self._note_agent_item(event.item_id)
+                self._transcripts.setdefault(event.item_id, []).append(event.delta)
+            return []
+        if isinstance(event, rt.ResponseDone):
+            return self._on_response_done(event, now)
+        if isinstance(event, rt.FunctionCall):
+            return self._on_function_call(event, now)
+        if isinstance(event, rt.OutputItemAdded):
+            if event.type == "function_call" and event.call_id:
+                self._function_names[event.call_id] = event.name
+            return []
+        if isinstance(event, rt.InputTranscript):
+            if ("user", event.item_id) not in self._history:
+                self._history.append(("user", event.item_id))
+            self._caller_text[event.item_id] = event.transcript
+            return [self._transcript("caller", event.item_id, event.transcript, now)]
+        if isinstance(event, rt.TranscriptDone):
+            if event.item_id in self._dropped_items:
+                return []  # already recorded, cut to what was heard, at the barge-in
+            self._note_agent_item(event.item_id)
+            self._transcripts[event.item_id] = [event.transcript]
+            return [self._transcript("agent", event.item_id, event.transcript, now)]
+        if isinstance(event, rt.RealtimeError):
+            return self._on_error(event)
+        return []
+
+    def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
+        if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
+            return []  # audio of an interrupted response still in flight
+        if self._response is not None and self._response.id == event.response_id:
+            self._response.items.add(event.item_id)
+        elif event.response_id not in self._known_responses and event.item_id not in self._warned_items:
+            self._warned_items.add(event.item_id)  # played anyway: better heard than lost
+            log.warning("call %s: audio for item %r of response %r, which was never announced",
+                        self.call_sid, event.item_id, event.response_id)
+        try:
+            chunk = self.codec.model_to_caller(event.audio)
+        except (binascii.Error, ValueError) as exc:
+            log.warning("call %s: audio delta is not base64 (%s); dropped", self.call_sid, exc)
+            return []
+        if chunk.model_ms <= 0:
+            return []
+        actions: list[Action] = []
+        if (before := self.ledger.before(event.item_id)) is not None:
+            actions.append(ToTwilio(tw.SendMark(before)))
+        if chunk.payload:
+            actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
+        if (name := self.ledger.sent(event.item_id, chunk.model_ms, now)) is not None:
+            actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
+
+    def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
+        if self._response and self._response.id == event.response_id:
+            self._response = None
+        actions: list[Action] = [Record("response_done", {
+            "response_id": event.response_id, "status": event.status, "usage": event.usage})]
+        if self._respond_when_done and self._response is None:
+            self._respond_when_done = False
+            actions.append(self._create_response())
+        return actions + self._check_after_playout(now)
+
+    def _on_function_call(self, event: rt.FunctionCall, now: float) -> list[Action]:
+        name = event.name or self._function_names.pop(event.call_id, "")
+        result = tools.dispatch(name, event.arguments, self.profile)
+        log.info("call %s: tool %s(%s) → %s", self.call_sid, name, event.arguments[:200],
+                 result.output)
+        actions: list[Action] = [
+            ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
+            Record("tool_call", {"name": name, "arguments": event.arguments,
+                                 "output": result.output})]
+        if result.after_playout is not None and self._after_playout is None:
+            self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
+        # The model speaks about the result: always after an error; after success only if it
+        # has not already spoken in this response (it often says goodbye and calls end_call).
+        spoke = self._response is not None and self._response.items
+        if result.failed or not spoke:
+            if self._response is None:
+                actions.append(self._create_response())
+            else:
+                self._respond_when_done = True
+        return actions
+
+    def _create_response(self, instructions: str | None = None) -> ToRealtime:
+        self._awaiting_response = True
+        return ToRealtime(rt.CreateResponse(instructions))
+
+    def _check_after_playout(self, now: float) -> list[Action]:
+        """Hang up or transfer once the agent is silent and everything sent has been heard."""
+        if self._after_playout is None:
+            return []
+        action, deadline = self._after_playout
+        done = (self._response is None and not self._awaiting_response and not self._respond_when_done
+                and not self.ledger.unplayed)
+        if not done and now < deadline:
+            return []
+        self._after_playout = None
+        return [Record("after_playout", {"action": type(action).__name__, "timed_out": not done}),
+                action]
+
+    def on_answered_by(self, answered_by: str, now: float) -> list[Action]:
+        """Twilio's async answering-machine detection has a verdict for this outbound call."""
+        actions: list[Action] = [Record("answered_by", {"answered_by": answered_by})]
+        if answered_by == "fax":
+            return actions + [HangUp("answered by a fax machine")]
+        if answered_by not in MACHINE_ANSWERS or self._after_playout is not None:
+            return actions  # a human (or not sure yet): converse as usual
+        message = self.parameters.get("voicemail") or self.profile.voicemail
+        if not message or not self.realtime_open:
+            return actions + [HangUp(f"voicemail ({answered_by}), nothing to leave")]
+        if self.ledger.unplayed:  # stop talking over the beep
+            actions.append(ToTwilio(tw.SendClear()))
+            self.ledger.clear()
+            self.codec.interrupted()
+        if self._response is not None:
+            actions.append(ToRealtime(rt.CancelResponse()))
+            self._dropped_responses.add(self._response.id)
+            self._dropped_items.update(self._response.items)
+            self._response = None
+        actions.append(self._create_response(
+            f"You reached an answering machine and the beep has sounded. Leave exactly this "
+            f"message, then stop: {message}"))
+        self._after_playout = (HangUp(f"voicemail left ({answered_by})"), now + AFTER_PLAYOUT_TIMEOUT_S)
+        return actions
+
+    def _on_audio_done(self, event: rt.AudioDone) -> list[Action]:
+        if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
+            return []
+        tail = self.codec.end_of_item()
+        actions: list[Action] = [ToTwilio(tw.SendMedia(tail))] if tail else []
+        if (name := self.ledger.seal()) is not None:  # the item's last audio: know when it ends
+            actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
+
+    def _barge_in(self, event: rt.SpeechStarted, now: float) -> list[Action]:
+        """The caller started talking: stop the agent now and tell the model what was heard."""
+        actions: list[Action] = []
+        item = self.ledger.playing_item
+        if item is None and self._response is not None and self._response.items:
+            # Everything sent has played, but the response is still producing audio.
+            item = next(iter(self._response.items))
+        heard = None
+        if item is not None:
+            heard = round(min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item)))
+        if self.ledger.unplayed:
+            actions.append(ToTwilio(tw.SendClear()))
+            self.ledger.clear()
+            self.codec.interrupted()
+        if item is not None:
+            actions.append(ToRealtime(rt.TruncateItem(item, heard)))
+            self._dropped_items.add(item)
+            self._cut_transcript(item, heard)
+            actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
+                                            interrupted=True, heard_ms=heard))
+        if self._response is not None:
+            actions.append(ToRealtime(rt.CancelResponse()))
+            self._dropped_responses.add(self._response.id)
+            self._dropped_items.update(self._response.items)
+            self._response = None
+        if item is not None or actions:
+            actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard}))
+        return actions
+
+    def _transcript(self, speaker: str, item_id: str, text: str, now: float, **extra: Any) -> Record:
+        """One turn of the call's transcript; ``at`` is seconds since the stream started."""
+        return Record("transcript", {"speaker": speaker, "item_id": item_id, "text": text,
+                                     "at": round(now - self._started_at, 3), **extra})
+
+    def _cut_transcript(self, item_id: str, heard_ms: int) -> None:
+        """Keeps the share of the agent's text that matches the share of audio heard."""
+        parts = self._transcripts.get(item_id)
+        sent = self.ledger.sent_ms(item_id)
+        if parts and sent > 0:
+            text = "".join(parts)
+            cut = round(len(text) * heard_ms / sent)
+            if cut < len(text) and not text[cut].isspace():
+                cut = text.rfind(" ", 0, cut) + 1  # a word cut short was not really said
+            self._transcripts[item_id] = [text[:cut]]
+
+    def _on_error(self, event: rt.RealtimeError) -> list[Action]:
+        # Our cancel racing the server's own VAD cancel is expected, not a fault.
+        level = logging.INFO if event.benign else logging.ERROR
+        log.log(level, "call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
+                event.code, event.event_id, event.message)
+        actions: list[Action] = [Record("realtime_error", {"type": event.type, "code": event.code})]
+        if event.fatal:
+            actions.extend(self._end(f"Realtime error {event.code or event.type}", abnormal=True))
+        return actions
+
+    # --- Clock ---
+
+    def on_tick(self, now: float) -> list[Action]:
+        if self.ended:
+            return []
+        if self._last_heard is None:
+            self._last_heard = now  # the clock starts with the stream
+        elif self.media_timeout_s is not None and now - self._last_heard > self.media_timeout_s:
+            log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
+                      self.call_sid, now - self._last_heard)
+            return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
+        actions = self._flush_dtmf(now) + self._check_after_playout(now)
+        if (name := self.ledger.due(now)) is not None:
+            actions.append(ToTwilio(tw.SendMark(name)))
+        return actions
+
+    def _flush_dtmf(self, now: float) -> list[Action]:
+        if not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:
+            return []
+        digits = "".join(self._dtmf)
+        self._dtmf.clear()
+        if not self.realtime_open:
+            return []
+        actions: list[Action] = [
+            ToRealtime(rt.AddUserText(f"The caller pressed {digits} on the keypad.")),
+            Record("dtmf", {"digits": digits})]
+        if self._response is None:
+            actions.append(self._create_response())
+        return actions
+
+    # --- Ending ---
+
+    def end(self, reason: str) -> list[Action]:
+        """Ends the call from outside (shutdown): Twilio then speaks the fallback."""
+        log.info("call %s: ending: %s", self.call_sid, reason)
+        return self._end(reason, abnormal=True)
+
+    def _end(self, reason: str, abnormal: bool = False) -> list[Action]:
+        if self.ended:
+            return []
+        self.ended = True
+        return [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
+
+    def _note_agent_item(self, item_id: str) -> None:
+        if ("assistant", item_id) not in self._history:
+            self._history.append(("assistant", item_id))
+
+    def agent_transcript(self, item_id: str) -> str:
+        return "".join(self._transcripts.get(item_id, []))

@@ -1,0 +1,91 @@
+"""Agent profiles: instructions, voice, greeting, VAD and transcription settings, as TOML data."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from telephony.core.tools import E164, REGISTRY, declarations
+from telephony.wire.realtime import SessionConfig, TranscriptionConfig, TurnDetection
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    instructions: str
+    voice: str = "alloy"
+    greeting: str = ""
+    fallback: str = "Sorry, the assistant is unavailable right now. Goodbye."
+    turn_detection: TurnDetection = field(default_factory=TurnDetection)
+    transcription_model: str = ""
+    transcription_language: str = ""
+    voicemail: str = ""
+    tool_names: tuple[str, ...] = ()
+    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number
+
+    def session_config(self, audio_format: str, instructions: str | None = None,
+                       voice: str | None = None) -> SessionConfig:
+        return SessionConfig(
+            instructions=instructions or self.instructions, voice=voice or self.voice,
+            audio_format=audio_format, turn_detection=self.turn_detection,
+            transcription_model=self.transcription_model or None, tools=declarations(self))
+
+    def transcription_config(self, audio_format: str = "pcm16") -> TranscriptionConfig:
+        return TranscriptionConfig(model=self.transcription_model or "whisper-1",
+                                   audio_format=audio_format,
+                                   language=self.transcription_language or None,
+                                   turn_detection=self.turn_detection)
+
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ProfileError(f"{path}: [{key}] must be a table")
+    return value
+
+
+def load_profile(path: Path) -> Profile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"agent profile {path} does not exist (set AGENT_PROFILE)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    agent = _table(data, "agent", path)
+    vad = _table(data, "turn_detection", path)
+    transcription = _table(data, "transcription", path)
+    instructions = str(agent.get("instructions", "")).strip()
+    if not instructions:
+        raise ProfileError(f"{path}: [agent] instructions is required")
+    try:
+        td = TurnDetection(threshold=float(vad.get("threshold", 0.5)),
+                           prefix_padding_ms=int(vad.get("prefix_padding_ms", 300)),
+                           silence_duration_ms=int(vad.get("silence_duration_ms", 500)))
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"{path}: [turn_detection] {exc}") from None
+    tools_table = _table(data, "tools", path)
+    tool_names = tuple(str(n) for n in tools_table.get("enabled", ()))
+    unknown = [n for n in tool_names if n not in REGISTRY]
+    if unknown:
+        raise ProfileError(f"{path}: [tools] enabled names unknown tools {unknown}; known: {sorted(REGISTRY)}")
+    targets = {str(k): str(v) for k, v in _table(data, "transfer", path).items()}
+    bad = [f"{k} = {v!r}" for k, v in targets.items() if not E164.match(v)]
+    if bad:
+        raise ProfileError(f"{path}: [transfer] numbers must be E.164 (+15551234567): {', '.join(bad)}")
+    return Profile(
+        voicemail=str(agent.get("voicemail", "")).strip(),
+        tool_names=tool_names,
+        transfer_targets=targets,
+        instructions=instructions,
+        voice=str(agent.get("voice", "alloy")),
+        greeting=str(agent.get("greeting", "")).strip(),
+        fallback=str(agent.get("fallback", Profile.fallback)).strip(),
+        turn_detection=td,
+        transcription_model=str(transcription.get("model", "")).strip(),
+        transcription_language=str(transcription.get("language", "")).strip(),
+    )

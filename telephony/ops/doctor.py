@@ -1,0 +1,109 @@
+"""`telephony doctor`: what the service is configured to do, and whether the provider answers.
+
+It prints the provider URL, dialect and codec, the exact webhook URLs to give Twilio, whether the
+Twilio account keys work, and with ``--connect`` makes one handshake and reports the
+``session.created`` it got. It never prints a key: only whether one is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TextIO
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http import HttpClient
+
+from telephony.ops import twilio_admin
+from telephony.serve import realtime_client
+from telephony.settings import Settings
+from telephony.wire.dialects import DIALECTS
+
+HANDSHAKE_TIMEOUT_S = 8.0
+
+
+def _summary(session: dict) -> str:
+    keys = ("id", "model", "voice", "input_audio_format", "output_audio_format", "type")
+    found = {k: session[k] for k in keys if isinstance(session.get(k), (str, int))}
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        for side in ("input", "output"):
+            fmt = (audio.get(side) or {}).get("format")
+            if fmt:
+                found[f"audio.{side}.format"] = fmt
+    return json.dumps(found)
+
+
+def _public_url(settings: Settings, out: TextIO) -> bool:
+    """Prints the exact URLs to give Twilio; False when the base URL cannot work."""
+    if not settings.public_url:
+        print("Public URL:       not set; webhook URLs are rebuilt from each request's Host and "
+              "X-Forwarded-Proto", file=out)
+        return True
+    problems = twilio_admin.public_url_problems(settings.public_url)
+    print(f"Public URL:       {settings.public_url}"
+          + (f"  PROBLEM: {'; '.join(problems)}" if problems else ""), file=out)
+    hooks = twilio_admin.webhooks(settings.public_url)
+    print(f"Voice webhook:    {hooks.voice}", file=out)
+    print(f"Media stream:     {hooks.media_stream}", file=out)
+    print(f"Status callback:  {hooks.status}", file=out)
+    return not problems
+
+
+def _twilio_account(settings: Settings, out: TextIO, http_client: HttpClient | None) -> bool:
+    """Asks Twilio whether the account keys work. Unreachable is reported, not failed."""
+    sid, token = settings.twilio_account_sid, settings.twilio_auth_token
+    if not sid and not token:
+        print("Twilio account:   not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN; "
+              "needed only by configure-number)", file=out)
+        return True
+    if not (sid and token):
+        print(f"Twilio account:   PROBLEM: {'TWILIO_AUTH_TOKEN' if sid else 'TWILIO_ACCOUNT_SID'} is not set",
+              file=out)
+        return False
+    try:
+        summary = twilio_admin.check_account(twilio_admin.client(settings, http_client), sid)
+    except TwilioRestException as exc:
+        print(f"Twilio account:   FAILED: {sid} refused: {twilio_admin.describe_rest_error(exc)}", file=out)
+        return False
+    except Exception as exc:  # network down, DNS: the keys may still be right
+        print(f"Twilio account:   not checked, Twilio unreachable: {type(exc).__name__}", file=out)
+        return True
+    print(f"Twilio account:   OK, {sid}: {summary}", file=out)
+    return True
+
+
+async def run_doctor(settings: Settings, connect: bool, out: TextIO,
+                     twilio_http: HttpClient | None = None) -> int:
+    dialect = DIALECTS[settings.realtime_dialect]
+    print(f"Realtime URL:     {realtime_client.realtime_url(settings)}", file=out)
+    print(f"Realtime dialect: {settings.realtime_dialect}", file=out)
+    print(f"Audio codec:      {settings.audio_codec}", file=out)
+    print(f"API key:          {'set' if settings.realtime_api_key else 'NOT SET'}", file=out)
+    ok = _public_url(settings, out)
+    ok = await asyncio.to_thread(_twilio_account, settings, out, twilio_http) and ok
+    if not connect:
+        return 0 if ok and (settings.realtime_api_key or settings.realtime_url == "local") else 1
+    handshake = await _handshake(settings, dialect, out)
+    return handshake if ok else 1
+
+
+async def _handshake(settings: Settings, dialect, out: TextIO) -> int:
+    try:
+        transport = await realtime_client.connect(settings, dialect.headers)
+    except Exception as exc:
+        print(f"Handshake:        FAILED: {type(exc).__name__}: {exc}", file=out)
+        return 1
+    try:
+        text = await asyncio.wait_for(transport.recv(), HANDSHAKE_TIMEOUT_S)
+        event = json.loads(text)
+    except Exception as exc:
+        print(f"Handshake:        connected, but no first event: {type(exc).__name__}: {exc}", file=out)
+        return 1
+    finally:
+        await transport.close()
+    if event.get("type") != "session.created":
+        print(f"Handshake:        connected, first event was {event.get('type')!r}", file=out)
+        return 1
+    print(f"Handshake:        OK, session.created {_summary(event.get('session') or {})}", file=out)
+    return 0

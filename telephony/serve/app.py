@@ -1,0 +1,302 @@
+"""The web app: Twilio's webhooks and media streams, the calls API, and a health check.
+
+Thin by design: each handler turns a request into a call of the core or of a small module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from telephony.core.actions import Record
+from telephony.core.call import Call
+from telephony.core.profile import Profile, load_profile
+from telephony.core.transcription import ForkTranscription
+from telephony.ops import logs
+from telephony.ops.metrics import CONTENT_TYPE, Metrics
+from telephony.ops.records import CallRecordFile
+from telephony.serve import outbound, upstream
+from telephony.serve.bridge import Bridge
+from telephony.serve.fork import ForkBridge
+from telephony.serve.limits import CallRegistry
+from telephony.serve.outbound import RequestError
+from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
+from telephony.serve.telemetry import CallObserver
+from telephony.serve.transcripts import TranscriptHub
+from telephony.serve.twilio_rest import CallControl, TwilioError
+from telephony.serve.upstream import Connector
+from telephony.settings import Settings
+from telephony.wire.dialects import DIALECTS
+from telephony.wire.twilio import Start
+from telephony.wire.twiml import (
+    AMD_CALLBACK_PATH,
+    MEDIA_STREAM_PATH,
+    OUTBOUND_ANSWER_PATH,
+    STATUS_CALLBACK_PATH,
+    TRANSCRIBE_AND_FORWARD_PATH,
+    TRANSCRIBE_STREAM_PATH,
+    VOICE_PATH,
+    connect_stream,
+    fork_and_dial,
+    reject_busy,
+    say_and_hang_up,
+    websocket_url,
+)
+
+log = logging.getLogger("telephony.app")
+
+OUTBOUND_URL_TTL_S = 600  # an outbound call's answer URL must outlive its ringing
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio used to reach us: PUBLIC_URL, else rebuilt from the proxy's headers."""
+    if settings.public_url:
+        return settings.public_url
+    headers = request.headers
+    proto = (headers.get("x-forwarded-proto") or request.url.scheme).split(",")[0].strip()
+    host = (headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def create_app(settings: Settings | None = None, profile: Profile | None = None,
+               connector_factory: Callable[[Settings], Connector] | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    profile = profile or load_profile(settings.profile_path())
+    dialect = DIALECTS[settings.realtime_dialect]
+    active: set[Call] = set()
+    metrics = Metrics()
+    calls = CallRegistry(settings.max_concurrent_calls)
+    signed = WebhookGuard(settings, lambda request: public_base_url(request, settings))
+    key = stream_key(settings)
+    tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
+    outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
+    by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
+    transcripts = TranscriptHub(settings.transcript_webhook_url)
+    control: list[CallControl] = []  # created on first use: the REST client is not free to build
+
+    def verify_start(start: Start) -> str | None:
+        return tokens.verify(start.custom_parameters, start.call_sid, time.time())
+
+    def default_connector(s: Settings) -> Connector:
+        return upstream.connector(s, dialect, profile.greeting)
+
+    connector = (connector_factory or default_connector)(settings)
+    transcription_connector = upstream.connector(settings, dialect, intent="transcription")
+
+    def call_control() -> CallControl | None:
+        if not control and settings.twilio_account_sid and settings.twilio_auth_token:
+            control.append(CallControl(settings))
+        return control[0] if control else None
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def xml(text: str) -> Response:
+        return Response(text, media_type="application/xml")
+
+    def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
+        """<Connect><Stream> whose parameters carry a token bound to this call."""
+        url = websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH)
+        return xml(connect_stream(url, tokens.with_token(parameters, time.time()), profile.fallback))
+
+    # --- Twilio webhooks ---
+
+    async def voice(request: Request) -> Response:
+        form = await request.form()
+        busy = calls.accepting()
+        if busy:
+            log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
+            return xml(reject_busy())
+        return stream_twiml(request, {
+            "call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
+            "to": str(form.get("To", "")), "direction": str(form.get("Direction", ""))})
+
+    async def outbound_answer(request: Request) -> Response:
+        """An outbound call was answered: its signed overrides become the stream's parameters."""
+        form = await request.form()
+        overrides = dict(request.query_params)
+        refused = outbound_signer.verify(overrides, None, time.time())
+        if refused:
+            log.warning("call %s: outbound answer URL refused: %s", form.get("CallSid", "?"), refused)
+            return Response(f"answer URL refused: {refused}", status_code=403)
+        overrides.pop("token")
+        return stream_twiml(request, {**overrides, "call_sid": str(form.get("CallSid", ""))})
+
+    async def status_callback(request: Request) -> Response:
+        # Twilio's call progress (outbound calls, and numbers set up by `configure-number`): logged.
+        form = await request.form()
+        status = {"status": str(form.get("CallStatus", "")), "answered_by": str(form.get("AnsweredBy", "")),
+                  "duration_s": str(form.get("CallDuration", ""))}
+        sid = str(form.get("CallSid", ""))
+        log.info("Twilio call status %s", status["status"],
+                 extra={"call_sid": sid, "event": "twilio_status", **status})
+        if settings.call_records_dir is not None and sid:
+            # Appended to the call's record (progress often arrives after the stream has ended).
+            record = CallRecordFile(settings.call_records_dir, sid)
+            record.write("twilio_status", status)
+            record.close()
+        return Response(status_code=204)
+
+    async def amd_callback(request: Request) -> Response:
+        form = await request.form()
+        sid, answered_by = str(form.get("CallSid", "")), str(form.get("AnsweredBy", ""))
+        log.info("call %s: answered by %s", sid, answered_by)
+        bridge = by_sid.get(sid)
+        if bridge is not None:
+            bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        elif answered_by.startswith("machine_end") and (rest := call_control()) is not None:
+            # The stream is served by another instance: Twilio speaks the voicemail itself.
+            await asyncio.to_thread(rest.redirect, sid, say_and_hang_up(profile.voicemail))
+        return Response(status_code=204)
+
+    async def transcribe_and_forward(request: Request) -> Response:
+        if not settings.forward_to_number:
+            return error(503, "set FORWARD_TO_NUMBER to the number calls are forwarded to")
+        form = await request.form()
+        parameters = {"call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
+                      "to": str(form.get("To", ""))}
+        url = websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH)
+        return xml(fork_and_dial(url, tokens.with_token(parameters, time.time()), settings.forward_to_number))
+
+    # --- Media streams ---
+
+    async def media_stream(ws: WebSocket) -> None:
+        await ws.accept()
+        call = Call(profile, settings.audio_codec, verify_start=verify_start,
+                    media_timeout_s=settings.media_timeout_seconds)
+        observer = CallObserver(metrics, settings.call_records_dir, logs.bind_call())
+
+        def on_record(call: Call, record: Record) -> None:
+            observer.on_record(call, record)  # metrics, call record file, structured log
+            if record.kind == "start":  # the call sid is known from here on
+                by_sid[call.call_sid] = bridge
+                transcripts.begin(call.call_sid)
+            elif record.kind == "transcript":
+                transcripts.publish(call.call_sid, record.data)
+
+        bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
+                        max_message_bytes=settings.max_message_bytes, observer=observer)
+        active.add(call)
+        calls.add(bridge)
+        try:
+            await bridge.run()
+        finally:
+            active.discard(call)
+            calls.discard(bridge)
+            observer.close()
+            if call.call_sid and by_sid.get(call.call_sid) is bridge:
+                del by_sid[call.call_sid]
+            if call.call_sid:
+                transcripts.end(call.call_sid)
+
+    async def transcribe_stream(ws: WebSocket) -> None:
+        await ws.accept()
+        core = ForkTranscription(profile, settings.audio_codec, verify_start=verify_start)
+        record_file: list[CallRecordFile] = []  # opened once the call sid is known
+
+        def on_record(record: Record) -> None:
+            if record.kind == "start":
+                transcripts.begin(core.call_sid)
+                if settings.call_records_dir is not None:
+                    record_file.append(CallRecordFile(settings.call_records_dir, core.call_sid))
+            elif record.kind == "transcript":
+                transcripts.publish(core.call_sid, record.data)
+            for file in record_file:
+                file.write(record.kind, record.data)
+
+        try:
+            await ForkBridge(ws, core, dialect, transcription_connector, on_record).run()
+        finally:
+            if core.call_sid:
+                transcripts.end(core.call_sid)
+            for file in record_file:
+                file.write("end", {"kind": "transcription"})
+                file.close()
+
+    # --- The calls API ---
+
+    def api_refusal(request: Request) -> Response | None:
+        """The calls API's bearer-token check; None when the request may go on."""
+        if not settings.calls_api_token:
+            return error(503, "the calls API is disabled: set CALLS_API_TOKEN")
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.calls_api_token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return error(401, "missing or wrong bearer token")
+        return None
+
+    async def place_call(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        try:
+            req = outbound.parse_request(await request.body(), settings.twilio_from_number)
+            base = public_base_url(request, settings)
+            url = outbound.answer_url(req, base, outbound_signer, time.time())
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        rest = call_control()
+        if rest is None:
+            return error(503, "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        try:
+            placed = await asyncio.to_thread(outbound.place, rest, req, base, url)
+        except TwilioError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+            log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
+            return error(status, f"Twilio: {exc}")
+        log.info("call %s placed to %s", placed.sid, req.to)
+        return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
+
+    async def transcript_feed(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        sid = request.path_params["call_sid"]
+        if not transcripts.active(sid):
+            return error(404, f"call {sid} is not in progress on this instance")
+
+        async def events():
+            async for turn in transcripts.follow(sid):
+                yield f"event: transcript\ndata: {json.dumps(turn)}\n\n"
+            yield "event: end\ndata: {}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "draining" if calls.draining else "ok", "active_calls": len(active)})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if settings.metrics_token and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), f"Bearer {settings.metrics_token}".encode()):
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app = Starlette(routes=[
+        Route(VOICE_PATH, signed(voice), methods=["POST"]),
+        Route(OUTBOUND_ANSWER_PATH, signed(outbound_answer), methods=["POST"]),
+        Route(STATUS_CALLBACK_PATH, signed(status_callback), methods=["POST"]),
+        Route(AMD_CALLBACK_PATH, signed(amd_callback), methods=["POST"]),
+        Route(TRANSCRIBE_AND_FORWARD_PATH, signed(transcribe_and_forward), methods=["POST"]),
+        WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
+        WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
+        Route("/calls", place_call, methods=["POST"]),
+        Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ])
+    app.state.settings = settings
+    app.state.active_calls = active
+    app.state.calls = calls
+    app.state.stream_tokens = tokens
+    app.state.transcripts = transcripts
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,121 @@
+"""One call's observer: turns what the bridge moves and what the core records into metrics,
+log lines and the call record. Created per call by the app; holds no state beyond its call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from telephony.core.call import Call, Record
+from telephony.ops.metrics import Metrics
+from telephony.ops.records import CallRecordFile
+from telephony.serve.bridge import BridgeObserver
+
+log = logging.getLogger("telephony.call_events")
+
+# Facts logged at INFO; the rest (transcripts, speech_stopped) only at DEBUG.
+_INFO_KINDS = frozenset({"start", "end", "barge_in", "response_done", "realtime_error", "dtmf"})
+# What callers said and their numbers stay in the call record, out of the logs.
+_NOT_LOGGED = frozenset({"text", "parameters"})
+
+
+@dataclass
+class _Running:
+    """Count, mean and max of one latency without keeping the samples (memory per call)."""
+
+    count: int = 0
+    total: float = 0.0
+    worst: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if value > self.worst:
+            self.worst = value
+
+    def summary(self) -> dict[str, Any]:
+        mean = self.total / self.count if self.count else 0.0
+        return {"count": self.count, "mean_ms": round(mean * 1000, 3), "max_ms": round(self.worst * 1000, 3)}
+
+
+class CallObserver(BridgeObserver):
+    def __init__(self, metrics: Metrics, records_dir: Path | None, log_ids: dict[str, str | None],
+                 clock=time.monotonic) -> None:
+        self.metrics = metrics
+        self.records_dir = records_dir
+        self.log_ids = log_ids
+        self.clock = clock  # the bridge's loop clock is time.monotonic
+        self.file: CallRecordFile | None = None
+        self.outcome: str | None = None
+        self._started = clock()
+        self._stopped_at: float | None = None  # caller's last speech_stopped, until agent audio
+        self._clear_pending = False
+        self._added = {"twilio": _Running(), "realtime": _Running()}
+        metrics.active_calls.inc()
+
+    # --- BridgeObserver: called per message, so kept lean ---
+
+    def received(self, peer: str) -> None:
+        (self.metrics.in_twilio if peer == "twilio" else self.metrics.in_realtime).inc()
+
+    def sent(self, peer: str, kind: str, arrived: float, now: float) -> None:
+        added = now - arrived
+        self._added[peer].add(added)
+        m = self.metrics
+        if peer == "realtime":
+            m.out_realtime.inc()
+            m.to_realtime.observe(added)
+            return
+        m.out_twilio.inc()
+        m.to_twilio.observe(added)
+        if kind == "media" and self._stopped_at is not None:
+            turn = now - self._stopped_at
+            self._stopped_at = None
+            m.response_latency.observe(turn)
+            self._write("response_latency", {"ms": round(turn * 1000, 1)})
+        elif kind == "clear":
+            m.barge_in_latency.observe(added)
+            self._write("clear_sent", {"ms_after_speech_started": round(added * 1000, 3)})
+
+    # --- Records from the core ---
+
+    def on_record(self, call: Call, record: Record) -> None:
+        kind, data = record.kind, record.data
+        if kind == "start":
+            self.log_ids.update(call_sid=call.call_sid, stream_sid=call.stream_sid)
+            if self.records_dir is not None and call.call_sid:
+                self.file = CallRecordFile(self.records_dir, call.call_sid)
+            data = {**data, "codec": call.audio_format, "parameters": call.parameters}
+        elif kind == "speech_stopped":
+            self._stopped_at = self.clock()
+        elif kind == "barge_in":
+            self.metrics.barge_ins.inc()
+        elif kind == "realtime_error":
+            self.metrics.realtime_errors.labels(data.get("code") or data.get("type") or "unknown").inc()
+        elif kind == "end":
+            self.outcome = "abnormal" if data.get("abnormal") else "normal"
+        self._write(kind, data)
+        level = logging.INFO if kind in _INFO_KINDS else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "call event %s", kind, extra={
+                "event": kind, **{k: v for k, v in data.items() if k not in _NOT_LOGGED}})
+
+    def _write(self, kind: str, data: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(kind, data)
+
+    def close(self) -> None:
+        """The media stream is over: count the call and finish its record."""
+        self.metrics.active_calls.dec()
+        outcome = self.outcome or "no_start"  # the socket closed before Twilio's start
+        self.metrics.calls.labels(outcome).inc()
+        self._write("summary", {
+            "outcome": outcome, "duration_s": round(self.clock() - self._started, 3),
+            "added_latency": {"to_twilio": self._added["twilio"].summary(),
+                              "to_realtime": self._added["realtime"].summary()}})
+        if self.file is not None:
+            self.file.close()
