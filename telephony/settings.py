@@ -1,16 +1,19 @@
 """Settings: every environment variable the service reads, in one typed object (12-factor).
 
-Each variable is documented in the README with its default. Secrets are kept out of
-``repr`` so a settings object can be logged safely.
+Each variable is documented in the README with its default; its name is the field's in capitals.
+``Settings.from_env()`` reads the environment, ``Settings(...)`` takes only what it is given (tests
+stay hermetic). Secrets are kept out of ``repr`` and out of every error message.
 """
 
 from __future__ import annotations
 
 import os
 from importlib import resources
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_REALTIME_URL = "wss://api-platform.ope.ai/v1/realtime"
 DEFAULT_REALTIME_MODEL = "opeai/AudioLLM/Voice2"
@@ -20,134 +23,100 @@ class SettingsError(ValueError):
     """A variable has a value we cannot use; the message names it (never its secret value)."""
 
 
-def _bool(name: str, value: str) -> bool:
-    low = value.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name} must be true or false, not {value!r}")
-
-
-def _int(name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
-
-
-def _float(name: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, not {value!r}") from None
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SettingsError(f"{name} must be {'zero or more' if allow_zero else 'more than zero'}, not {value!r}")
-    return value
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _url(name: str, value: str) -> str | None:
+def _http_url(value: str | None) -> str | None:
+    """An optional http(s) base URL, without its trailing slash."""
     if not value:
         return None
     if not value.startswith(("http://", "https://")):
-        raise SettingsError(f"{name} must start with https:// or http://, not {value!r}")
+        raise ValueError("must start with https:// or http://")
     return value.rstrip("/")
 
 
-@dataclass(frozen=True)
-class Settings:
+HttpUrl = Annotated[str | None, BeforeValidator(_http_url)]
+Lowercase = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_by_name=True,
+                                      str_strip_whitespace=True)
+
+    # The Realtime provider.
     realtime_url: str = DEFAULT_REALTIME_URL
     realtime_model: str = DEFAULT_REALTIME_MODEL
-    realtime_api_key: str = field(default="", repr=False)
-    realtime_dialect: str = "beta"
-    audio_codec: str = "pcm16"
-    public_url: str | None = None
+    realtime_api_key: str = Field("", repr=False, validation_alias=AliasChoices("realtime_api_key", "api_key"))
+    realtime_dialect: Literal["beta", "ga"] = "beta"
+    audio_codec: Literal["pcm16", "g711_ulaw"] = "pcm16"
+    # The service.
+    public_url: HttpUrl = None
     agent_profile: str = ""
     host: str = "0.0.0.0"
     port: int = 8000
-    log_level: str = "INFO"
-    log_format: str = "text"
-    web_concurrency: int = 1
+    log_level: Annotated[str, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = "INFO"
+    log_format: Annotated[Literal["text", "json"], Lowercase] = "text"
+    web_concurrency: int = Field(1, gt=0)
     call_records_dir: Path | None = None
-    metrics_token: str = field(default="", repr=False)
+    metrics_token: str = Field("", repr=False)
+    # Twilio.
     twilio_account_sid: str = ""
-    twilio_auth_token: str = field(default="", repr=False)
+    twilio_auth_token: str = Field("", repr=False)
     twilio_from_number: str = ""
-    twilio_api_base_url: str | None = None
-    calls_api_token: str = field(default="", repr=False)
+    twilio_api_base_url: HttpUrl = None
+    calls_api_token: str = Field("", repr=False)
     forward_to_number: str = ""
-    transcript_webhook_url: str | None = None
+    transcript_webhook_url: HttpUrl = None
     # Security: webhook signatures and stream tokens.
     twilio_validate_signatures: bool = True
-    stream_secret: str = field(default="", repr=False)
-    stream_token_ttl_seconds: int = 60
+    stream_secret: str = Field("", repr=False)
+    stream_token_ttl_seconds: int = Field(60, gt=0)
     # Limits.
-    max_concurrent_calls: int = 50
-    max_message_bytes: int = 64 * 1024
-    media_timeout_seconds: float = 10.0
-    shutdown_grace_seconds: float = 25.0
+    max_concurrent_calls: int = Field(50, ge=0)
+    max_message_bytes: int = Field(64 * 1024, gt=0)
+    media_timeout_seconds: float = Field(10.0, gt=0)
+    shutdown_grace_seconds: float = Field(25.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trimmed_and_blank_means_default(cls, data: Any) -> Any:
+        # Values are trimmed, and `FOO=` or `FOO="  "` in an env file means "not set", as it always has.
+        if isinstance(data, dict):
+            data = {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+    @field_validator("realtime_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if value != "local" and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL (or 'local')")
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **_: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment is read by from_env() alone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        get = lambda key, default="": (env.get(key) or default).strip()  # noqa: E731
-        public_url = get("PUBLIC_URL").rstrip("/") or None
-        if public_url and not public_url.startswith(("http://", "https://")):
-            raise SettingsError(f"PUBLIC_URL must start with https:// or http://, not {public_url!r}")
-        url = get("REALTIME_URL", DEFAULT_REALTIME_URL)
-        if url != "local" and not url.startswith(("ws://", "wss://")):
-            raise SettingsError(f"REALTIME_URL must be a ws:// or wss:// URL (or 'local'), not {url!r}")
-        return cls(
-            realtime_url=url,
-            realtime_model=get("REALTIME_MODEL", DEFAULT_REALTIME_MODEL),
-            realtime_api_key=get("REALTIME_API_KEY") or get("API_KEY"),
-            realtime_dialect=_choice("REALTIME_DIALECT", get("REALTIME_DIALECT", "beta"), ("beta", "ga")),
-            audio_codec=_choice("AUDIO_CODEC", get("AUDIO_CODEC", "pcm16"), ("pcm16", "g711_ulaw")),
-            public_url=public_url,
-            agent_profile=get("AGENT_PROFILE"),
-            host=get("HOST", "0.0.0.0"),
-            port=_int("PORT", get("PORT", "8000")),
-            log_level=get("LOG_LEVEL", "INFO").upper(),
-            log_format=_choice("LOG_FORMAT", get("LOG_FORMAT", "text").lower(), ("text", "json")),
-            web_concurrency=int(_positive("WEB_CONCURRENCY", _int("WEB_CONCURRENCY", get("WEB_CONCURRENCY", "1")))),
-            call_records_dir=Path(get("CALL_RECORDS_DIR")) if get("CALL_RECORDS_DIR") else None,
-            metrics_token=get("METRICS_TOKEN"),
-            twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
-            twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
-            twilio_from_number=get("TWILIO_FROM_NUMBER"),
-            twilio_api_base_url=_url("TWILIO_API_BASE_URL", get("TWILIO_API_BASE_URL")),
-            calls_api_token=get("CALLS_API_TOKEN"),
-            forward_to_number=get("FORWARD_TO_NUMBER"),
-            transcript_webhook_url=_url("TRANSCRIPT_WEBHOOK_URL", get("TRANSCRIPT_WEBHOOK_URL")),
-            twilio_validate_signatures=_bool("TWILIO_VALIDATE_SIGNATURES",
-                                             get("TWILIO_VALIDATE_SIGNATURES", "true")),
-            stream_secret=get("STREAM_SECRET"),
-            stream_token_ttl_seconds=int(_positive(
-                "STREAM_TOKEN_TTL_SECONDS", _int("STREAM_TOKEN_TTL_SECONDS", get("STREAM_TOKEN_TTL_SECONDS", "60")))),
-            max_concurrent_calls=int(_positive(
-                "MAX_CONCURRENT_CALLS", _int("MAX_CONCURRENT_CALLS", get("MAX_CONCURRENT_CALLS", "50")),
-                allow_zero=True)),
-            max_message_bytes=int(_positive(
-                "MAX_MESSAGE_BYTES", _int("MAX_MESSAGE_BYTES", get("MAX_MESSAGE_BYTES", "65536")))),
-            media_timeout_seconds=_positive(
-                "MEDIA_TIMEOUT_SECONDS", _float("MEDIA_TIMEOUT_SECONDS", get("MEDIA_TIMEOUT_SECONDS", "10"))),
-            shutdown_grace_seconds=_positive(
-                "SHUTDOWN_GRACE_SECONDS", _float("SHUTDOWN_GRACE_SECONDS", get("SHUTDOWN_GRACE_SECONDS", "25")),
-                allow_zero=True),
-        )
+        """The settings from ``env`` (default: the process environment); SettingsError names a bad one."""
+        values = _Environment(cls, os.environ if env is None else env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(cls._describe(error) for error in exc.errors())) from None
+
+    @classmethod
+    def _describe(cls, error: Any) -> str:
+        """One validation error as the variable's name, what is wrong, and the value unless secret."""
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        field = cls.model_fields.get(name) or cls.model_fields["realtime_api_key"]
+        message = error["msg"].removeprefix("Value error, ")
+        shown = "" if not field.repr else f", not {error['input']!r}"
+        return f"{name.upper()}: {message}{shown}"
 
     def secrets(self) -> list[str]:
         """Values that must never be printed (used to scrub logs)."""
-        return [getattr(self, f.name) for f in fields(self) if not f.repr and getattr(self, f.name)]
+        return [getattr(self, name) for name, f in type(self).model_fields.items()
+                if not f.repr and getattr(self, name)]
 
     def profile_path(self) -> Path:
         """AGENT_PROFILE, else config/agent.toml here, else the copy installed with the package."""
@@ -157,3 +126,15 @@ class Settings:
         if local.is_file():
             return local
         return Path(str(resources.files("telephony").joinpath("profiles", "agent.toml")))
+
+
+class _Environment(EnvSettingsSource):
+    """Environment variables from a mapping: the process's, or a test's."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=False, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Names in capitals only, as documented (`port=1` in the environment is not PORT).
+        return {name.lower(): value for name, value in self._environ.items() if name.isupper() and value != ""}

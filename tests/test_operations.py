@@ -57,7 +57,7 @@ async def barge_in_call(tmp_path, codec="pcm16"):
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.0)
     settings = Settings(realtime_api_key=API_KEY, audio_codec=codec, call_records_dir=tmp_path / "records")
     async with ScriptedRealtimeServer(script) as server:
-        settings = Settings(**{**settings.__dict__, "realtime_url": server.url})
+        settings = settings.model_copy(update={"realtime_url": server.url})
         async with running_app(settings) as (app, host):
             sim = simulated_call(app, host, caller_audio=caller, parameters={"from": "+15551230000"})
             result = await sim.run()

@@ -105,7 +105,7 @@ async def test_bad_requests_get_a_4xx_with_a_reason(body, token, status, reason)
 
 async def test_no_token_configured_disables_the_endpoint():
     async with running_fake_twilio() as fake, \
-            running_app(replace(settings(fake), calls_api_token="")) as (app, host):
+            running_app(settings(fake).model_copy(update={"calls_api_token": ""})) as (app, host):
         r = await post_call(host, {"to": "+15552223333"})
     assert r.status_code == 503 and "CALLS_API_TOKEN" in r.json()["error"]
 
@@ -122,7 +122,7 @@ async def test_twilio_errors_become_4xx_or_502_with_twilios_message(fail, expect
 
 async def test_twilio_rejecting_our_credentials_is_a_502():
     async with running_fake_twilio() as fake, \
-            running_app(replace(settings(fake), twilio_auth_token="wrong")) as (app, host):
+            running_app(settings(fake).model_copy(update={"twilio_auth_token": "wrong"})) as (app, host):
         r = await post_call(host, {"to": "+15552223333"})
     assert r.status_code == 502 and "Authenticate" in r.json()["error"]
 
@@ -241,7 +241,7 @@ async def test_status_callbacks_are_kept_in_the_call_record(tmp_path):
     from telephony.ops.records import read_records
 
     async with running_fake_twilio() as fake, \
-            running_app(replace(settings(fake), call_records_dir=tmp_path)) as (app, host):
+            running_app(settings(fake).model_copy(update={"call_records_dir": tmp_path})) as (app, host):
         for status in ("ringing", "in-progress", "completed"):
             r = await twilio_post(host, "/twilio/status", {"CallSid": "CA" + "5" * 32, "CallStatus": status},
                                   AUTH_TOKEN)

@@ -69,6 +69,28 @@ def test_settings_defaults_and_errors():
         Settings.from_env({"REALTIME_URL": "http://x"})
 
 
+def test_settings_read_the_environment_only_through_from_env(monkeypatch):
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("log_format", "json")  # not LOG_FORMAT: names are in capitals
+    assert Settings().port == 8000 and Settings.from_env().port == 9123
+    assert Settings.from_env().log_format == "text"
+    blank = Settings.from_env({"PORT": "  ", "PUBLIC_URL": "", "LOG_FORMAT": " JSON ", "PUBLIC_URL ": "x"})
+    assert (blank.port, blank.public_url, blank.log_format) == (8000, None, "json")
+    assert Settings.from_env({"PUBLIC_URL": " https://bridge.example.com/ "}).public_url == "https://bridge.example.com"
+
+
+def test_settings_errors_name_every_bad_variable_and_no_secret():
+    env = {"REALTIME_API_KEY": "sk-live-123", "TWILIO_AUTH_TOKEN": "tok-456", "STREAM_SECRET": "str-789",
+           "PORT": "eighty", "AUDIO_CODEC": "opus", "TRANSCRIPT_WEBHOOK_URL": "ftp://hooks"}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "PORT" in message and "AUDIO_CODEC" in message and "TRANSCRIPT_WEBHOOK_URL" in message
+    assert "'eighty'" in message and "'opus'" in message  # a plain value is shown, to be fixed
+    for secret in ("sk-live-123", "tok-456", "str-789"):
+        assert secret not in message and secret not in repr(caught.value.__cause__)
+
+
 def test_realtime_url_and_headers():
     s = Settings(realtime_url="wss://h/v1/realtime?x=1", realtime_model="m/o", realtime_api_key="k")
     assert realtime_url(s) == "wss://h/v1/realtime?x=1&model=m/o"
