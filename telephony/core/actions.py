@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from telephony.core.function_tools import FunctionTool
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
 
@@ -55,4 +56,13 @@ class Transfer:
     number: str
 
 
-Action = Union[ToTwilio, ToRealtime, OpenRealtime, EndStream, Record, HangUp, Transfer]
+@dataclass(frozen=True)
+class RunTool:
+    """Run a business tool off the audio path; its output comes back through ``Call.on_tool_result``."""
+
+    call_id: str
+    tool: FunctionTool
+    arguments: dict[str, Any]
+
+
+Action = Union[ToTwilio, ToRealtime, OpenRealtime, EndStream, Record, HangUp, Transfer, RunTool]

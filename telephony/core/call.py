@@ -21,12 +21,15 @@ from telephony.core.actions import (
     HangUp,
     OpenRealtime,
     Record,
+    RunTool,
     ToRealtime,
     ToTwilio,
 )
 from telephony.core.audio import make_codec
+from telephony.core.function_tools import FunctionTool
 from telephony.core.playout import PlayoutLedger
 from telephony.core.profile import Profile
+from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
 
@@ -43,6 +46,8 @@ RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
 
 # Decides whether a stream may start (e.g. checks its signed token): None, or why not.
 StartVerifier = Callable[[tw.Start], Union[str, None]]
+# The profile a stream's "profile" parameter names ("" when it names none).
+ProfilePicker = Callable[[str], Profile]
 
 
 @dataclass
@@ -56,8 +61,11 @@ class Call:
 
     def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
                  verify_start: StartVerifier | None = None,
-                 media_timeout_s: float | None = None) -> None:
+                 media_timeout_s: float | None = None, pick_profile: ProfilePicker | None = None) -> None:
         self.profile = profile
+        self.pick_profile = pick_profile
+        self._function_tools: dict[str, FunctionTool] = {}  # business tools, by name
+        self._tool_calls = PendingTools()
         self.audio_format = audio_codec
         self.codec = make_codec(audio_codec)
         self.ledger = PlayoutLedger()
@@ -136,6 +144,9 @@ class Call:
         self.stream_sid = event.stream_sid
         self.call_sid = event.call_sid
         self.parameters = {k: v for k, v in event.custom_parameters.items() if k != "token"}
+        if self.pick_profile is not None:
+            self.profile = self.pick_profile(self.parameters.get("profile", ""))
+        self._function_tools = {t.name: t for t in self.profile.function_tools}
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
                 OpenRealtime()]
 
@@ -169,14 +180,17 @@ class Call:
         self.realtime_open = True
         self._sessions += 1
         # Per-call overrides arrive as signed stream parameters; the profile fills the rest.
+        extra = tuple(t.declaration() for t in self._function_tools.values()
+                      if t not in self.profile.function_tools)
         config = self.profile.session_config(self.codec.model_format,
                                              instructions=self.parameters.get("instructions"),
-                                             voice=self.parameters.get("voice"))
+                                             voice=self.parameters.get("voice"), extra_tools=extra)
         actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
         if self._sessions > 1:
             actions.extend(self._restore_conversation())
             actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
-        greeting = self.parameters.get("greeting", self.profile.greeting)
+        # "silent_start": the call was placed with an empty greeting (TwiML drops empty parameters).
+        greeting = "" if self.parameters.get("silent_start") else self.parameters.get("greeting", self.profile.greeting)
         if greeting and self._sessions == 1:
             actions.append(self._create_response(
                 f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
@@ -293,13 +307,16 @@ class Call:
 
     def _on_function_call(self, event: rt.FunctionCall, now: float) -> list[Action]:
         name = event.name or self._function_names.pop(event.call_id, "")
+        if name in self._function_tools and name not in tools.REGISTRY:
+            return self._start_tool(event.call_id, self._function_tools[name], event.arguments, now)
         result = tools.dispatch(name, event.arguments, self.profile)
         log.info("call %s: tool %s(%s) → %s", self.call_sid, name, event.arguments[:200],
                  result.output)
         actions: list[Action] = [
             ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
-            Record("tool_call", {"name": name, "arguments": event.arguments,
-                                 "output": result.output})]
+            Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
+                                 "outcome": _builtin_outcome(name, result.failed, self.profile),
+                                 "latency_ms": 0.0})]
         if result.after_playout is not None and self._after_playout is None:
             self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
         # The model speaks about the result: always after an error; after success only if it
@@ -311,6 +328,64 @@ class Call:
             else:
                 self._respond_when_done = True
         return actions
+
+    # --- Business tools: run by the shell, answered when their output comes back ---
+
+    def add_function_tools(self, found: list[FunctionTool]) -> None:
+        """Tools found at call time (an MCP server's), offered when the session is configured."""
+        for tool in found:
+            if tool.name in self._function_tools or tool.name in tools.REGISTRY:
+                log.warning("call %s: tool %r is declared twice; the first one is kept", self.call_sid, tool.name)
+                continue
+            self._function_tools[tool.name] = tool
+
+    def _start_tool(self, call_id: str, tool: FunctionTool, arguments: str, now: float) -> list[Action]:
+        args, problem = parse_arguments(arguments)
+        if problem is None:
+            problem = tool.check_arguments(args)
+        if problem is not None:  # the model is told and may try again; nothing reaches the business
+            log.info("call %s: tool %s called with invalid arguments: %s", self.call_sid, tool.name, problem)
+            output = {"error": f"invalid arguments: {problem}"}
+            return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
+        self._tool_calls.start(ToolCall(call_id, tool, args, now))
+        return [RunTool(call_id, tool, args)]
+
+    def on_tool_result(self, call_id: str, output: Any, now: float, outcome: str = "ok") -> list[Action]:
+        """The shell ran a tool: ``output`` is its JSON output (``{"error": ...}`` unless ``outcome`` is "ok")."""
+        running = self._tool_calls.finish(call_id)
+        if running is None or self.ended:
+            return []
+        log.info("call %s: tool %s → %s (%.0f ms)", self.call_sid, running.tool.name, outcome,
+                 (now - running.started) * 1000)
+        return self._tool_answer(call_id, running.tool.name, running.arguments, output, outcome,
+                                 now - running.started)
+
+    def _tool_answer(self, call_id: str, name: str, arguments: Any, output: Any, outcome: str,
+                     latency_s: float) -> list[Action]:
+        """The output to the model, then a response about it (after the one in progress, if any)."""
+        result_key = "output" if outcome == "ok" else "error"
+        result = output if outcome == "ok" else (output.get("error") if isinstance(output, dict) else output)
+        actions: list[Action] = [
+            ToRealtime(rt.AddFunctionOutput(call_id, output_text(output))),
+            Record("tool_call", {"name": name, "arguments": arguments, result_key: result,
+                                 "outcome": outcome, "latency_ms": round(latency_s * 1000, 1)})]
+        if self._response is None and not self._awaiting_response:
+            actions.append(self._create_response())
+        else:
+            self._respond_when_done = True
+        return actions
+
+    def _tool_filler(self, now: float) -> list[Action]:
+        """A tool slower than the profile's filler delay: the model says a holding phrase, once."""
+        if not len(self._tool_calls) or not self.realtime_open:
+            return []
+        due = self._tool_calls.due_for_filler(now, self.profile.filler_after_ms / 1000)
+        if not due or self._response is not None or self._awaiting_response:
+            return []  # the agent is talking already: ask once it is quiet
+        for running in due:
+            running.filler_asked = True
+        return [self._create_response(FILLER_INSTRUCTIONS),
+                Record("tool_filler", {"names": [r.tool.name for r in due]})]
 
     def _create_response(self, instructions: str | None = None) -> ToRealtime:
         self._awaiting_response = True
@@ -429,7 +504,7 @@ class Call:
             log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
                       self.call_sid, now - self._last_heard)
             return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
-        actions = self._flush_dtmf(now) + self._check_after_playout(now)
+        actions = self._flush_dtmf(now) + self._check_after_playout(now) + self._tool_filler(now)
         if (name := self.ledger.due(now)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
@@ -467,3 +542,9 @@ class Call:
 
     def agent_transcript(self, item_id: str) -> str:
         return "".join(self._transcripts.get(item_id, []))
+
+
+def _builtin_outcome(name: str, failed: bool, profile: Profile) -> str:
+    if name not in tools.REGISTRY or name not in profile.tool_names:
+        return "unknown_tool"
+    return "error" if failed else "ok"

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telephony.core.function_tools import FunctionTool, McpServer, ToolDeclarationError, parse_tools
 from telephony.core.tools import E164, REGISTRY, declarations
-from telephony.wire.realtime import SessionConfig, TranscriptionConfig, TurnDetection
+from telephony.wire.realtime import SessionConfig, Tool, TranscriptionConfig, TurnDetection
+
+DEFAULT_FILLER_AFTER_MS = 1500
 
 
 class ProfileError(ValueError):
@@ -27,13 +30,22 @@ class Profile:
     voicemail: str = ""
     tool_names: tuple[str, ...] = ()
     transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number
+    name: str = "default"  # the file's stem; a call's "profile" stream parameter names it
+    numbers: tuple[str, ...] = ()  # called numbers (E.164 or sip: URIs) this profile answers
+    function_tools: tuple[FunctionTool, ...] = ()  # [[tools.http]] and [[tools.python]]
+    mcp_servers: tuple[McpServer, ...] = ()  # [[tools.mcp]]
+    filler_after_ms: int = DEFAULT_FILLER_AFTER_MS  # a tool slower than this: a holding phrase
 
     def session_config(self, audio_format: str, instructions: str | None = None,
-                       voice: str | None = None) -> SessionConfig:
+                       voice: str | None = None, extra_tools: tuple[Tool, ...] = ()) -> SessionConfig:
+        """``extra_tools``: tools found at call time (those of MCP servers the bridge calls)."""
+        function_tools = tuple(t.declaration() for t in self.function_tools)
         return SessionConfig(
             instructions=instructions or self.instructions, voice=voice or self.voice,
             audio_format=audio_format, turn_detection=self.turn_detection,
-            transcription_model=self.transcription_model or None, tools=declarations(self))
+            transcription_model=self.transcription_model or None,
+            tools=declarations(self) + function_tools + extra_tools,
+            mcp_servers=tuple(s.remote() for s in self.mcp_servers if s.run_by == "provider"))
 
     def transcription_config(self, audio_format: str = "pcm16") -> TranscriptionConfig:
         return TranscriptionConfig(model=self.transcription_model or "whisper-1",
@@ -77,7 +89,22 @@ def load_profile(path: Path) -> Profile:
     bad = [f"{k} = {v!r}" for k, v in targets.items() if not E164.match(v)]
     if bad:
         raise ProfileError(f"{path}: [transfer] numbers must be E.164 (+15551234567): {', '.join(bad)}")
+    try:
+        function_tools, mcp_servers = parse_tools(tools_table, path, set(REGISTRY))
+    except ToolDeclarationError as exc:
+        raise ProfileError(str(exc)) from None
+    filler_after_ms = tools_table.get("filler_after_ms", DEFAULT_FILLER_AFTER_MS)
+    if isinstance(filler_after_ms, bool) or not isinstance(filler_after_ms, int) or filler_after_ms < 0:
+        raise ProfileError(f"{path}: [tools] filler_after_ms must be a whole number of milliseconds")
+    numbers = data.get("numbers", [])  # top level, before any table
+    if not isinstance(numbers, list) or not all(isinstance(n, str) and _is_address(n) for n in numbers):
+        raise ProfileError(f"{path}: numbers must be a list of E.164 numbers or sip: URIs")
     return Profile(
+        name=path.stem,
+        numbers=tuple(numbers),
+        function_tools=function_tools,
+        mcp_servers=mcp_servers,
+        filler_after_ms=filler_after_ms,
         voicemail=str(agent.get("voicemail", "")).strip(),
         tool_names=tool_names,
         transfer_targets=targets,
@@ -89,3 +116,7 @@ def load_profile(path: Path) -> Profile:
         transcription_model=str(transcription.get("model", "")).strip(),
         transcription_language=str(transcription.get("language", "")).strip(),
     )
+
+
+def _is_address(value: str) -> bool:
+    return bool(E164.match(value)) or (value.lower().startswith("sip:") and len(value) > 4)

@@ -35,6 +35,16 @@ class Tool:
 
 
 @dataclass(frozen=True)
+class RemoteMcpServer:
+    """An MCP server the provider itself calls (GA sessions); the bridge never sees its calls."""
+
+    label: str
+    url: str
+    allowed_tools: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     instructions: str
     voice: str
@@ -42,6 +52,7 @@ class SessionConfig:
     turn_detection: TurnDetection = field(default_factory=TurnDetection)
     transcription_model: str | None = None
     tools: tuple[Tool, ...] = ()
+    mcp_servers: tuple[RemoteMcpServer, ...] = ()  # only dialects that take them (GA) send these
 
 
 @dataclass(frozen=True)

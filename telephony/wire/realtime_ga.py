@@ -58,7 +58,25 @@ def _session(config: rt.SessionConfig) -> dict[str, Any]:
         "audio": {"input": audio_input,
                   "output": {"format": _audio_format(config.audio_format), "voice": config.voice}},
     }
-    return add_tools(session, config.tools)
+    return _add_mcp_servers(add_tools(session, config.tools), config.mcp_servers)
+
+
+def _add_mcp_servers(session: dict[str, Any], servers: tuple[rt.RemoteMcpServer, ...]) -> dict[str, Any]:
+    """Remote MCP servers the provider calls itself: GA's ``tools`` entries of type ``mcp``."""
+    if servers:
+        session.setdefault("tools", []).extend(_mcp_tool(s) for s in servers)
+        session["tool_choice"] = "auto"
+    return session
+
+
+def _mcp_tool(server: rt.RemoteMcpServer) -> dict[str, Any]:
+    tool: dict[str, Any] = {"type": "mcp", "server_label": server.label, "server_url": server.url,
+                            "require_approval": "never"}  # nobody is there to approve mid-call
+    if server.allowed_tools:
+        tool["allowed_tools"] = list(server.allowed_tools)
+    if server.headers:
+        tool["headers"] = dict(server.headers)
+    return tool
 
 
 def _transcription_session(cfg: rt.TranscriptionConfig) -> dict[str, Any]:
