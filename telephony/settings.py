@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     twilio_validate_signatures: bool = True
     stream_secret: str = Field("", repr=False)
     stream_token_ttl_seconds: int = Field(60, gt=0)
+    tools_secret: str = Field("", repr=False)  # signs HTTP tool requests (X-Telephony-Signature)
     # Limits.
     max_concurrent_calls: int = Field(50, ge=0)
     max_message_bytes: int = Field(64 * 1024, gt=0)
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
                 if not f.repr and getattr(self, name)]
 
     def profile_path(self) -> Path:
-        """AGENT_PROFILE, else config/agent.toml here, else the copy installed with the package."""
+        """AGENT_PROFILE (a profile file, or a directory of them), else config/agent.toml here, else the copy installed with the package."""
         if self.agent_profile:
             return Path(self.agent_profile)
         local = Path("config/agent.toml")

@@ -315,8 +315,7 @@ class Call:
         actions: list[Action] = [
             ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
             Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
-                                 "outcome": _builtin_outcome(name, result.failed, self.profile),
-                                 "latency_ms": 0.0})]
+                                 "outcome": _builtin_outcome(name, result.failed, self.profile)})]
         if result.after_playout is not None and self._after_playout is None:
             self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
         # The model speaks about the result: always after an error; after success only if it

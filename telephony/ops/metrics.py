@@ -26,6 +26,9 @@ ADDED_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 
 # Turn-level latencies include the model's own thinking time.
 TURN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
+# A business tool: a webhook or a function, a few milliseconds to its timeout.
+TOOL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -106,6 +109,12 @@ class Metrics:
         self.realtime_errors = Counter("telephony_realtime_errors", "Realtime error events, by code",
                                        ["code"], registry=r)
         self.barge_ins = Counter("telephony_barge_ins", "Caller interruptions of the agent", registry=r)
+        self.tool_calls = Counter("telephony_tool_calls", "Tool calls by the model, by tool and outcome "
+                                  "(ok, error, timeout, invalid_arguments, unknown_tool)",
+                                  ["tool", "outcome"], registry=r)
+        self.tool_latency = Histogram("telephony_tool_latency_seconds",
+                                      "A business tool's start to its output (or error, or timeout)",
+                                      ["tool"], buckets=TOOL_BUCKETS, registry=r)
         loop = LoopMetrics(r)
         frames_in = loop.counter("telephony_frames_received", "Websocket messages received, by peer",
                                  "peer", ("twilio", "realtime"))

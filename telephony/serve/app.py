@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 from starlette.applications import Starlette
@@ -20,7 +21,8 @@ from starlette.websockets import WebSocket
 
 from telephony.core.actions import Record
 from telephony.core.call import Call
-from telephony.core.profile import Profile, load_profile
+from telephony.core.profile import Profile
+from telephony.core.profile_choice import Profiles, load_profiles
 from telephony.core.transcription import ForkTranscription
 from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
@@ -32,6 +34,7 @@ from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
 from telephony.serve.telemetry import CallObserver
+from telephony.serve.tools import ToolRunner
 from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
@@ -68,10 +71,15 @@ def public_base_url(request: Request, settings: Settings) -> str:
     return f"{proto}://{host}"
 
 
-def create_app(settings: Settings | None = None, profile: Profile | None = None,
+def create_app(settings: Settings | None = None, profile: Profile | Profiles | None = None,
                connector_factory: Callable[[Settings], Connector] | None = None) -> Starlette:
+    """``profile``: one profile for every call, or several chosen per number (default: AGENT_PROFILE)."""
     settings = settings or Settings.from_env()
-    profile = profile or load_profile(settings.profile_path())
+    profiles = (Profiles.single(profile) if isinstance(profile, Profile)
+                else profile or load_profiles(settings.profile_path()))
+    profile = profiles.default
+    tool_runner = ToolRunner(settings.tools_secret)
+    tool_runner.check(profiles, settings.realtime_dialect)
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
     metrics = Metrics()
@@ -107,7 +115,12 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
         """<Connect><Stream> whose parameters carry a token bound to this call."""
         url = websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH)
-        return xml(connect_stream(url, tokens.with_token(parameters, time.time()), profile.fallback))
+        fallback = profiles.named(parameters.get("profile", "")).fallback
+        return xml(connect_stream(url, tokens.with_token(parameters, time.time()), fallback))
+
+    def profile_parameter(name: str) -> dict[str, str]:
+        """The chosen profile travels with the call (signed), when there is a choice to carry."""
+        return {"profile": name} if len(profiles.by_name) > 1 else {}
 
     # --- Twilio webhooks ---
 
@@ -117,9 +130,11 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         if busy:
             log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
             return xml(reject_busy())
+        to = str(form.get("To", ""))
         return stream_twiml(request, {
             "call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
-            "to": str(form.get("To", "")), "direction": str(form.get("Direction", ""))})
+            "to": to, "direction": str(form.get("Direction", "")),
+            **profile_parameter(profiles.for_number(to).name)})
 
     async def outbound_answer(request: Request) -> Response:
         """An outbound call was answered: its signed overrides become the stream's parameters."""
@@ -173,7 +188,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     async def media_stream(ws: WebSocket) -> None:
         await ws.accept()
         call = Call(profile, settings.audio_codec, verify_start=verify_start,
-                    media_timeout_s=settings.media_timeout_seconds)
+                    media_timeout_s=settings.media_timeout_seconds, pick_profile=profiles.named)
         observer = CallObserver(metrics, settings.call_records_dir, logs.bind_call())
 
         def on_record(call: Call, record: Record) -> None:
@@ -185,7 +200,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
                 transcripts.publish(call.call_sid, record.data)
 
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
-                        max_message_bytes=settings.max_message_bytes, observer=observer)
+                        max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner)
         active.add(call)
         calls.add(bridge)
         try:
@@ -239,7 +254,9 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         if (refusal := api_refusal(request)) is not None:
             return refusal
         try:
-            req = outbound.parse_request(await request.body(), settings.twilio_from_number)
+            req = outbound.parse_request(await request.body(), settings.twilio_from_number, profiles.by_name)
+            if not req.profile and len(profiles.by_name) > 1:  # our number's profile answers for it
+                req = replace(req, profile=profiles.for_number(req.from_).name)
             base = public_base_url(request, settings)
             url = outbound.answer_url(req, base, outbound_signer, time.time())
         except RequestError as exc:
@@ -299,4 +316,5 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     app.state.stream_tokens = tokens
     app.state.transcripts = transcripts
     app.state.metrics = metrics
+    app.state.profiles = profiles
     return app

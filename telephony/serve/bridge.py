@@ -24,6 +24,7 @@ from telephony.core.actions import (
     HangUp,
     OpenRealtime,
     Record,
+    RunTool,
     ToRealtime,
     ToTwilio,
     Transfer,
@@ -31,6 +32,7 @@ from telephony.core.actions import (
 from telephony.core.call import Call
 from telephony.serve.direct_lane import DIRECT_LANE, payload
 from telephony.serve.realtime_client import RealtimeTransport
+from telephony.serve.tools import CallContext, ToolRunner, ToolSession
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.wire import realtime as rt
@@ -69,8 +71,12 @@ class BridgeStats:
 class Bridge:
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
                  on_record: RecordSink | None = None, call_control: CallControl | None = None,
-                 max_message_bytes: int | None = None, observer: BridgeObserver | None = None) -> None:
+                 max_message_bytes: int | None = None, observer: BridgeObserver | None = None,
+                 tools: ToolRunner | None = None) -> None:
         self.ws = ws
+        self.tools = tools or ToolRunner()
+        self._tool_session: ToolSession | None = None  # opened by the call's first tool
+        self._mcp_listed = False
         self.call_control = call_control
         self.call = call
         self.dialect = dialect
@@ -131,6 +137,8 @@ class Bridge:
                     self.on_record(self.call, action)
             elif isinstance(action, (HangUp, Transfer)):
                 self._spawn(self._call_control(action))
+            elif isinstance(action, RunTool):  # a task: the audio never waits for a tool
+                self._spawn(self._run_tool(action))
         if batch:
             self._to_twilio(batch, arrived)
 
@@ -236,7 +244,7 @@ class Bridge:
 
     async def _realtime_pump(self) -> None:
         try:
-            self._upstream = await self.connector()
+            self._upstream = await self._connect()
         except Exception as exc:  # refused, timed out, rejected handshake
             log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
             self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))
@@ -282,6 +290,27 @@ class Bridge:
             await asyncio.sleep(TICK_S)
             self.dispatch(self.call.on_tick(self.now()))
 
+    async def _connect(self) -> RealtimeTransport:
+        """The upstream connection; the first time, the call's MCP servers are listed meanwhile, so
+        the session is configured with their tools and the call waits for neither in turn."""
+        servers = [s for s in self.call.profile.mcp_servers if s.run_by == "bridge"]
+        if not servers or self._mcp_listed:
+            return await self.connector()
+        self._mcp_listed = True
+        found, upstream = await asyncio.gather(self.tools.discover(servers, self.sid), self.connector())
+        self.call.add_function_tools(found)
+        return upstream
+
+    def _open_tool_session(self) -> ToolSession:
+        if self._tool_session is None:
+            context = CallContext.of(self.sid, self.call.parameters, self.call.profile.name)
+            self._tool_session = self.tools.session(context)
+        return self._tool_session
+
+    async def _run_tool(self, action: RunTool) -> None:
+        output, outcome = await self.tools.run(self._open_tool_session(), action.tool, action.arguments)
+        self.dispatch(self.call.on_tool_result(action.call_id, output, self.now(), outcome))
+
     async def _call_control(self, action: HangUp | Transfer) -> None:
         """Hang-up and transfer go through Twilio's REST API; Twilio then stops the stream."""
         sid = self.call.call_sid or ""
@@ -312,6 +341,8 @@ class Bridge:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tool_session is not None:
+            await self._tool_session.aclose()
 
     async def _close_twilio(self) -> None:
         if self._twilio_writer_task is not None:

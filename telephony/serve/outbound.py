@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 from urllib.parse import urlencode
 
 from telephony.core.tools import E164
@@ -38,22 +38,29 @@ class OutboundRequest:
     overrides: dict[str, str] = field(default_factory=dict)  # instructions, voice, greeting, voicemail
     metadata: dict[str, Any] = field(default_factory=dict)
     machine_detection: bool = False
+    profile: str = ""  # the profile named in the request ("": the one listing ``from_``, or the default)
 
     def stream_parameters(self) -> dict[str, str]:
         params = {"direction": "outbound-api", "from": self.from_, "to": self.to, **self.overrides}
+        if params.get("greeting") == "":  # TwiML drops empty parameters: say it with a flag
+            del params["greeting"]
+            params["silent_start"] = "1"
+        if self.profile:
+            params["profile"] = self.profile
         if self.metadata:
             params["metadata"] = json.dumps(self.metadata, separators=(",", ":"))
         return params
 
 
-def parse_request(body: bytes, default_from: str) -> OutboundRequest:
+def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()) -> OutboundRequest:
+    """``profiles``: the names a request may pick; any other is refused."""
     try:
         data = json.loads(body or b"null")
     except ValueError:
         raise RequestError(400, "body is not JSON") from None
     if not isinstance(data, dict):
         raise RequestError(400, "body must be a JSON object")
-    unknown = set(data) - {"to", "from", "machine_detection", "metadata", *MAX_TEXT}
+    unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", *MAX_TEXT}
     if unknown:
         raise RequestError(422, f"unknown fields: {', '.join(sorted(unknown))}")
     to = data.get("to")
@@ -69,8 +76,12 @@ def parse_request(body: bytes, default_from: str) -> OutboundRequest:
         value = data.get(key)
         if value is None:
             continue
+        if key == "greeting" and value == "":
+            overrides[key] = ""  # the agent does not speak first: the callee does
+            continue
         if not isinstance(value, str) or not value.strip():
-            raise RequestError(422, f"'{key}' must be a non-empty string")
+            raise RequestError(422, f"'{key}' must be a non-empty string" +
+                               (" (or \"\" for no greeting)" if key == "greeting" else ""))
         if len(value) > limit:
             raise RequestError(422, f"'{key}' is longer than {limit} characters")
         overrides[key] = value.strip()
@@ -82,7 +93,10 @@ def parse_request(body: bytes, default_from: str) -> OutboundRequest:
     detect = data.get("machine_detection", False)
     if not isinstance(detect, bool):
         raise RequestError(422, "'machine_detection' must be true or false")
-    return OutboundRequest(to, from_, overrides, metadata, detect)
+    profile = data.get("profile", "")
+    if not isinstance(profile, str) or (profile and profile not in profiles):
+        raise RequestError(422, f"'profile' must name a loaded profile: {', '.join(sorted(profiles)) or 'none'}")
+    return OutboundRequest(to, from_, overrides, metadata, detect, profile)
 
 
 def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now: float) -> str:

@@ -18,9 +18,9 @@ from telephony.serve.bridge import BridgeObserver
 log = logging.getLogger("telephony.call_events")
 
 # Facts logged at INFO; the rest (transcripts, speech_stopped) only at DEBUG.
-_INFO_KINDS = frozenset({"start", "end", "barge_in", "response_done", "realtime_error", "dtmf"})
-# What callers said and their numbers stay in the call record, out of the logs.
-_NOT_LOGGED = frozenset({"text", "parameters"})
+_INFO_KINDS = frozenset({"start", "end", "barge_in", "response_done", "realtime_error", "dtmf", "tool_call"})
+# What callers said, their numbers and what tools were given and gave stay in the call record.
+_NOT_LOGGED = frozenset({"text", "parameters", "arguments", "output", "error"})
 
 
 @dataclass
@@ -96,6 +96,8 @@ class CallObserver(BridgeObserver):
             self.metrics.barge_ins.inc()
         elif kind == "realtime_error":
             self.metrics.realtime_errors.labels(data.get("code") or data.get("type") or "unknown").inc()
+        elif kind == "tool_call":
+            self._count_tool_call(data)
         elif kind == "end":
             self.outcome = "abnormal" if data.get("abnormal") else "normal"
         self._write(kind, data)
@@ -103,6 +105,13 @@ class CallObserver(BridgeObserver):
         if log.isEnabledFor(level):
             log.log(level, "call event %s", kind, extra={
                 "event": kind, **{k: v for k, v in data.items() if k not in _NOT_LOGGED}})
+
+    def _count_tool_call(self, data: dict[str, Any]) -> None:
+        outcome = data.get("outcome", "ok")
+        tool = "unknown" if outcome == "unknown_tool" else str(data.get("name"))  # the model's guesses: one label
+        self.metrics.tool_calls.labels(tool, outcome).inc()
+        if outcome in ("ok", "error", "timeout") and data.get("latency_ms") is not None:
+            self.metrics.tool_latency.labels(tool).observe(data["latency_ms"] / 1000)
 
     def _write(self, kind: str, data: dict[str, Any]) -> None:
         if self.file is not None:
