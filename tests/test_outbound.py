@@ -251,3 +251,48 @@ async def test_status_callbacks_are_kept_in_the_call_record(tmp_path):
         assert forged.status_code == 403
     entries = read_records(tmp_path / ("CA" + "5" * 32 + ".jsonl"))
     assert [e["status"] for e in entries if e["kind"] == "twilio_status"] == ["ringing", "in-progress", "completed"]
+
+
+async def answered_stream_parameters(host, fake) -> dict[str, str]:
+    """Twilio answers the call just placed: the TwiML its answer URL gives, as stream parameters."""
+    url = urlsplit(fake.created[-1]["Url"])
+    answer = await twilio_post(host, f"{url.path}?{url.query}", {"CallSid": "CA" + "8" * 32}, AUTH_TOKEN)
+    assert answer.status_code == 200, answer.text
+    return stream_parameters(answer.text)
+
+
+async def test_an_empty_greeting_places_a_call_whose_agent_waits_for_the_callee():
+    async with running_fake_twilio() as fake, ScriptedRealtimeServer(Script(response_ms=300)) as server, \
+            running_app(settings(fake, server.url)) as (app, host):
+        r = await post_call(host, {"to": "+15552223333", "greeting": ""})
+        assert r.status_code == 201, r.text
+        params = await answered_stream_parameters(host, fake)
+        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "8" * 32,
+                                  custom_parameters=params, duration_s=1.0).run()
+    assert params["silent_start"] == "1" and "greeting" not in params
+    (conn,) = server.connections
+    for event in conn.received:
+        validate_event(event, "beta", "client")
+    assert conn.of_type("session.update") and conn.of_type("response.create") == []
+
+
+async def test_a_call_may_name_its_profile_and_otherwise_gets_the_one_listing_its_from_number(tmp_path):
+    from telephony.core.profile_choice import load_profiles
+
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "default.toml").write_text('[agent]\ninstructions = "Front desk."\n')
+    (folder / "reminders.toml").write_text('numbers = ["+15550001111"]\n[agent]\ninstructions = "Reminders."\n')
+    (folder / "surveys.toml").write_text('[agent]\ninstructions = "Surveys."\n')
+    async with running_fake_twilio() as fake, ScriptedRealtimeServer(Script(response_ms=300)) as server, \
+            running_app(settings(fake, server.url), load_profiles(folder)) as (app, host):
+        refused = await post_call(host, {"to": "+15552223333", "profile": "nope"})
+        assert refused.status_code == 422 and "default, reminders, surveys" in refused.json()["error"]
+        assert (await post_call(host, {"to": "+15552223333", "profile": "surveys"})).status_code == 201
+        named = await answered_stream_parameters(host, fake)
+        assert (await post_call(host, {"to": "+15552223333"})).status_code == 201  # from +15550001111
+        by_from = await answered_stream_parameters(host, fake)
+        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "8" * 32,
+                                  custom_parameters=named, duration_s=0.8).run()
+    assert named["profile"] == "surveys" and by_from["profile"] == "reminders"
+    assert server.connections[0].of_type("session.update")[0]["session"]["instructions"] == "Surveys."

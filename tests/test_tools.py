@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from conftest import running_app, serve_app
-from helpers import simulated_call, stream_parameters, ulaw_silence, validate_event
+from helpers import active_spans, simulated_call, stream_parameters, ulaw_silence, validate_event
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -251,3 +251,158 @@ def test_an_http_tool_without_tools_secret_stops_the_app_at_startup(tmp_path):
     profile = write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url="https://example.com/x", timeout=5))
     with pytest.raises(ProfileError, match="TOOLS_SECRET"):
         create_app(Settings(realtime_api_key="sk-x"), load_profile(profile))
+
+
+# --- MCP ---
+
+@contextlib.asynccontextmanager
+async def mcp_server():
+    """The mcp package's own server over streamable HTTP on loopback; yields (url, headers seen)."""
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("shop")
+    seen: list[dict[str, str]] = []
+
+    @server.tool()
+    def check_stock(item: str) -> dict:
+        """Units of an item in stock"""
+        return {"item": item, "units": 7}
+
+    @server.tool()
+    def refund_everything() -> str:
+        """Not for the phone agent"""
+        return "refunded"
+
+    inner = server.streamable_http_app()
+
+    async def app(scope, receive, send):  # notes the headers each request brought
+        if scope["type"] == "http":
+            seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await inner(scope, receive, send)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))  # runs its session manager
+    task = asyncio.create_task(uv.serve(sockets=[sock]))
+    await _until(lambda: uv.started)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp", seen
+    finally:
+        uv.should_exit = True
+        await task
+        sock.close()
+
+
+def mcp_table(url: str, run_by: str = "bridge") -> str:
+    return f"""
+[[tools.mcp]]
+server_url = "{url}"
+allowed_tools = ["check_stock"]
+headers = {{ Authorization = "Bearer mcp-token" }}
+run_by = "{run_by}"
+"""
+
+
+@pytest.mark.parametrize("dialect", ["beta", "ga"])
+async def test_a_tool_on_an_mcp_server_is_offered_and_called_by_the_bridge(tmp_path, dialect):
+    async with mcp_server() as (url, seen):
+        profile = write_profile(tmp_path / "agent.toml", mcp_table(url))
+        conn, *_, metrics = await run_call(profile, greeting_then_tool("check_stock", '{"item": "socks"}'), dialect)
+    for event in conn.received:
+        validate_event(event, dialect, "client")
+    declared = {t["name"]: t for t in conn.of_type("session.update")[0]["session"]["tools"]}
+    assert "check_stock" in declared and "refund_everything" not in declared  # allowed_tools
+    assert declared["check_stock"]["parameters"]["required"] == ["item"]
+    (output,) = function_outputs(conn)
+    assert json.loads(output["output"]) == {"item": "socks", "units": 7}
+    assert len(conn.of_type("response.create")) == 2
+    assert seen and all(h.get("authorization") == "Bearer mcp-token" for h in seen)
+    assert 'telephony_tool_calls_total{outcome="ok",tool="check_stock"} 1.0' in metrics
+
+
+async def test_an_mcp_server_run_by_the_provider_is_passed_through_in_the_ga_session(tmp_path):
+    profile = write_profile(tmp_path / "agent.toml", mcp_table("https://mcp.example.com/mcp", "provider"))
+    conn, *_ = await run_call(profile, Script(response_ms=300, speed=5.0, respond_to_turns=False), "ga", seconds=1.0)
+    update = conn.of_type("session.update")[0]
+    validate_event(update, "ga", "client")
+    (mcp,) = [t for t in update["session"]["tools"] if t["type"] == "mcp"]
+    assert mcp == {"type": "mcp", "server_label": "mcp1", "server_url": "https://mcp.example.com/mcp",
+                   "allowed_tools": ["check_stock"], "headers": {"Authorization": "Bearer mcp-token"},
+                   "require_approval": "never"}
+
+
+def test_an_mcp_server_run_by_the_provider_needs_the_ga_dialect(tmp_path):
+    profile = write_profile(tmp_path / "agent.toml", mcp_table("https://mcp.example.com/mcp", "provider"))
+    with pytest.raises(ProfileError, match="GA dialect"):
+        create_app(Settings(realtime_api_key="sk-x"), load_profile(profile))
+
+
+async def test_an_mcp_server_that_is_down_leaves_the_call_going_without_its_tools(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    profile = write_profile(tmp_path / "agent.toml", mcp_table(url))
+    conn, _, result, _ = await run_call(profile, Script(response_ms=300, speed=5.0, respond_to_turns=False),
+                                        seconds=1.5)
+    sock.close()
+    assert [t["name"] for t in conn.of_type("session.update")[0]["session"]["tools"]] == ["end_call"]
+    assert len(conn.of_type("response.create")) == 1 and active_spans(result.agent)  # greeted as usual
+
+
+# --- Profiles per number, and the empty greeting ---
+
+def profile_directory(tmp_path: Path) -> Path:
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "default.toml").write_text('[agent]\ninstructions = "You are the front desk."\n')
+    (folder / "sales.toml").write_text('numbers = ["+15550002222", "sip:sales@example.com"]\n'
+                                       '[agent]\ninstructions = "You are the sales desk."\n'
+                                       'fallback = "Sales is closed."\n')
+    return folder
+
+
+@pytest.mark.parametrize("to,instructions", [("+15550002222", "You are the sales desk."),
+                                             ("sip:Sales@example.com;transport=tls", "You are the sales desk."),
+                                             ("+15559999999", "You are the front desk.")])
+async def test_the_called_number_picks_the_profile(tmp_path, to, instructions):
+    folder = profile_directory(tmp_path)
+    script = Script(response_ms=300, speed=5.0, respond_to_turns=False)
+    async with ScriptedRealtimeServer(script) as server, \
+            running_app(settings(server, agent_profile=str(folder)), create_app_profile(folder)) as (app, host):
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"http://{host}/twilio/voice",
+                                  data={"CallSid": "CA" + "5" * 32, "From": "+15551230000", "To": to},
+                                  headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
+        params = stream_parameters(r.text)
+        from telephony.offline.simulator import TwilioCallSimulator
+        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "5" * 32,
+                                  custom_parameters=params, duration_s=0.8).run()
+        # The choice is signed with the rest: a stream naming another profile is refused.
+        forged = await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "5" * 32,
+                                           custom_parameters={**params, "profile": "default"
+                                                              if params["profile"] == "sales" else "sales"},
+                                           duration_s=0.5).run()
+    assert forged.close_code == 1008
+    assert params["profile"] == ("sales" if "sales" in instructions else "default")
+    assert ("Sales is closed." in r.text) == ("sales" in instructions)
+    (conn,) = server.connections
+    assert conn.of_type("session.update")[0]["session"]["instructions"] == instructions
+
+
+def create_app_profile(folder: Path):
+    from telephony.core.profile_choice import load_profiles
+
+    return load_profiles(folder)
+
+
+def test_a_profile_directory_needs_a_default_and_numbers_listed_once(tmp_path):
+    from telephony.core.profile_choice import load_profiles
+
+    folder = profile_directory(tmp_path)
+    (folder / "support.toml").write_text('numbers = ["+15550002222"]\n[agent]\ninstructions = "Support."\n')
+    with pytest.raises(ProfileError, match=r"\+15550002222 is listed by profiles 'sales' and 'support'"):
+        load_profiles(folder)
+    (folder / "support.toml").unlink()
+    (folder / "default.toml").unlink()
+    with pytest.raises(ProfileError, match="default.toml"):
+        load_profiles(folder)

@@ -40,7 +40,7 @@ class FunctionTool:
     parameters: dict[str, Any]
     target: str  # the webhook URL, "package.module:callable", or the MCP server's URL
     timeout_s: float = DEFAULT_TIMEOUT_S
-    headers: dict[str, str] = field(default_factory=dict)  # MCP servers only
+    headers: dict[str, str] = field(default_factory=dict, hash=False)  # MCP servers only
 
     def declaration(self) -> Tool:
         return Tool(self.name, self.description, self.parameters)
@@ -65,7 +65,7 @@ class McpServer:
     label: str
     url: str
     allowed_tools: tuple[str, ...] = ()  # empty: every tool the server lists
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, hash=False)
     run_by: str = "bridge"  # "bridge" (any dialect) or "provider" (GA sessions take the server)
     timeout_s: float = DEFAULT_TIMEOUT_S
 

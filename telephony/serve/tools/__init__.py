@@ -83,8 +83,8 @@ class ToolRunner:
         except (TypeError, ValueError) as exc:  # an output that is not JSON
             return {"error": f"the tool's answer is not JSON: {exc}"}, "error"
         except Exception as exc:  # a runner's transport failing in a way it did not name (MCP)
-            log.warning("call %s: tool %s failed", session.context.call_sid, tool.name, exc_info=True)
-            return {"error": f"the tool failed ({type(exc).__name__})"}, "error"
+            log.warning("call %s: tool %s failed: %s", session.context.call_sid, tool.name, _cause(exc))
+            return {"error": f"the tool failed ({_cause(exc)})"}, "error"
         return output, "ok"
 
     async def discover(self, servers: list[McpServer], call_sid: str) -> list[FunctionTool]:
@@ -98,10 +98,17 @@ class ToolRunner:
                 found = await asyncio.wait_for(mcp_tool.list_tools(server), server.timeout_s)
             except Exception as exc:  # unreachable, refused, not MCP
                 log.warning("call %s: cannot list the tools of MCP server %s: %s", call_sid, server.url,
-                            type(exc).__name__)
+                            _cause(exc))
                 return []
             self._listings[server] = _Listing(found, time.monotonic())
             return found
 
         results = await asyncio.gather(*(listing(s) for s in servers))
         return [tool for found in results for tool in found]
+
+
+def _cause(exc: BaseException) -> str:
+    """The first real failure inside task-group wrapping (the mcp client's), by its type's name."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
