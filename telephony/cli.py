@@ -123,7 +123,7 @@ def _call(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from telephony.offline import demo
 
-    return demo.main(args.output, args.play, args.verbose, args.voice)
+    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     demo.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
                       help="agent voice: espeak-ng when installed (auto), or the built-in synthesiser")
+    demo.add_argument("--tool", action="store_true",
+                      help="the agent answers by calling a Python tool (lookup_order), end to end")
     demo.set_defaults(func=_demo)
 
     sim = sub.add_parser("simulate", help="place a simulated Twilio call to a running service")

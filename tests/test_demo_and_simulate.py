@@ -54,6 +54,19 @@ def test_demo_interrupts_the_greeting_and_gets_an_answer(tmp_path, voice):
     assert a[last_caller:].sum() * 20 > 1000, "the agent did not answer after the caller finished"
 
 
+def test_demo_with_a_tool_calls_it_and_reads_out_its_answer(tmp_path):
+    """The local engine's persona calls a Python tool on its cue; the bridge runs it and the agent
+    answers with what it returned: a tool end to end, offline."""
+    proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--tool", "--voice", "synth",
+                           "--output", str(tmp_path / "demo-call.wav")],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert '"One moment, let me look that up."' in out
+    assert 'tool output to the model: {"order":"A-17","status":"shipped","arrives":"Tuesday"}' in out
+    assert out.index("tool output") < out.index('"Here is what I found: order A-17')
+
+
 async def test_simulate_cli_records_a_stereo_call_from_any_wav(tmp_path):
     # A 16 kHz stereo WAV: the CLI must convert it to the 8 kHz mono μ-law of a phone line.
     rate = 16000

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, TextIO
@@ -27,7 +27,9 @@ from telephony.offline.call_analysis import (
     spans,
 )
 from telephony.offline.call_console import CallConsole
+from telephony.offline.demo_tools import LOOKUP_ORDER
 from telephony.offline.dial import place_call
+from telephony.offline.local_engine import ToolCue
 from telephony.offline.local_realtime import local_connector
 from telephony.offline.voices import Voice, make_voice
 from telephony.offline.wavfile import read_call, read_pcm8k, write_call
@@ -76,13 +78,18 @@ async def serving(app: Any) -> AsyncIterator[int]:
 
 
 async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | None = None,
-                   progress: bool | None = None, voice: Voice | None = None) -> DemoReport:
+                   progress: bool | None = None, voice: Voice | None = None, tool: bool = False) -> DemoReport:
+    """``tool``: the agent answers the caller's first turn by calling a Python tool (lookup_order)."""
     out = out or sys.stdout
     started = time.monotonic()
     caller_pcm = read_pcm8k(caller_wav or demo_caller_wav())
     caller_audio = audioop.lin2ulaw(caller_pcm.astype("<i2").tobytes(), 2)
     settings = Settings(realtime_url="local", host=LOOPBACK)
     profile = load_profile(settings.profile_path())
+    cue = None
+    if tool:
+        profile = replace(profile, function_tools=(LOOKUP_ORDER,))
+        cue = ToolCue(1, LOOKUP_ORDER.name, '{"order": "A-17"}')  # response 1 answers the first turn
     voice = voice or make_voice()
     console = CallConsole(out, progress)
     heard: list[int] = []
@@ -90,12 +97,14 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
     def observe(direction: str, event: dict[str, Any]) -> None:
         if direction == "client" and event.get("type") == "conversation.item.truncate":
             heard.append(int(event.get("audio_end_ms", 0)))
+        if direction == "client" and (event.get("item") or {}).get("type") == "function_call_output":
+            console.line("bridge", f"tool output to the model: {event['item']['output']}")
         console.engine_event(direction, event)
 
     print(f"telephony demo: a simulated phone call to the bridge, with the local Realtime engine "
           f"(agent voice: {voice.name}).", file=out)
     app = create_app(settings, profile, lambda s: local_connector(voice, observer=observe,
-                                                                  greeting=profile.greeting))
+                                                                  greeting=profile.greeting, tool_cue=cue))
     turns = spans(caller_pcm, 8000, CALLER_GAP_S)
     async with serving(app) as port:
         url = f"ws://{LOOPBACK}:{port}/twilio/media-stream"
@@ -116,13 +125,13 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
 
 
 def main(output: str = "demo-call.wav", caller_wav: str | None = None, verbose: bool = False,
-         voice: str = "auto") -> int:
+         voice: str = "auto", tool: bool = False) -> int:
     # The engine answers the bridge's own response.cancel after a VAD interrupt with an error,
     # as the real service does; the bridge logs it. Not news in a demo: quiet unless asked.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = asyncio.run(run_demo(Path(output), Path(caller_wav) if caller_wav else None,
-                                  voice=make_voice(voice)))
+                                  voice=make_voice(voice), tool=tool))
     if caller_wav is None and not (report.measurements.barge_in_stops and report.measurements.response_latencies):
         print("telephony demo: the bundled call did not show a barge-in and an answer", file=sys.stderr)
         return 1

@@ -97,8 +97,20 @@ class Persona(Protocol):
 _SAY_EXACTLY = re.compile(r"saying exactly this[^:]*:\s*(.+)$", re.DOTALL | re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class ToolCue:
+    """Tells a persona to call a tool: in response ``response`` (0 is usually the greeting, 1 the
+    answer to the caller's first turn), it says ``line`` and calls ``name`` with ``arguments``."""
+
+    response: int
+    name: str
+    arguments: str  # JSON
+    line: str = "One moment, let me look that up."
+
+
 class SpeakingPersona:
-    """Greets (the words a ``response.create`` asks for, or a default) and answers each turn."""
+    """Greets (the words a ``response.create`` asks for, or a default) and answers each turn;
+    with a ``ToolCue``, calls a tool on the cue and then reads out what the tool answered."""
 
     greeting = "Hello! This is the local test agent. How can I help you today?"
     replies = (
@@ -108,8 +120,9 @@ class SpeakingPersona:
         "Understood. That is all this offline agent can say, but it is listening.",
     )
 
-    def __init__(self, voice: Voice) -> None:
+    def __init__(self, voice: Voice, tool_cue: ToolCue | None = None) -> None:
         self.voice = voice
+        self.tool_cue = tool_cue
 
     def text_for(self, n: int, instructions: str | None, caller_turn: bytes | None) -> str:
         said = _SAY_EXACTLY.search(instructions or "")
@@ -120,7 +133,24 @@ class SpeakingPersona:
         return self.replies[max(0, n - 1) % len(self.replies)]  # response 0 is usually the greeting
 
     def utterance(self, n: int, instructions: str | None, caller_turn: bytes | None) -> Utterance:
+        cue = self.tool_cue
+        if cue is not None and n == cue.response:
+            return Utterance(cue.line, self.voice.speak(cue.line), (cue.name, cue.arguments))
         text = self.text_for(n, instructions, caller_turn)
+        return Utterance(text, self.voice.speak(text))
+
+    def after_tool(self, output: str) -> Utterance:
+        """The response that follows a tool's output: what it answered, read out."""
+        try:
+            data = json.loads(output)
+        except ValueError:
+            data = output
+        if isinstance(data, dict) and "error" in data:
+            text = "Sorry, I could not look that up just now."
+        elif isinstance(data, dict):
+            text = "Here is what I found: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.items()) + "."
+        else:
+            text = f"Here is what I found: {data}."
         return Utterance(text, self.voice.speak(text))
 
     def transcribe(self, turn: bytes, rate: int) -> str:
@@ -199,6 +229,7 @@ class RealtimeEngine:
         self._item_audio_ms: dict[str, float] = {}  # assistant item → audio it has
         self._last_item: str | None = None
         self._heard_caller = False  # a caller turn or user item: no more default greetings
+        self._tool_output: str | None = None  # a function_call_output not yet answered
 
     # --- Public surface ---
 
@@ -341,6 +372,8 @@ class RealtimeEngine:
         item = {"object": "realtime.item", "status": "completed", **item}
         item.setdefault("id", self._id("item"))
         self._heard_caller = self._heard_caller or item.get("role") == "user"
+        if item.get("type") == "function_call_output":
+            self._tool_output = str(item.get("output", ""))
         return [self._item_created(item)]
 
     _HANDLERS = {
@@ -431,7 +464,12 @@ class RealtimeEngine:
                         ) -> list[dict[str, Any]]:
         n = self._n_responses
         self._n_responses += 1
-        said = self.persona.utterance(n, instructions, caller_turn)
+        after_tool = getattr(self.persona, "after_tool", None)  # a persona that can read a tool's output
+        if self._tool_output is not None and after_tool is not None and instructions is None:
+            said = after_tool(self._tool_output)
+        else:
+            said = self.persona.utterance(n, instructions, caller_turn)
+        self._tool_output = None
         audio = self._encode_output(said.pcm)
         step = self._bytes_per_ms() * self.config.chunk_ms
         chunks = [audio[i:i + step] for i in range(0, len(audio), step)]

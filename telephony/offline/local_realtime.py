@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona
+from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona, ToolCue
 from telephony.offline.voices import Voice, make_voice
 
 log = logging.getLogger("telephony.local_realtime")
@@ -97,13 +97,14 @@ class LocalTransport:
 
 def local_connector(voice: Voice | None = None, config: EngineConfig | None = None,
                     observer: Observer | None = None, greeting: str = "", dialect: str = "beta",
-                    transcription: bool = False) -> Callable[[], Awaitable[LocalTransport]]:
+                    transcription: bool = False, tool_cue: ToolCue | None = None
+                    ) -> Callable[[], Awaitable[LocalTransport]]:
     """A bridge ``Connector`` for ``REALTIME_URL=local``: a fresh engine session per call.
 
     The persona is shared by the calls: it holds only the voice and its cache of rendered
     lines, which are rendered here, before any call, so no caller waits for synthesis.
     """
-    persona = SpeakingPersona(voice or make_voice())
+    persona = SpeakingPersona(voice or make_voice(), tool_cue)
     persona.warm(greeting)
     config = replace(config or EngineConfig(), dialect=dialect, transcription=transcription)
 
