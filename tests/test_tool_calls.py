@@ -94,3 +94,14 @@ def test_an_empty_greeting_parameter_means_the_agent_does_not_speak_first(profil
     call = Call(profile)
     call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"silent_start": "1"}), 0.0)
     assert not commands(call.on_realtime_open(0.0), rt.CreateResponse)
+
+
+def test_an_output_after_a_reconnect_reaches_the_new_session_as_text(profile):
+    call = call_with_tool(profile)
+    model_calls(call, '{"order": "A-17"}', 1.0)
+    call.on_realtime_closed("dropped")
+    call.on_realtime_open(1.5)
+    actions = call.on_tool_result("c1", {"status": "shipped"}, 2.0)
+    assert not commands(actions, rt.AddFunctionOutput)
+    (text,) = commands(actions, rt.AddUserText)
+    assert "lookup_order" in text.text and '{"status":"shipped"}' in text.text

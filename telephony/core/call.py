@@ -346,7 +346,7 @@ class Call:
             log.info("call %s: tool %s called with invalid arguments: %s", self.call_sid, tool.name, problem)
             output = {"error": f"invalid arguments: {problem}"}
             return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
-        self._tool_calls.start(ToolCall(call_id, tool, args, now))
+        self._tool_calls.start(ToolCall(call_id, tool, args, now, self._sessions))
         return [RunTool(call_id, tool, args)]
 
     def on_tool_result(self, call_id: str, output: Any, now: float, outcome: str = "ok") -> list[Action]:
@@ -357,15 +357,18 @@ class Call:
         log.info("call %s: tool %s → %s (%.0f ms)", self.call_sid, running.tool.name, outcome,
                  (now - running.started) * 1000)
         return self._tool_answer(call_id, running.tool.name, running.arguments, output, outcome,
-                                 now - running.started)
+                                 now - running.started, same_session=running.session == self._sessions)
 
     def _tool_answer(self, call_id: str, name: str, arguments: Any, output: Any, outcome: str,
-                     latency_s: float) -> list[Action]:
+                     latency_s: float, same_session: bool = True) -> list[Action]:
         """The output to the model, then a response about it (after the one in progress, if any)."""
         result_key = "output" if outcome == "ok" else "error"
         result = output if outcome == "ok" else (output.get("error") if isinstance(output, dict) else output)
+        # A session reopened since the call does not know its call id: the output goes as text.
+        answer = (rt.AddFunctionOutput(call_id, output_text(output)) if same_session else
+                  rt.AddUserText(f"(The {name} tool you called has answered: {output_text(output)})"))
         actions: list[Action] = [
-            ToRealtime(rt.AddFunctionOutput(call_id, output_text(output))),
+            ToRealtime(answer),
             Record("tool_call", {"name": name, "arguments": arguments, result_key: result,
                                  "outcome": outcome, "latency_ms": round(latency_s * 1000, 1)})]
         if self._response is None and not self._awaiting_response:

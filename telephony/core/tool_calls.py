@@ -23,6 +23,7 @@ class ToolCall:
     tool: FunctionTool
     arguments: dict[str, Any]
     started: float
+    session: int  # the Realtime session it was called in (a reconnect starts a new one)
     filler_asked: bool = False
 
 
