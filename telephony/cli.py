@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from telephony.core.profile import ProfileError
 from telephony.settings import Settings, SettingsError
 
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SettingsError as exc:
+    except (SettingsError, ProfileError) as exc:  # a bad variable, or a profile that cannot be used
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
 

@@ -406,3 +406,13 @@ def test_a_profile_directory_needs_a_default_and_numbers_listed_once(tmp_path):
     (folder / "default.toml").unlink()
     with pytest.raises(ProfileError, match="default.toml"):
         load_profiles(folder)
+
+
+def test_serve_with_an_unusable_tool_says_why_and_exits(tmp_path, monkeypatch, capsys):
+    from telephony.cli import main
+
+    profile = write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url="https://example.com/x", timeout=5))
+    monkeypatch.setenv("AGENT_PROFILE", str(profile))
+    monkeypatch.delenv("TOOLS_SECRET", raising=False)
+    assert main(["serve"]) == 2
+    assert "configuration error: profile 'agent': HTTP tool 'lookup_order' needs TOOLS_SECRET" in capsys.readouterr().err
