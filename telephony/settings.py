@@ -120,7 +120,8 @@ class Settings(BaseSettings):
                 if not f.repr and getattr(self, name)]
 
     def profile_path(self) -> Path:
-        """AGENT_PROFILE (a profile file, or a directory of them), else config/agent.toml here, else the copy installed with the package."""
+        """AGENT_PROFILE (a profile file, or a directory of them), else config/agent.toml here, else
+        the copy installed with the package."""
         if self.agent_profile:
             return Path(self.agent_profile)
         local = Path("config/agent.toml")

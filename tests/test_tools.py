@@ -415,4 +415,5 @@ def test_serve_with_an_unusable_tool_says_why_and_exits(tmp_path, monkeypatch, c
     monkeypatch.setenv("AGENT_PROFILE", str(profile))
     monkeypatch.delenv("TOOLS_SECRET", raising=False)
     assert main(["serve"]) == 2
-    assert "configuration error: profile 'agent': HTTP tool 'lookup_order' needs TOOLS_SECRET" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "configuration error: profile 'agent': HTTP tool 'lookup_order' needs TOOLS_SECRET" in err

@@ -190,7 +190,9 @@ class Call:
             actions.extend(self._restore_conversation())
             actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
         # "silent_start": the call was placed with an empty greeting (TwiML drops empty parameters).
-        greeting = "" if self.parameters.get("silent_start") else self.parameters.get("greeting", self.profile.greeting)
+        greeting = self.parameters.get("greeting", self.profile.greeting)
+        if self.parameters.get("silent_start"):
+            greeting = ""
         if greeting and self._sessions == 1:
             actions.append(self._create_response(
                 f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
