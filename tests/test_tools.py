@@ -16,10 +16,10 @@ import httpx
 import pytest
 import uvicorn
 from conftest import running_app, serve_app
-from helpers import active_spans, simulated_call, stream_parameters, ulaw_silence, validate_event
+from helpers import active_spans, simulated_call, stream_parameters, validate_event
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 import tool_functions
