@@ -160,6 +160,8 @@ async def test_slow_tool_keeps_audio_flowing_and_asks_once_for_a_holding_phrase(
     # ~60 caller frames (20 ms each) reached the model while the tool took 1.2 s.
     print(f"caller frames forwarded while the tool ran: {at_output - at_call}")
     assert at_output - at_call >= 30
+    for event in conn.received:
+        validate_event(event, "beta", "client")
     creates = conn.of_type("response.create")
     fillers = [c for c in creates if c.get("response", {}).get("instructions") == FILLER_INSTRUCTIONS]
     assert len(fillers) == 1 and len(creates) == 3  # greeting, one holding phrase, the answer
