@@ -11,10 +11,10 @@ from __future__ import annotations
 import binascii
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Union
 
-from telephony.core import tools
+from telephony.core import sip, tools
 from telephony.core.actions import (
     Action,
     EndStream,
@@ -23,6 +23,7 @@ from telephony.core.actions import (
     Record,
     ToRealtime,
     ToTwilio,
+    Transfer,
 )
 from telephony.core.audio import make_codec
 from telephony.core.playout import PlayoutLedger
@@ -168,11 +169,7 @@ class Call:
         """The upstream socket is up: configure the session, greet, send the early audio."""
         self.realtime_open = True
         self._sessions += 1
-        # Per-call overrides arrive as signed stream parameters; the profile fills the rest.
-        config = self.profile.session_config(self.codec.model_format,
-                                             instructions=self.parameters.get("instructions"),
-                                             voice=self.parameters.get("voice"))
-        actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
+        actions: list[Action] = [ToRealtime(rt.ConfigureSession(self.session_config()))]
         if self._sessions > 1:
             actions.extend(self._restore_conversation())
             actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
@@ -183,6 +180,14 @@ class Call:
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
         self._early_audio.clear()
         return actions
+
+    def session_config(self) -> rt.SessionConfig:
+        """Per-call overrides arrive as signed stream parameters; the profile fills the rest. The
+        SIP headers the profile lets through are appended to the instructions as context."""
+        instructions = self.parameters.get("instructions") or self.profile.instructions
+        instructions += sip.context_note(sip.headers_from_parameters(self.parameters))
+        return self.profile.session_config(self.codec.model_format, instructions=instructions,
+                                           voice=self.parameters.get("voice"))
 
     def on_realtime_closed(self, reason: str) -> list[Action]:
         """The upstream socket closed, or never opened. A drop mid-call is retried once."""
@@ -301,7 +306,7 @@ class Call:
             Record("tool_call", {"name": name, "arguments": event.arguments,
                                  "output": result.output})]
         if result.after_playout is not None and self._after_playout is None:
-            self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
+            self._after_playout = (self._by_refer(result.after_playout), now + AFTER_PLAYOUT_TIMEOUT_S)
         # The model speaks about the result: always after an error; after success only if it
         # has not already spoken in this response (it often says goodbye and calls end_call).
         spoke = self._response is not None and self._response.items
@@ -311,6 +316,14 @@ class Call:
             else:
                 self._respond_when_done = True
         return actions
+
+    def _by_refer(self, action: Action) -> Action:
+        """A transfer to a SIP URI on a call that came in over SIP goes by REFER when the profile
+        says so (numbers are always dialled: <Refer> takes a SIP URI)."""
+        if (isinstance(action, Transfer) and self.profile.sip_refer and sip.is_sip_uri(action.number)
+                and sip.is_sip_uri(self.parameters.get("from", ""))):
+            return replace(action, refer=True)
+        return action
 
     def _create_response(self, instructions: str | None = None) -> ToRealtime:
         self._awaiting_response = True

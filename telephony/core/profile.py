@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from telephony.core.tools import E164, REGISTRY, declarations
+from telephony.core import sip
+from telephony.core.tools import REGISTRY, declarations
 from telephony.wire.realtime import SessionConfig, TranscriptionConfig, TurnDetection
 
 
@@ -26,7 +27,9 @@ class Profile:
     transcription_language: str = ""
     voicemail: str = ""
     tool_names: tuple[str, ...] = ()
-    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number
+    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number or sip: URI
+    sip_headers: tuple[str, ...] = ()  # X- headers of a SIP caller the model may see
+    sip_refer: bool = False  # on a SIP leg, transfer with <Refer><Sip> instead of <Dial>
 
     def session_config(self, audio_format: str, instructions: str | None = None,
                        voice: str | None = None) -> SessionConfig:
@@ -74,10 +77,13 @@ def load_profile(path: Path) -> Profile:
     if unknown:
         raise ProfileError(f"{path}: [tools] enabled names unknown tools {unknown}; known: {sorted(REGISTRY)}")
     targets = {str(k): str(v) for k, v in _table(data, "transfer", path).items()}
-    bad = [f"{k} = {v!r}" for k, v in targets.items() if not E164.match(v)]
+    bad = [f"{k} = {v!r} {error}" for k, v in targets.items() if (error := sip.transfer_target_error(v))]
     if bad:
-        raise ProfileError(f"{path}: [transfer] numbers must be E.164 (+15551234567): {', '.join(bad)}")
+        raise ProfileError(f"{path}: [transfer] {'; '.join(bad)}")
+    sip_headers, sip_refer = _sip_table(_table(data, "sip", path), path)
     return Profile(
+        sip_headers=sip_headers,
+        sip_refer=sip_refer,
         voicemail=str(agent.get("voicemail", "")).strip(),
         tool_names=tool_names,
         transfer_targets=targets,
@@ -89,3 +95,18 @@ def load_profile(path: Path) -> Profile:
         transcription_model=str(transcription.get("model", "")).strip(),
         transcription_language=str(transcription.get("language", "")).strip(),
     )
+
+
+def _sip_table(table: dict[str, Any], path: Path) -> tuple[tuple[str, ...], bool]:
+    headers = table.get("headers", [])
+    if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+        raise ProfileError(f"{path}: [sip] headers must be a list of header names")
+    bad = [h for h in headers if not sip.HEADER_NAME.match(h)]
+    if bad:
+        raise ProfileError(f"{path}: [sip] headers must be X- header names: {bad}")
+    if len(headers) > sip.MAX_HEADERS:
+        raise ProfileError(f"{path}: [sip] headers lists {len(headers)} names; at most {sip.MAX_HEADERS}")
+    refer = table.get("refer", False)
+    if not isinstance(refer, bool):
+        raise ProfileError(f"{path}: [sip] refer must be true or false")
+    return tuple(headers), refer

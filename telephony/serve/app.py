@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from telephony.core.actions import Record
+from telephony.core import sip
 from telephony.core.call import Call
 from telephony.core.profile import Profile, load_profile
 from telephony.core.transcription import ForkTranscription
@@ -117,9 +118,12 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         if busy:
             log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
             return xml(reject_busy())
+        # A SIP caller's X- headers arrive as SipHeader_X-…: only those the profile lists go on.
+        offered = sip.headers_from_parameters({k: str(v) for k, v in form.items()})
         return stream_twiml(request, {
             "call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
-            "to": str(form.get("To", "")), "direction": str(form.get("Direction", ""))})
+            "to": str(form.get("To", "")), "direction": str(form.get("Direction", "")),
+            **sip.header_parameters(sip.select_headers(profile.sip_headers, offered.items()))})
 
     async def outbound_answer(request: Request) -> Response:
         """An outbound call was answered: its signed overrides become the stream's parameters."""
