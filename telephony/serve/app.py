@@ -30,6 +30,7 @@ from telephony.serve import outbound, upstream
 from telephony.serve.bridge import Bridge
 from telephony.serve.fork import ForkBridge
 from telephony.serve.limits import CallRegistry
+from telephony.serve.openai_sip import OpenAISipRoute
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
 from telephony.serve.telemetry import CallObserver
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url)
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
+    # OpenAI's SIP route; the profile for a call would come from its To header (one profile here).
+    openai_sip = OpenAISipRoute(settings, lambda to: profile, calls, metrics, transcripts)
 
     def verify_start(start: Start) -> str | None:
         return tokens.verify(start.custom_parameters, start.call_sid, time.time())
@@ -294,6 +297,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
+        *openai_sip.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ])
@@ -303,4 +307,5 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     app.state.stream_tokens = tokens
     app.state.transcripts = transcripts
     app.state.metrics = metrics
+    app.state.openai_sip = openai_sip
     return app
