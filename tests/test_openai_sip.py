@@ -214,3 +214,41 @@ def test_sideband_url_follows_the_base_url():
     assert wire.address('"Ann" <sip:+1555@x.example.com>;tag=1') == "sip:+1555@x.example.com"
     assert wire.address("sip:bob@x.example.com;tag=2") == "sip:bob@x.example.com"
     assert wire.header(SIP_HEADERS, "to") == SIP_HEADERS[1]["value"]
+
+
+def test_the_peer_signs_as_the_openai_package_verifies():
+    import openai
+
+    from telephony.offline.openai_sip_peer import new_webhook_secret
+
+    secret, body = new_webhook_secret(), incoming_call_event("rtc_1", SIP_HEADERS)
+    client = openai.OpenAI(api_key="sk-x", webhook_secret=secret)
+    event = client.webhooks.unwrap(body, sign_webhook(secret, body, "wh_1", int(time.time())))
+    assert event.type == "realtime.call.incoming" and event.data.call_id == "rtc_1"
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        client.webhooks.unwrap(body, sign_webhook(new_webhook_secret(), body, "wh_1", int(time.time())))
+
+
+@pytest.mark.parametrize("body,status,reason", [
+    (b"not json", 400, "malformed webhook"),
+    (json.dumps({"id": "evt_1", "type": "realtime.call.incoming", "created_at": 1, "data": {}}).encode(),
+     400, "malformed realtime.call.incoming"),
+    (json.dumps({"id": "evt_2", "type": "batch.completed", "created_at": 1, "data": {"id": "b"}}).encode(),
+     200, ""),
+])
+async def test_signed_but_unusable_webhooks(profile, body, status, reason):
+    async with peer_for(Script()) as peer, running_app(app_settings(peer), profile) as (app, host):
+        r = await post(host, body, sign_webhook(peer.secret, body, "wh_x", int(time.time())))
+    assert r.status_code == status and reason in r.text
+    assert not app.state.calls._calls
+
+
+async def test_draining_hangs_up_sip_calls_still_going_after_the_grace(profile):
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=10.0) as peer, running_app(app_settings(peer), profile) as (app, host):
+        call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await until(lambda: len(app.state.calls) == 1 and call.received)
+        await app.state.calls.drain(0.2)
+        await asyncio.wait_for(call.ended.wait(), 5)
+    assert call.hung_up_at is not None and call.end_reason == "hung up by the service"
+    assert not app.state.calls._calls
