@@ -252,3 +252,33 @@ async def test_draining_hangs_up_sip_calls_still_going_after_the_grace(profile):
         await asyncio.wait_for(call.ended.wait(), 5)
     assert call.hung_up_at is not None and call.end_reason == "hung up by the service"
     assert not app.state.calls._calls
+
+
+async def test_the_profile_is_chosen_by_the_sip_to_header(profile):
+    """The route asks for the profile answering the To header's URI; none answering is a 404."""
+    from conftest import serve_app
+    from starlette.applications import Starlette
+
+    from telephony.ops.metrics import Metrics
+    from telephony.serve.limits import CallRegistry
+    from telephony.serve.openai_sip import OpenAISipRoute
+    from telephony.serve.transcripts import TranscriptHub
+
+    asked: list[str] = []
+
+    def choose(to: str):
+        asked.append(to)
+        return replace(profile, greeting="Sales, hello.") if to.startswith("sip:+15550100002@") else None
+
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=1.0) as peer:
+        route = OpenAISipRoute(app_settings(peer), choose, CallRegistry(), Metrics(), TranscriptHub())
+        async with serve_app(Starlette(routes=route.routes())) as host:
+            known = await ring_and_wait(peer, host)
+            other = [dict(h) for h in SIP_HEADERS]
+            other[1]["value"] = "<sip:+15559990000@sip.api.openai.com>"
+            unknown = await peer.ring(f"http://{host}/openai/sip", other)
+        await route.close()
+    assert asked == ["sip:+15550100002@sip.api.openai.com;user=phone", "sip:+15559990000@sip.api.openai.com"]
+    assert "Sales, hello." in known.received[0]["response"]["instructions"]
+    assert unknown.rejected == 404 and unknown.accepts == 0
