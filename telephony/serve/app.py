@@ -30,7 +30,6 @@ from telephony.serve import outbound, upstream
 from telephony.serve.bridge import Bridge
 from telephony.serve.fork import ForkBridge
 from telephony.serve.limits import CallRegistry
-from telephony.serve.openai_sip import OpenAISipRoute
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
 from telephony.serve.telemetry import CallObserver
@@ -39,6 +38,7 @@ from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.settings import Settings
 from telephony.wire.dialects import DIALECTS
+from telephony.wire.openai_sip import OPENAI_SIP_PATH
 from telephony.wire.twilio import Start
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
@@ -85,8 +85,11 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url)
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
-    # OpenAI's SIP route; the profile for a call would come from its To header (one profile here).
-    openai_sip = OpenAISipRoute(settings, lambda to: profile, calls, metrics, transcripts)
+    openai_sip = None  # OpenAI's SIP route, when configured: the openai package costs ~25 MB to import
+    if settings.openai_webhook_secret:
+        from telephony.serve.openai_sip import OpenAISipRoute
+
+        openai_sip = OpenAISipRoute(settings, lambda to: profile, calls, metrics, transcripts)
 
     def verify_start(start: Start) -> str | None:
         return tokens.verify(start.custom_parameters, start.call_sid, time.time())
@@ -278,6 +281,9 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def openai_sip_off(request: Request) -> Response:
+        return error(503, "OpenAI's SIP route is off: set OPENAI_WEBHOOK_SECRET")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "draining" if calls.draining else "ok", "active_calls": len(active)})
 
@@ -297,7 +303,7 @@ def create_app(settings: Settings | None = None, profile: Profile | None = None,
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
-        *openai_sip.routes(),
+        *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ])
