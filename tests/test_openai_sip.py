@@ -282,3 +282,25 @@ async def test_the_profile_is_chosen_by_the_sip_to_header(profile):
     assert asked == ["sip:+15550100002@sip.api.openai.com;user=phone", "sip:+15559990000@sip.api.openai.com"]
     assert "Sales, hello." in known.received[0]["response"]["instructions"]
     assert unknown.rejected == 404 and unknown.accepts == 0
+
+
+async def test_a_failed_accept_answers_502_and_the_redelivery_is_accepted(profile):
+    script = Script(response_ms=300, speed=5.0)
+    # The openai client tries twice (max_retries=1): both fail, so the webhook fails.
+    async with peer_for(script, listen_s=1.0, failing_accepts=2) as peer, \
+            running_app(app_settings(peer), profile) as (app, host):
+        first = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS, "rtc_retry")
+        status_first = first.webhook_status
+        again = await ring_and_wait(peer, host, call_id="rtc_retry")
+    assert status_first == 502 and again.webhook_status == 200 and again.accepts == 1
+    assert again.received and again.received[0]["type"] == "response.create"
+
+
+async def test_a_call_whose_sideband_cannot_open_is_hung_up(profile, tmp_path):
+    async with peer_for(Script(), listen_s=5.0, refuse_sideband=True) as peer, \
+            running_app(app_settings(peer, call_records_dir=tmp_path), profile) as (app, host):
+        call = await ring_and_wait(peer, host)
+        await until(lambda: not app.state.calls._calls)
+    assert call.accepts == 1 and call.hung_up_at is not None and not call.received
+    end = [r for r in read_records(record_path(tmp_path, call.call_id)) if r["kind"] == "end"]
+    assert end and end[0]["abnormal"] is True and "sideband connect failed" in end[0]["reason"]

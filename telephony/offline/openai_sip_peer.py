@@ -217,13 +217,17 @@ class OpenAISipPeer:
     def __init__(self, persona: Persona, engine_config: EngineConfig | None = None, *,
                  api_key: str = "sk-peer", secret: str | None = None, caller_audio: bytes = b"",
                  dtmf: tuple[tuple[float, str], ...] = (), listen_s: float = 4.0,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, failing_accepts: int = 0,
+                 refuse_sideband: bool = False) -> None:
+        """``failing_accepts``: that many accept requests fail with 500 first; ``refuse_sideband``:
+        the sideband handshake is refused (faults for the tests)."""
         self.persona = persona
         self.engine_config = engine_config or EngineConfig()
         self.api_key = api_key
         self.secret = secret or new_webhook_secret()
         self.caller_audio, self.dtmf, self.listen_s = caller_audio, dtmf, listen_s
         self.host, self.port = host, port
+        self.failing_accepts, self.refuse_sideband = failing_accepts, refuse_sideband
         self.calls: dict[str, PeerCall] = {}
         self._lines: dict[str, PhoneLine] = {}
         self._server: uvicorn.Server | None = None
@@ -285,6 +289,9 @@ class OpenAISipPeer:
         body = json.loads(await request.body() or b"{}")
         loop_time = asyncio.get_running_loop().time()
         call.timeline.append((loop_time, verb, ""))
+        if verb == "accept" and self.failing_accepts > 0:
+            self.failing_accepts -= 1
+            return JSONResponse({"error": {"message": "The server had an error", "type": "server_error"}}, 500)
         if verb == "accept":
             call.accepts += 1
             if call.accepted is None and call.rejected is None:
@@ -305,7 +312,8 @@ class OpenAISipPeer:
 
     async def _sideband(self, ws: WebSocket) -> None:
         line = self._lines.get(ws.query_params.get("call_id", ""))
-        if ws.headers.get("authorization") != f"Bearer {self.api_key}" or line is None or line.call.ended.is_set():
+        if (self.refuse_sideband or ws.headers.get("authorization") != f"Bearer {self.api_key}"
+                or line is None or line.call.ended.is_set()):
             await ws.close(1008)
             return
         line.call.sideband_headers = dict(ws.headers)

@@ -84,8 +84,9 @@ class OpenAISipRoute:
         except ValueError as exc:  # a missing webhook-* header, or a body that is not JSON
             log.warning("OpenAI webhook refused: %s", exc)
             return _error(400, f"malformed webhook: {exc}")
-        if event.type != wire.INCOMING:
-            log.info("OpenAI webhook %s ignored", event.type)
+        kind = getattr(event, "type", None)
+        if kind != wire.INCOMING:
+            log.info("OpenAI webhook %s ignored", kind)
             return Response(status_code=200)
         try:
             incoming = RealtimeCallIncomingWebhookEvent.model_validate_json(body)
@@ -104,41 +105,42 @@ class OpenAISipRoute:
         busy = self.calls.accepting()
         profile = None if busy else self.choose_profile(to)
         if busy or profile is None:
-            why = busy or f"no profile answers {to!r}"
-            log.warning("call %s: rejected (%s)", call_id, why)
-            return await self._rest(call_id, "reject", self.client.realtime.calls.reject(
-                call_id, status_code=wire.BUSY_HERE if busy else 404))
+            log.warning("call %s: rejected (%s)", call_id, busy or f"no profile answers {to!r}")
+            status = wire.BUSY_HERE if busy else wire.NOT_FOUND
+            failed = await self._rest(call_id, "reject", self.client.realtime.calls.reject(call_id, status_code=status))
+            return failed or Response(status_code=200)
         parameters = {"call_sid": call_id, "from": wire.address(wire.header(headers, "From")), "to": to,
                       **sip.header_parameters(sip.select_headers(
                           profile.sip_headers, ((h["name"], h["value"]) for h in headers)))}
         call = Call(profile, carries_media=False)
         starting = call.begin(call_id, parameters, time.monotonic())
         session = wire.accept_session(call.session_config(), self.settings.openai_sip_model)
-        response = await self._rest(call_id, "accept", self.client.realtime.calls.accept(call_id, **session))
-        if response.status_code == 200:
-            log.info("call %s: accepted for %s", call_id, to)
-            sideband = SidebandCall(self, call, starting)
-            task = asyncio.create_task(sideband.run())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif response.status_code >= 500:
-            self._handled.pop(call_id, None)  # let OpenAI's redelivery try again
-        return response
+        failed = await self._rest(call_id, "accept", self.client.realtime.calls.accept(call_id, **session))
+        if failed is not None:
+            return failed
+        log.info("call %s: accepted for %s", call_id, to)
+        task = asyncio.create_task(SidebandCall(self, call, starting).run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Response(status_code=200)
 
-    async def _rest(self, call_id: str, verb: str, request) -> Response:
-        """One REST call about ``call_id``; the webhook's answer says how it went."""
+    async def _rest(self, call_id: str, verb: str, request) -> Response | None:
+        """One REST call about ``call_id``: None when it went through, else the webhook's answer.
+        On a failure the call is forgotten, so OpenAI's redelivery of the webhook tries again."""
         try:
             await request
-        except openai.NotFoundError:
+        except openai.NotFoundError:  # the caller hung up while it rang: nothing to retry
             log.warning("call %s: %s: the call is gone (404)", call_id, verb)
-            return _error(200, f"{verb}: the call is gone")
+            return Response(status_code=200)
         except openai.APIStatusError as exc:
             log.error("call %s: OpenAI refused %s: HTTP %s", call_id, verb, exc.status_code)
+            self._handled.pop(call_id, None)
             return _error(502, f"OpenAI refused {verb}: HTTP {exc.status_code}")
         except openai.APIError as exc:  # unreachable, timed out
             log.error("call %s: %s failed: %s", call_id, verb, type(exc).__name__)
+            self._handled.pop(call_id, None)
             return _error(502, f"{verb} failed: {type(exc).__name__}")
-        return Response(status_code=200)
+        return None
 
     def _remember(self, call_id: str) -> None:
         self._handled[call_id] = None
@@ -223,7 +225,9 @@ class SidebandCall:
         try:
             self._sideband = await realtime_client.connect_to(url, headers, self.route.settings)
         except Exception as exc:  # refused, timed out, rejected handshake
-            log.error("call %s: cannot open the sideband: %s", self.call_id, exc)
+            log.error("call %s: cannot open the sideband: %s; hanging up", self.call_id, exc)
+            with contextlib.suppress(openai.APIError):  # a call we cannot steer is not left running
+                await self.route.client.realtime.calls.hangup(self.call_id)
             self.dispatch(self.call.on_realtime_closed(f"sideband connect failed: {exc}"))
             return
         self.dispatch(self.call.on_realtime_open(self.now()))

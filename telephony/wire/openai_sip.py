@@ -23,6 +23,7 @@ OPENAI_SIP_PATH = "/openai/sip"  # where OpenAI's webhooks reach us
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 INCOMING = "realtime.call.incoming"
 BUSY_HERE = 486  # SIP status for a call we cannot take now
+NOT_FOUND = 404  # SIP status for a number no profile answers
 
 name = "openai_sip"
 headers: dict[str, str] = {}
