@@ -304,3 +304,14 @@ async def test_a_call_whose_sideband_cannot_open_is_hung_up(profile, tmp_path):
     assert call.accepts == 1 and call.hung_up_at is not None and not call.received
     end = [r for r in read_records(record_path(tmp_path, call.call_id)) if r["kind"] == "end"]
     assert end and end[0]["abnormal"] is True and "sideband connect failed" in end[0]["reason"]
+
+
+async def test_bad_sideband_messages_are_logged_with_the_call_id_and_the_call_goes_on(profile, caplog):
+    script = Script(response_ms=600, speed=5.0, tool_calls={1: ("end_call", "{}")})
+    async with peer_for(script, caller_audio=CALLER, listen_s=5.0, inject=("not json", '{"no": "type"}')) as peer, \
+            running_app(app_settings(peer), profile) as (app, host):
+        with caplog.at_level("WARNING", logger="telephony.openai_sip"):
+            call = await ring_and_wait(peer, host)
+    warnings = [r.getMessage() for r in caplog.records if "bad sideband message" in r.getMessage()]
+    assert len(warnings) == 2 and all(call.call_id in w for w in warnings)
+    assert call.hung_up_at is not None  # the call went on to its end_call

@@ -152,7 +152,7 @@ class PhoneLine:
 
     async def attach(self, ws: WebSocket) -> None:
         self._ws = ws
-        for text in self._outbox:
+        for text in (*self.peer.inject, *self._outbox):
             await ws.send_text(text)
         self._outbox.clear()
         try:
@@ -218,16 +218,16 @@ class OpenAISipPeer:
                  api_key: str = "sk-peer", secret: str | None = None, caller_audio: bytes = b"",
                  dtmf: tuple[tuple[float, str], ...] = (), listen_s: float = 4.0,
                  host: str = "127.0.0.1", port: int = 0, failing_accepts: int = 0,
-                 refuse_sideband: bool = False) -> None:
-        """``failing_accepts``: that many accept requests fail with 500 first; ``refuse_sideband``:
-        the sideband handshake is refused (faults for the tests)."""
+                 refuse_sideband: bool = False, inject: tuple[str, ...] = ()) -> None:
+        """Faults for the tests: ``failing_accepts`` accept requests fail with 500 first;
+        ``refuse_sideband`` refuses the sideband's handshake; ``inject`` is raw text sent first on it."""
         self.persona = persona
         self.engine_config = engine_config or EngineConfig()
         self.api_key = api_key
         self.secret = secret or new_webhook_secret()
         self.caller_audio, self.dtmf, self.listen_s = caller_audio, dtmf, listen_s
         self.host, self.port = host, port
-        self.failing_accepts, self.refuse_sideband = failing_accepts, refuse_sideband
+        self.failing_accepts, self.refuse_sideband, self.inject = failing_accepts, refuse_sideband, inject
         self.calls: dict[str, PeerCall] = {}
         self._lines: dict[str, PhoneLine] = {}
         self._server: uvicorn.Server | None = None
