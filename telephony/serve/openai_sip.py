@@ -167,14 +167,15 @@ class SidebandCall:
         self._sideband: RealtimeTransport | None = None
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(),
-                                      route=ROUTE)
+        self._observer: CallObserver | None = None  # made in run(): the call's log context is its task's
 
     def now(self) -> float:
         return self._loop.time()
 
     async def run(self) -> None:
-        calls, transcripts = self.route.calls, self.route.transcripts
+        route = self.route
+        self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE)
+        calls, transcripts = route.calls, route.transcripts
         calls.add(self)
         transcripts.begin(self.call_id)
         try:
