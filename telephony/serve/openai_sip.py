@@ -68,6 +68,9 @@ class OpenAISipRoute:
                                          max_retries=1, timeout=REST_TIMEOUT_S)
         self._handled: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        if not settings.openai_key():
+            log.warning("OPENAI_WEBHOOK_SECRET is set but neither REALTIME_API_KEY nor OPENAI_API_KEY: "
+                        "OpenAI's SIP calls cannot be accepted")
 
     def routes(self) -> list[Route]:
         return [Route(wire.OPENAI_SIP_PATH, self.webhook, methods=["POST"])]
