@@ -315,3 +315,26 @@ async def test_bad_sideband_messages_are_logged_with_the_call_id_and_the_call_go
     warnings = [r.getMessage() for r in caplog.records if "bad sideband message" in r.getMessage()]
     assert len(warnings) == 2 and all(call.call_id in w for w in warnings)
     assert call.hung_up_at is not None  # the call went on to its end_call
+
+
+async def test_transcripts_reach_the_sse_feed_and_the_webhook(profile):
+    from conftest import serve_app
+    from test_transcription import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    script = Script(response_ms=600, speed=5.0)
+    async with serve_app(receiver.app()) as hook_host, peer_for(script, caller_audio=CALLER, listen_s=2.5) as peer, \
+            running_app(app_settings(peer, calls_api_token="tok", transcript_webhook_url=f"http://{hook_host}/hook"),
+                        profile) as (app, host):
+        call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await until(lambda: app.state.transcripts.active(call.call_id))
+        async with httpx.AsyncClient(timeout=15) as client:
+            feed = await client.get(f"http://{host}/calls/{call.call_id}/transcript",
+                                    headers={"Authorization": "Bearer tok"})
+        await asyncio.wait_for(call.ended.wait(), 10)
+        await app.state.transcripts.drain(5.0)
+    fed = [json.loads(line[len("data: "):]) for line in feed.text.splitlines()
+           if line.startswith("data: ") and line != "data: {}"]
+    speakers = [t["speaker"] for t in fed]
+    assert "caller" in speakers and "agent" in speakers and feed.text.rstrip().endswith("data: {}")
+    assert [t["speaker"] for t in receiver.received] == speakers
