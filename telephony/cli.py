@@ -128,6 +128,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.sip:
+        from telephony.offline.sip_call import simulate_sip
+
+        return simulate_sip(args.url, args.play, args.record, listen_s=args.listen, host=args.peer_host,
+                            port=args.peer_port, caller=args.caller, callee=args.callee, voice=args.voice)
     from telephony.offline.dial import simulate
 
     return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
@@ -190,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="the agent answers by calling a Python tool (lookup_order), end to end")
     demo.set_defaults(func=_demo)
 
-    sim = sub.add_parser("simulate", help="place a simulated Twilio call to a running service")
+    sim = sub.add_parser("simulate", help="place a simulated Twilio call (or, with --sip, a call through "
+                                          "OpenAI's SIP route) to a running service")
     sim.add_argument("--url", required=True, help="media stream URL, e.g. ws://127.0.0.1:8000/twilio/media-stream"
-                                                  " (the TwiML is fetched from /twilio/voice on that host)")
+                                                  " (the TwiML is fetched from /twilio/voice on that host); with"
+                                                  " --sip the webhook URL, e.g. http://127.0.0.1:8000/openai/sip")
     sim.add_argument("--play", default=None, help="WAV the caller says (any rate, width, channels)")
     sim.add_argument("--record", default="call.wav", help="stereo WAV to write (caller left, agent right)")
     sim.add_argument("--listen", type=float, default=8.0, help="seconds to stay on after the WAV ends")
@@ -200,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="hang up once the agent has answered and been quiet this long (seconds)")
     sim.add_argument("--from", dest="caller", default="+15550100001", help="caller number (From)")
     sim.add_argument("--to", dest="callee", default="+15550100002", help="called number (To)")
+    sim.add_argument("--sip", action="store_true",
+                     help="play OpenAI's side of its SIP route: ring --url with a signed webhook "
+                          "(OPENAI_WEBHOOK_SECRET), answer with the local engine; the service's "
+                          "OPENAI_BASE_URL must point at --peer-host/--peer-port")
+    sim.add_argument("--peer-host", default="127.0.0.1", help="with --sip: interface of OpenAI's side")
+    sim.add_argument("--peer-port", type=int, default=8766, help="with --sip: its port (default 8766)")
+    sim.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
+                     help="with --sip: the agent's voice (espeak-ng when installed, or the synthesiser)")
     sim.set_defaults(func=_simulate)
 
     rts = sub.add_parser("realtime-server", help="run the local Realtime engine as a websocket server")

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     calls_api_token: str = Field("", repr=False)
     forward_to_number: str = ""
     transcript_webhook_url: HttpUrl = None
+    # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
+    openai_webhook_secret: str = Field("", repr=False)
+    openai_api_key: str = Field("", repr=False)  # used when REALTIME_API_KEY is not set
+    openai_base_url: HttpUrl = None  # default https://api.openai.com/v1; the sideband follows it
+    openai_sip_model: str = "gpt-realtime"
     # Security: webhook signatures and stream tokens.
     twilio_validate_signatures: bool = True
     stream_secret: str = Field("", repr=False)
@@ -118,6 +123,10 @@ class Settings(BaseSettings):
         """Values that must never be printed (used to scrub logs)."""
         return [getattr(self, name) for name, f in type(self).model_fields.items()
                 if not f.repr and getattr(self, name)]
+
+    def openai_key(self) -> str:
+        """The key for OpenAI's REST calls and sideband: REALTIME_API_KEY, else OPENAI_API_KEY."""
+        return self.realtime_api_key or self.openai_api_key
 
     def profile_path(self) -> Path:
         """AGENT_PROFILE (a profile file, or a directory of them), else config/agent.toml here, else

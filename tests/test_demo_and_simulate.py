@@ -126,3 +126,47 @@ def test_any_wav_width_reads_as_8khz_mono(tmp_path):
         assert abs(len(pcm) - 8000) <= 1
         assert np.sqrt(np.mean(pcm[100:-100].astype(float) ** 2)) == \
             pytest.approx(16384 / 2 ** 0.5, rel=0.03), width
+
+
+async def test_simulate_sip_plays_openais_side_of_a_sip_call(tmp_path):
+    """`telephony simulate --sip` rings the running service with a signed webhook, answers with
+    the local engine once accepted, and records the call: greeting, then an answer to the caller."""
+    import socket
+
+    from telephony.offline.openai_sip_peer import new_webhook_secret
+
+    with socket.socket() as s:  # a free port for OpenAI's side, which the service must know first
+        s.bind(("127.0.0.1", 0))
+        peer_port = s.getsockname()[1]
+    secret, key = new_webhook_secret(), "sk-sim-sip"
+    rate = 8000
+    t = np.arange(int(rate * 4.0)) / rate
+    voice = np.where((t > 2.5) & (t < 3.3), 7000 * np.sin(2 * np.pi * 400 * t), 0)
+    played = tmp_path / "caller.wav"
+    with wave.open(str(played), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(voice.astype("<i2").tobytes())
+    record = tmp_path / "sip-call.wav"
+    settings = Settings(openai_webhook_secret=secret, realtime_api_key=key,
+                        openai_base_url=f"http://127.0.0.1:{peer_port}/v1")
+    async with running_app(settings) as (app, host):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telephony", "simulate", "--sip", "--url", f"http://{host}/openai/sip",
+            "--play", str(played), "--record", str(record), "--listen", "4", "--voice", "synth",
+            "--peer-port", str(peer_port), cwd=ROOT,
+            env={**env(), "OPENAI_WEBHOOK_SECRET": secret, "REALTIME_API_KEY": key},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    out = stdout.decode()
+    assert proc.returncode == 0, stderr.decode() + out
+    assert "HTTP 200" in out and "accepted: model gpt-realtime" in out and "response.create" in out
+    caller, agent, rate = read_call(record)
+    assert rate == 8000
+    c, a = loud_frames(caller), loud_frames(agent)
+    onset = int(np.argmax(c))
+    assert 120 <= onset <= 130  # the caller's tone at 2.5 s, on the line's clock
+    assert a[:onset].any()  # the greeting played before the caller spoke
+    last_caller = len(c) - int(np.argmax(c[::-1]))
+    assert a[last_caller:].sum() * 20 > 500, "the agent did not answer after the caller finished"

@@ -51,9 +51,11 @@ class HangUp:
 
 @dataclass(frozen=True)
 class Transfer:
-    """Replace the call's TwiML with a <Dial> to this number (from the profile's allow-list)."""
+    """Send the caller to this E.164 number or sip: URI (from the profile's allow-list): a <Dial>,
+    or with ``refer`` a SIP REFER (the caller's own SIP side reconnects the call)."""
 
     number: str
+    refer: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import binascii
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Union
 
-from telephony.core import tools
+from telephony.core import sip, tools
 from telephony.core.actions import (
     Action,
     EndStream,
@@ -24,12 +24,14 @@ from telephony.core.actions import (
     RunTool,
     ToRealtime,
     ToTwilio,
+    Transfer,
 )
 from telephony.core.audio import make_codec
 from telephony.core.function_tools import FunctionTool
 from telephony.core.playout import PlayoutLedger
 from telephony.core.profile import Profile
 from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
+from telephony.wire import openai_sip as sideband
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
 
@@ -57,13 +59,22 @@ class _Response:
 
 
 class Call:
-    """One call's state. Not thread-safe; the shells feed it from one event loop."""
+    """One call's state. Not thread-safe; the shells feed it from one event loop.
+
+    ``carries_media=False`` is a call whose audio never passes through us (OpenAI's SIP route):
+    it starts with ``begin`` instead of a Twilio start, its session was configured when the call
+    was accepted, the SIP side plays the agent and handles barge-in itself, and "the caller has
+    heard everything" is the sideband's ``output_audio_buffer.stopped``, not our marks.
+    """
 
     def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
                  verify_start: StartVerifier | None = None,
-                 media_timeout_s: float | None = None, pick_profile: ProfilePicker | None = None) -> None:
+                 media_timeout_s: float | None = None, pick_profile: ProfilePicker | None = None,
+                 carries_media: bool = True) -> None:
         self.profile = profile
         self.pick_profile = pick_profile
+        self.carries_media = carries_media
+        self._agent_audible = False  # without media: between output_audio_buffer.started and stopped
         self._function_tools: dict[str, FunctionTool] = {}  # business tools, by name
         self._tool_calls = PendingTools()
         self.audio_format = audio_codec
@@ -124,6 +135,13 @@ class Call:
             return self._end("caller hung up (Twilio stop)")
         return []  # Connected: nothing to do until start
 
+    def begin(self, call_id: str, parameters: dict[str, str], now: float) -> list[Action]:
+        """A call without media starts (it has been accepted): record it and open the sideband."""
+        self.call_sid = call_id
+        self.parameters = dict(parameters)
+        self._started_at = now
+        return [Record("start", {"call_sid": call_id, "stream_sid": None}), OpenRealtime()]
+
     def _on_start(self, event: tw.Start) -> list[Action]:
         if self.stream_sid is not None:
             log.warning("call %s: second start (stream %s) ignored", self.call_sid, event.stream_sid)
@@ -179,32 +197,44 @@ class Call:
         """The upstream socket is up: configure the session, greet, send the early audio."""
         self.realtime_open = True
         self._sessions += 1
-        # Per-call overrides arrive as signed stream parameters; the profile fills the rest.
-        extra = tuple(t.declaration() for t in self._function_tools.values()
-                      if t not in self.profile.function_tools)
-        config = self.profile.session_config(self.codec.model_format,
-                                             instructions=self.parameters.get("instructions"),
-                                             voice=self.parameters.get("voice"), extra_tools=extra)
-        actions: list[Action] = [ToRealtime(rt.ConfigureSession(config))]
+        if not self.carries_media:  # the session came with the accept; the server keeps it
+            return self._greet() if self._sessions == 1 else []
+        actions: list[Action] = [ToRealtime(rt.ConfigureSession(self.session_config()))]
         if self._sessions > 1:
             actions.extend(self._restore_conversation())
             actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
-        # "silent_start": the call was placed with an empty greeting (TwiML drops empty parameters).
-        greeting = self.parameters.get("greeting", self.profile.greeting)
-        if self.parameters.get("silent_start"):
-            greeting = ""
-        if greeting and self._sessions == 1:
-            actions.append(self._create_response(
-                f"Greet the caller by saying exactly this, then wait for them: {greeting}"))
+        if self._sessions == 1:
+            actions.extend(self._greet())
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
         self._early_audio.clear()
         return actions
+
+    def _greet(self) -> list[Action]:
+        greeting = self.parameters.get("greeting", self.profile.greeting)
+        # "silent_start": the call was placed with an empty greeting (TwiML drops empty parameters).
+        if not greeting or self.parameters.get("silent_start"):
+            return []
+        return [self._create_response(f"Greet the caller by saying exactly this, then wait for them: {greeting}")]
+
+    def session_config(self) -> rt.SessionConfig:
+        """Per-call overrides arrive as signed stream parameters; the profile fills the rest. The
+        SIP headers the profile lets through are appended to the instructions as context."""
+        instructions = self.parameters.get("instructions") or self.profile.instructions
+        instructions += sip.context_note(sip.headers_from_parameters(self.parameters))
+        # Tools found at call time (an MCP server's) beside the profile's own.
+        extra = tuple(t.declaration() for t in self._function_tools.values()
+                      if t not in self.profile.function_tools)
+        return self.profile.session_config(self.codec.model_format, instructions=instructions,
+                                           voice=self.parameters.get("voice"), extra_tools=extra)
 
     def on_realtime_closed(self, reason: str) -> list[Action]:
         """The upstream socket closed, or never opened. A drop mid-call is retried once."""
         was_open, self.realtime_open = self.realtime_open, False
         if self.ended:
             return []
+        if was_open and not self.carries_media:  # the server closes the sideband when the call ends
+            log.info("call %s: sideband closed: %s", self.call_sid, reason)
+            return self._end(f"sideband closed: {reason}")
         if was_open and self._reconnects_left > 0:
             self._reconnects_left -= 1
             log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
@@ -227,9 +257,13 @@ class Call:
                     actions.append(ToRealtime(rt.AddAssistantText(text)))
         return actions
 
-    def on_realtime(self, event: rt.Event, now: float) -> list[Action]:
+    def on_realtime(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action]:
         if self.ended:
             return []
+        if not self.carries_media:
+            handled = self._on_sideband(event, now)
+            if handled is not None:
+                return handled
         if isinstance(event, rt.AudioDelta):
             return self._on_audio_delta(event, now)
         if isinstance(event, rt.SpeechStarted):
@@ -271,6 +305,29 @@ class Call:
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
         return []
+
+    def _on_sideband(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action] | None:
+        """What a call without media does differently; None: handle the event as usual."""
+        if isinstance(event, sideband.AgentAudioStarted):
+            self._agent_audible = True
+            return []
+        if isinstance(event, sideband.AgentAudioStopped):
+            self._agent_audible = False
+            return self._check_after_playout(now)
+        if isinstance(event, sideband.KeypadDigit):
+            if event.digit:
+                self._dtmf.append(event.digit[:1])
+                self._dtmf_last = now
+            return []
+        if isinstance(event, rt.SpeechStarted):  # the SIP side stops its own playback
+            self._history.append(("user", event.item_id))
+            return []
+        if isinstance(event, (rt.AudioDelta, rt.AudioDone)):
+            return []  # nothing to play: the SIP side plays the agent
+        if isinstance(event, rt.TranscriptDelta) and self._response is not None \
+                and self._response.id == event.response_id:
+            self._response.items.add(event.item_id)  # the agent is speaking in this response
+        return None
 
     def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
         if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
@@ -319,7 +376,7 @@ class Call:
             Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
                                  "outcome": _builtin_outcome(name, result.failed, self.profile)})]
         if result.after_playout is not None and self._after_playout is None:
-            self._after_playout = (result.after_playout, now + AFTER_PLAYOUT_TIMEOUT_S)
+            self._after_playout = (self._by_refer(result.after_playout), now + AFTER_PLAYOUT_TIMEOUT_S)
         # The model speaks about the result: always after an error; after success only if it
         # has not already spoken in this response (it often says goodbye and calls end_call).
         spoke = self._response is not None and self._response.items
@@ -391,6 +448,14 @@ class Call:
         return [self._create_response(FILLER_INSTRUCTIONS),
                 Record("tool_filler", {"names": [r.tool.name for r in due]})]
 
+    def _by_refer(self, action: Action) -> Action:
+        """A transfer to a SIP URI on a call that came in over SIP goes by REFER when the profile
+        says so (numbers are always dialled: <Refer> takes a SIP URI)."""
+        if (isinstance(action, Transfer) and self.profile.sip_refer and sip.is_sip_uri(action.number)
+                and sip.is_sip_uri(self.parameters.get("from", ""))):
+            return replace(action, refer=True)
+        return action
+
     def _create_response(self, instructions: str | None = None) -> ToRealtime:
         self._awaiting_response = True
         return ToRealtime(rt.CreateResponse(instructions))
@@ -401,7 +466,7 @@ class Call:
             return []
         action, deadline = self._after_playout
         done = (self._response is None and not self._awaiting_response and not self._respond_when_done
-                and not self.ledger.unplayed)
+                and not self.ledger.unplayed and not self._agent_audible)
         if not done and now < deadline:
             return []
         self._after_playout = None
@@ -528,6 +593,10 @@ class Call:
         return actions
 
     # --- Ending ---
+
+    def on_hung_up(self, reason: str) -> list[Action]:
+        """We hung the call up ourselves (a call without media, after end_call)."""
+        return self._end(reason)
 
     def end(self, reason: str) -> list[Action]:
         """Ends the call from outside (shutdown): Twilio then speaks the fallback."""

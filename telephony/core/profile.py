@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telephony.core import sip
 from telephony.core.function_tools import FunctionTool, McpServer, ToolDeclarationError, parse_tools
 from telephony.core.tools import E164, REGISTRY, declarations
 from telephony.wire.realtime import SessionConfig, Tool, TranscriptionConfig, TurnDetection
@@ -29,12 +30,14 @@ class Profile:
     transcription_language: str = ""
     voicemail: str = ""
     tool_names: tuple[str, ...] = ()
-    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number
+    transfer_targets: dict[str, str] = field(default_factory=dict)  # name → E.164 number or sip: URI
     name: str = "default"  # the file's stem; a call's "profile" stream parameter names it
     numbers: tuple[str, ...] = ()  # called numbers (E.164 or sip: URIs) this profile answers
     function_tools: tuple[FunctionTool, ...] = ()  # [[tools.http]] and [[tools.python]]
     mcp_servers: tuple[McpServer, ...] = ()  # [[tools.mcp]]
     filler_after_ms: int = DEFAULT_FILLER_AFTER_MS  # a tool slower than this: a holding phrase
+    sip_headers: tuple[str, ...] = ()  # X- headers of a SIP caller the model may see
+    sip_refer: bool = False  # on a SIP leg, transfer with <Refer><Sip> instead of <Dial>
 
     def session_config(self, audio_format: str, instructions: str | None = None,
                        voice: str | None = None, extra_tools: tuple[Tool, ...] = ()) -> SessionConfig:
@@ -86,9 +89,9 @@ def load_profile(path: Path) -> Profile:
     if unknown:
         raise ProfileError(f"{path}: [tools] enabled names unknown tools {unknown}; known: {sorted(REGISTRY)}")
     targets = {str(k): str(v) for k, v in _table(data, "transfer", path).items()}
-    bad = [f"{k} = {v!r}" for k, v in targets.items() if not E164.match(v)]
+    bad = [f"{k} = {v!r} {error}" for k, v in targets.items() if (error := sip.transfer_target_error(v))]
     if bad:
-        raise ProfileError(f"{path}: [transfer] numbers must be E.164 (+15551234567): {', '.join(bad)}")
+        raise ProfileError(f"{path}: [transfer] {'; '.join(bad)}")
     try:
         function_tools, mcp_servers = parse_tools(tools_table, path, set(REGISTRY))
     except ToolDeclarationError as exc:
@@ -99,12 +102,15 @@ def load_profile(path: Path) -> Profile:
     numbers = data.get("numbers", [])  # top level, before any table
     if not isinstance(numbers, list) or not all(isinstance(n, str) and _is_address(n) for n in numbers):
         raise ProfileError(f"{path}: numbers must be a list of E.164 numbers or sip: URIs")
+    sip_headers, sip_refer = _sip_table(_table(data, "sip", path), path)
     return Profile(
         name=path.stem,
         numbers=tuple(numbers),
         function_tools=function_tools,
         mcp_servers=mcp_servers,
         filler_after_ms=filler_after_ms,
+        sip_headers=sip_headers,
+        sip_refer=sip_refer,
         voicemail=str(agent.get("voicemail", "")).strip(),
         tool_names=tool_names,
         transfer_targets=targets,
@@ -120,3 +126,18 @@ def load_profile(path: Path) -> Profile:
 
 def _is_address(value: str) -> bool:
     return bool(E164.match(value)) or (value.lower().startswith("sip:") and len(value) > 4)
+
+
+def _sip_table(table: dict[str, Any], path: Path) -> tuple[tuple[str, ...], bool]:
+    headers = table.get("headers", [])
+    if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+        raise ProfileError(f"{path}: [sip] headers must be a list of header names")
+    bad = [h for h in headers if not sip.HEADER_NAME.match(h)]
+    if bad:
+        raise ProfileError(f"{path}: [sip] headers must be X- header names: {bad}")
+    if len(headers) > sip.MAX_HEADERS:
+        raise ProfileError(f"{path}: [sip] headers lists {len(headers)} names; at most {sip.MAX_HEADERS}")
+    refer = table.get("refer", False)
+    if not isinstance(refer, bool):
+        raise ProfileError(f"{path}: [sip] refer must be true or false")
+    return tuple(headers), refer

@@ -51,8 +51,16 @@ class Profiles:
         return cls.of([profile], profile)
 
     def for_number(self, called: str) -> Profile:
-        """The profile that answers calls to ``called`` (Twilio's ``To``)."""
-        return self.by_number.get(address_key(called), self.default)
+        """The profile that answers calls to ``called`` (Twilio's ``To``, or a SIP To URI).
+
+        A ``sip:+15551234567@host`` URI no profile lists is answered by the profile that lists its
+        user part, ``+15551234567`` (SIP trunks carry the dialled number there)."""
+        key = address_key(called)
+        found = self.by_number.get(key)
+        if found is None and key.startswith("sip:"):
+            user = key[4:].split("@", 1)[0]
+            found = self.by_number.get(user) if user.startswith("+") else None
+        return found or self.default
 
     def named(self, name: str) -> Profile:
         """The profile a call's parameters name; the default when none (or an unknown one) is named."""

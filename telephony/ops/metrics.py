@@ -104,6 +104,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.active_calls = Gauge("telephony_active_calls", "Calls being bridged now", registry=r)
+        self.active_calls_by_route = Gauge(
+            "telephony_active_calls_by_route",
+            "Calls in progress now, by route (twilio: media through us; openai_sip: OpenAI's SIP "
+            "route, controlled over the sideband)", ["route"], registry=r)
         self.calls = Counter("telephony_calls", "Calls ended, by outcome (normal or abnormal)",
                              ["outcome"], registry=r)
         self.realtime_errors = Counter("telephony_realtime_errors", "Realtime error events, by code",

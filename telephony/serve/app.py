@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from telephony.core import sip
 from telephony.core.actions import Record
 from telephony.core.call import Call
 from telephony.core.profile import Profile
@@ -40,6 +41,7 @@ from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.settings import Settings
 from telephony.wire.dialects import DIALECTS
+from telephony.wire.openai_sip import OPENAI_SIP_PATH
 from telephony.wire.twilio import Start
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
@@ -91,6 +93,11 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url)
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
+    openai_sip = None  # OpenAI's SIP route, when configured: the openai package costs ~25 MB to import
+    if settings.openai_webhook_secret:
+        from telephony.serve.openai_sip import OpenAISipRoute
+
+        openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts)
 
     def verify_start(start: Start) -> str | None:
         return tokens.verify(start.custom_parameters, start.call_sid, time.time())
@@ -131,10 +138,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
             return xml(reject_busy())
         to = str(form.get("To", ""))
+        chosen = profiles.for_number(to)
+        # A SIP caller's X- headers arrive as SipHeader_X-…: only those the profile lists go on.
+        offered = sip.headers_from_parameters({k: str(v) for k, v in form.items()})
         return stream_twiml(request, {
             "call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
             "to": to, "direction": str(form.get("Direction", "")),
-            **profile_parameter(profiles.for_number(to).name)})
+            **profile_parameter(chosen.name),
+            **sip.header_parameters(sip.select_headers(chosen.sip_headers, offered.items()))})
 
     async def outbound_answer(request: Request) -> Response:
         """An outbound call was answered: its signed overrides become the stream's parameters."""
@@ -288,6 +299,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def openai_sip_off(request: Request) -> Response:
+        return error(503, "OpenAI's SIP route is off: set OPENAI_WEBHOOK_SECRET")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "draining" if calls.draining else "ok", "active_calls": len(active)})
 
@@ -307,6 +321,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
+        *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ])
@@ -317,4 +332,5 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.transcripts = transcripts
     app.state.metrics = metrics
     app.state.profiles = profiles
+    app.state.openai_sip = openai_sip
     return app

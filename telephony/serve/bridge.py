@@ -37,7 +37,7 @@ from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
-from telephony.wire.twiml import dial
+from telephony.wire.twiml import transfer
 
 log = logging.getLogger("telephony.bridge")
 
@@ -324,8 +324,9 @@ class Bridge:
                 log.info("call %s: hanging up: %s", self.sid, action.reason)
                 await asyncio.to_thread(self.call_control.hang_up, sid)
             else:
-                log.info("call %s: transferring to %s", self.sid, action.number)
-                await asyncio.to_thread(self.call_control.redirect, sid, dial(action.number))
+                log.info("call %s: transferring to %s%s", self.sid, action.number,
+                         " (SIP REFER)" if action.refer else "")
+                await asyncio.to_thread(self.call_control.redirect, sid, transfer(action.number, action.refer))
         except TwilioError as exc:
             log.error("call %s: Twilio refused %s (%s): %s", self.sid, type(action).__name__,
                       exc.status, exc)

@@ -188,7 +188,12 @@ async def connect(settings: Settings, dialect_headers: dict[str, str],
                   intent: str | None = None) -> RealtimeTransport:
     """Opens the upstream socket. Raises OSError, TimeoutError or HandshakeRejected."""
     url = realtime_url(settings, intent)
-    headers = dict(auth_headers(settings, dialect_headers), **{"User-Agent": "telephony"})
+    return await connect_to(url, auth_headers(settings, dialect_headers), settings)
+
+
+async def connect_to(url: str, headers: dict[str, str], settings: Settings) -> RealtimeTransport:
+    """Opens a Realtime socket to ``url`` (e.g. a SIP call's sideband) with these headers."""
+    headers = dict(headers, **{"User-Agent": "telephony"})
     # The deadline covers TCP, TLS and the upgrade: a blackholed host must not hold the caller.
     try:
         transport, listener = await asyncio.wait_for(_open(url, headers, settings), CONNECT_TIMEOUT_S)

@@ -44,7 +44,7 @@ class _Running:
 
 class CallObserver(BridgeObserver):
     def __init__(self, metrics: Metrics, records_dir: Path | None, log_ids: dict[str, str | None],
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, route: str = "twilio") -> None:
         self.metrics = metrics
         self.records_dir = records_dir
         self.log_ids = log_ids
@@ -55,7 +55,9 @@ class CallObserver(BridgeObserver):
         self._stopped_at: float | None = None  # caller's last speech_stopped, until agent audio
         self._clear_pending = False
         self._added = {"twilio": _Running(), "realtime": _Running()}
+        self.route = route
         metrics.active_calls.inc()
+        metrics.active_calls_by_route.labels(route).inc()
 
     # --- BridgeObserver: called per message, so kept lean ---
 
@@ -89,7 +91,7 @@ class CallObserver(BridgeObserver):
             self.log_ids.update(call_sid=call.call_sid, stream_sid=call.stream_sid)
             if self.records_dir is not None and call.call_sid:
                 self.file = CallRecordFile(self.records_dir, call.call_sid)
-            data = {**data, "codec": call.audio_format, "parameters": call.parameters}
+            data = {**data, "route": self.route, "codec": call.audio_format, "parameters": call.parameters}
         elif kind == "speech_stopped":
             self._stopped_at = self.clock()
         elif kind == "barge_in":
@@ -120,6 +122,7 @@ class CallObserver(BridgeObserver):
     def close(self) -> None:
         """The media stream is over: count the call and finish its record."""
         self.metrics.active_calls.dec()
+        self.metrics.active_calls_by_route.labels(self.route).dec()
         outcome = self.outcome or "no_start"  # the socket closed before Twilio's start
         self.metrics.calls.labels(outcome).inc()
         self._write("summary", {

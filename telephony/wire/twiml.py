@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from twilio.twiml.voice_response import Connect, Start, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, Refer, Start, VoiceResponse
 
 # The paths Twilio reaches us on: webhooks (HTTP POST) and media streams (websocket).
 VOICE_PATH = "/twilio/voice"
@@ -44,11 +44,37 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str
     return str(response)
 
 
-def dial(number: str) -> str:
-    """A live call's new TwiML for a transfer."""
+def dial(target: str) -> str:
+    """A live call's new TwiML for a transfer: <Dial> a number, or <Dial><Sip> a SIP URI (its
+    ``?x-name=value`` part becomes custom headers on Twilio's INVITE)."""
     response = VoiceResponse()
-    response.dial(number)
+    if _is_sip(target):
+        sip_dial = Dial()
+        sip_dial.sip(target)
+        response.append(sip_dial)
+    else:
+        response.dial(target)
     return str(response)
+
+
+def refer(target: str) -> str:
+    """<Refer><Sip>: on a call that came in over SIP, ask the caller's side to reconnect to the
+    sip: URI ``target`` itself, which frees Twilio's leg."""
+    if not _is_sip(target):
+        raise ValueError(f"<Refer><Sip> needs a sip: URI, not {target!r}")
+    response = VoiceResponse()
+    referral = Refer()
+    referral.sip(target)
+    response.append(referral)
+    return str(response)
+
+
+def transfer(target: str, by_refer: bool = False) -> str:
+    return refer(target) if by_refer else dial(target)
+
+
+def _is_sip(target: str) -> bool:
+    return target.lower().startswith(("sip:", "sips:"))
 
 
 def say_and_hang_up(message: str) -> str:
@@ -57,7 +83,6 @@ def say_and_hang_up(message: str) -> str:
         response.say(message)
     response.hangup()
     return str(response)
-
 
 
 def fork_and_dial(stream_url: str, parameters: Mapping[str, str], number: str) -> str:

@@ -1,0 +1,325 @@
+"""OpenAI's side of the SIP route, offline: a whole SIP call without OpenAI or a phone.
+
+``OpenAISipPeer`` is an HTTP and websocket server on loopback that behaves as OpenAI does for
+a SIP call: it sends the signed ``realtime.call.incoming`` webhook to a running service, serves
+``/v1/realtime/calls/{id}/accept|reject|refer|hangup`` and the sideband websocket
+(``/v1/realtime?call_id=…``), and plays the call itself: the local Realtime engine answers, the
+caller's recording goes in at real time, the agent's audio comes out of a "phone line" that
+reports ``output_audio_buffer.started/stopped/cleared`` on the sideband (no audio deltas go
+there, as on OpenAI's), and both sides are kept for a stereo WAV. Point the service at it with
+``OPENAI_BASE_URL=peer.base_url`` and the same ``OPENAI_WEBHOOK_SECRET``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from telephony.offline.local_engine import EngineConfig, Persona, RealtimeEngine
+from telephony.offline.local_realtime import EngineRunner
+
+log = logging.getLogger("telephony.openai_sip_peer")
+
+FRAME_MS = 20
+FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz: the phone line's unit
+SILENCE = b"\xff" * FRAME_BYTES
+_LINE_FORMAT = {"type": "audio/pcmu"}  # the SIP leg is G.711 μ-law
+
+
+def sign_webhook(secret: str, body: bytes, webhook_id: str, timestamp: int) -> dict[str, str]:
+    """Standard-webhooks headers as OpenAI sends them: ``v1,`` base64 HMAC-SHA256 of
+    ``{id}.{timestamp}.{body}``, keyed by the base64 part of a ``whsec_`` secret."""
+    key = base64.b64decode(secret[len("whsec_"):]) if secret.startswith("whsec_") else secret.encode()
+    mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(), "content-type": "application/json"}
+
+
+def incoming_call_event(call_id: str, sip_headers: list[dict[str, str]], event_id: str | None = None) -> bytes:
+    return json.dumps({"object": "event", "id": event_id or "evt_" + uuid.uuid4().hex,
+                       "type": "realtime.call.incoming", "created_at": int(time.time()),
+                       "data": {"call_id": call_id, "sip_headers": sip_headers}}).encode()
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+@dataclass
+class PeerCall:
+    """One SIP call as OpenAI's side saw it; the tests read these."""
+
+    call_id: str
+    sip_headers: list[dict[str, str]]
+    webhook_status: int | None = None
+    accepted: dict[str, Any] | None = None  # the accept body
+    accepts: int = 0
+    rejected: int | None = None  # the SIP status it was rejected with
+    referred_to: list[str] = field(default_factory=list)
+    hung_up_at: float | None = None  # loop time of the hang-up request
+    received: list[dict[str, Any]] = field(default_factory=list)  # client events on the sideband
+    sent: list[dict[str, Any]] = field(default_factory=list)  # server events on the sideband
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)  # (loop time, event, response)
+    sideband_headers: dict[str, str] = field(default_factory=dict)
+    caller: bytearray = field(default_factory=bytearray)  # what the caller said, μ-law, from accept on
+    agent: bytearray = field(default_factory=bytearray)  # what the caller heard
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.received if e.get("type") == kind]
+
+    def when(self, kind: str) -> list[float]:
+        return [t for t, k, _ in self.timeline if k == kind]
+
+
+class PhoneLine:
+    """An accepted call: the engine, the caller's audio in, the agent's audio out at real time."""
+
+    def __init__(self, peer: "OpenAISipPeer", call: PeerCall) -> None:
+        self.peer, self.call = peer, call
+        self._loop = asyncio.get_running_loop()
+        self.engine = RealtimeEngine(peer.persona, replace(peer.engine_config, dialect="ga"),
+                                     f"sess_{call.call_id}")
+        session = dict(call.accepted or {})
+        audio = session.get("audio") or {}
+        session["audio"] = {"input": {**(audio.get("input") or {}), "format": _LINE_FORMAT},
+                            "output": {**(audio.get("output") or {}), "format": _LINE_FORMAT}}
+        self.engine.receive(json.dumps({"type": "session.update", "session": session}), self._loop.time())
+        self._outbox: list[str] = []  # sideband events waiting for the sideband to connect
+        self._ws: WebSocket | None = None
+        self._playout = bytearray()  # agent audio not yet played
+        self._playing: str | None = None  # response id being heard
+        self._latest: str = ""  # the response whose audio arrived last
+        self._producing: set[str] = set()  # responses still making audio
+        self.runner = EngineRunner(self.engine, self._from_engine)
+        self._task = asyncio.create_task(self._run())
+
+    # --- The engine's events: audio to the line, the rest to the sideband ---
+
+    def _from_engine(self, event: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        if kind == "response.output_audio.delta":
+            self._playout += base64.b64decode(event["delta"])
+            self._latest = event.get("response_id", "")
+            return  # OpenAI sends no audio deltas on the sideband
+        if kind == "response.created":
+            self._producing.add(event["response"]["id"])
+        elif kind == "response.done":
+            self._producing.discard(event["response"]["id"])
+        elif kind == "input_audio_buffer.speech_started" and self._playing and self.engine.config.interrupt is not False:
+            self._cut_playout()
+        self.send(event)
+
+    def _cut_playout(self) -> None:
+        """Barge-in: the line stops playing at once; the server knows what was heard."""
+        self._playout.clear()
+        self.send({"type": "output_audio_buffer.cleared", "event_id": _event_id(), "response_id": self._playing})
+        self._playing = None
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.call.sent.append(event)
+        self.call.timeline.append((self._loop.time(), event.get("type", ""), event.get("response_id", "")))
+        text = json.dumps(event)
+        if self._ws is None:
+            self._outbox.append(text)
+        else:
+            self._loop.create_task(self._send(text))
+
+    async def _send(self, text: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.send_text(text)
+
+    # --- The sideband ---
+
+    async def attach(self, ws: WebSocket) -> None:
+        self._ws = ws
+        for text in (*self.peer.inject, *self._outbox):
+            await ws.send_text(text)
+        self._outbox.clear()
+        try:
+            while True:
+                text = await ws.receive_text()
+                with contextlib.suppress(ValueError):
+                    self.call.received.append(json.loads(text))
+                self.runner.feed(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._ws = None
+
+    # --- The line's clock: 20 ms frames each way ---
+
+    async def _run(self) -> None:
+        caller, dtmf = self.peer.caller_audio, sorted(self.peer.dtmf)
+        start = self._loop.time()
+        frames_total = len(caller) // FRAME_BYTES + int(self.peer.listen_s * 1000 / FRAME_MS)
+        n = 0
+        while not self.call.ended.is_set() and n < frames_total:
+            frame = caller[n * FRAME_BYTES:(n + 1) * FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
+            self.call.caller += frame
+            self.runner.feed(json.dumps({"type": "input_audio_buffer.append",
+                                         "audio": base64.b64encode(frame).decode()}))
+            while dtmf and dtmf[0][0] * 1000 <= n * FRAME_MS:
+                self.send({"type": "input_audio_buffer.dtmf_event_received", "event": dtmf.pop(0)[1],
+                           "received_at": int(time.time())})
+            self._play_frame()
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * FRAME_MS / 1000 - self._loop.time()))
+        self.end("the caller hung up")
+
+    def _play_frame(self) -> None:
+        chunk = bytes(self._playout[:FRAME_BYTES])
+        del self._playout[:FRAME_BYTES]
+        if chunk and self._playing is None:
+            self._playing = self._latest
+            self.send({"type": "output_audio_buffer.started", "event_id": _event_id(), "response_id": self._playing})
+        self.call.agent += chunk.ljust(FRAME_BYTES, b"\xff")
+        if self._playing is not None and not self._playout and self._playing not in self._producing:
+            self.send({"type": "output_audio_buffer.stopped", "event_id": _event_id(), "response_id": self._playing})
+            self._playing = None
+
+    def end(self, reason: str) -> None:
+        if self.call.ended.is_set():
+            return
+        self.call.end_reason = reason
+        self.call.ended.set()
+        self.runner.close()
+        if self._ws is not None:
+            self._loop.create_task(self._close_ws())
+
+    async def _close_ws(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.close(1000)
+
+
+class OpenAISipPeer:
+    """``async with OpenAISipPeer(persona) as peer:`` → ``peer.base_url`` for OPENAI_BASE_URL."""
+
+    def __init__(self, persona: Persona, engine_config: EngineConfig | None = None, *,
+                 api_key: str = "sk-peer", secret: str | None = None, caller_audio: bytes = b"",
+                 dtmf: tuple[tuple[float, str], ...] = (), listen_s: float = 4.0,
+                 host: str = "127.0.0.1", port: int = 0, failing_accepts: int = 0,
+                 refuse_sideband: bool = False, inject: tuple[str, ...] = ()) -> None:
+        """Faults for the tests: ``failing_accepts`` accept requests fail with 500 first;
+        ``refuse_sideband`` refuses the sideband's handshake; ``inject`` is raw text sent first on it."""
+        self.persona = persona
+        self.engine_config = engine_config or EngineConfig()
+        self.api_key = api_key
+        self.secret = secret or new_webhook_secret()
+        self.caller_audio, self.dtmf, self.listen_s = caller_audio, dtmf, listen_s
+        self.host, self.port = host, port
+        self.failing_accepts, self.refuse_sideband, self.inject = failing_accepts, refuse_sideband, inject
+        self.calls: dict[str, PeerCall] = {}
+        self._lines: dict[str, PhoneLine] = {}
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def __aenter__(self) -> "OpenAISipPeer":
+        app = Starlette(routes=[
+            Route("/v1/realtime/calls/{call_id}/{verb}", self._rest, methods=["POST"]),
+            WebSocketRoute("/v1/realtime", self._sideband),
+        ])
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for line in self._lines.values():
+            line.end("the peer stopped")
+        self._server.should_exit = True
+        await self._task
+
+    # --- What the peer does on its own: ring the service ---
+
+    async def ring(self, webhook_url: str, sip_headers: list[dict[str, str]] | None = None,
+                   call_id: str | None = None, *, event_id: str | None = None,
+                   timestamp: int | None = None, secret: str | None = None) -> PeerCall:
+        """Sends ``realtime.call.incoming`` for a new (or the same, to redeliver) call."""
+        call_id = call_id or "rtc_" + uuid.uuid4().hex
+        headers = sip_headers if sip_headers is not None else [
+            {"name": "From", "value": '"Caller" <sip:+15550100001@pstn.example.com>;tag=a1'},
+            {"name": "To", "value": "<sip:+15550100002@sip.api.openai.com>"}]
+        call = self.calls.setdefault(call_id, PeerCall(call_id, headers))
+        body = incoming_call_event(call_id, headers, event_id)
+        signed = sign_webhook(secret or self.secret, body, event_id or "wh_" + uuid.uuid4().hex,
+                              timestamp if timestamp is not None else int(time.time()))
+        async with httpx.AsyncClient(timeout=15) as client:
+            r = await client.post(webhook_url, content=body, headers=signed)
+        call.webhook_status = r.status_code
+        return call
+
+    # --- OpenAI's REST API for calls ---
+
+    async def _rest(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return JSONResponse({"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, 401)
+        call = self.calls.get(request.path_params["call_id"])
+        verb = request.path_params["verb"]
+        if call is None or verb not in ("accept", "reject", "refer", "hangup"):
+            return JSONResponse({"error": {"message": "Not found", "type": "invalid_request_error"}}, 404)
+        body = json.loads(await request.body() or b"{}")
+        loop_time = asyncio.get_running_loop().time()
+        call.timeline.append((loop_time, verb, ""))
+        if verb == "accept" and self.failing_accepts > 0:
+            self.failing_accepts -= 1
+            return JSONResponse({"error": {"message": "The server had an error", "type": "server_error"}}, 500)
+        if verb == "accept":
+            call.accepts += 1
+            if call.accepted is None and call.rejected is None:
+                call.accepted = body
+                self._lines[call.call_id] = PhoneLine(self, call)
+        elif verb == "reject":
+            call.rejected = int(body.get("status_code") or 603)
+            call.ended.set()
+        elif call.call_id not in self._lines:
+            return JSONResponse({"error": {"message": "The call is not active"}}, 404)
+        elif verb == "refer":
+            call.referred_to.append(str(body.get("target_uri")))
+            self._lines[call.call_id].end(f"referred to {body.get('target_uri')}")
+        else:
+            call.hung_up_at = loop_time
+            self._lines[call.call_id].end("hung up by the service")
+        return Response(status_code=200)
+
+    async def _sideband(self, ws: WebSocket) -> None:
+        line = self._lines.get(ws.query_params.get("call_id", ""))
+        if (self.refuse_sideband or ws.headers.get("authorization") != f"Bearer {self.api_key}"
+                or line is None or line.call.ended.is_set()):
+            await ws.close(1008)
+            return
+        line.call.sideband_headers = dict(ws.headers)
+        await ws.accept()
+        await line.attach(ws)
+
+
+def _event_id() -> str:
+    return "event_" + uuid.uuid4().hex[:20]
