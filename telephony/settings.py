@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 DEFAULT_REALTIME_URL = "wss://api-platform.ope.ai/v1/realtime"
 DEFAULT_REALTIME_MODEL = "opeai/AudioLLM/Voice2"
+# REALTIME_DIALECT=live changes the defaults it needs: OpenAI's Live endpoint and model, and
+# μ-law passthrough (Twilio's own format, which Live accepts as is).
+LIVE_DEFAULTS = {"realtime_url": "wss://api.openai.com/v1/live/sessions", "realtime_model": "gpt-live-1",
+                 "audio_codec": "g711_ulaw"}
 
 
 class SettingsError(ValueError):
@@ -44,8 +48,9 @@ class Settings(BaseSettings):
     realtime_url: str = DEFAULT_REALTIME_URL
     realtime_model: str = DEFAULT_REALTIME_MODEL
     realtime_api_key: str = Field("", repr=False, validation_alias=AliasChoices("realtime_api_key", "api_key"))
-    realtime_dialect: Literal["beta", "ga"] = "beta"
-    audio_codec: Literal["pcm16", "g711_ulaw"] = "pcm16"
+    realtime_dialect: Annotated[Literal["beta", "ga", "live"], Lowercase] = "beta"
+    audio_codec: Literal["pcm16", "g711_ulaw"] = "pcm16"  # live: g711_ulaw unless set
+    live_delegation_model: str = "gpt-5-mini"  # live: the Responses model that runs the tools
     # The service.
     public_url: HttpUrl = None
     agent_profile: str = ""
@@ -86,7 +91,9 @@ class Settings(BaseSettings):
         # Values are trimmed, and `FOO=` or `FOO="  "` in an env file means "not set", as it always has.
         if isinstance(data, dict):
             data = {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
-            return {k: v for k, v in data.items() if v != ""}
+            data = {k: v for k, v in data.items() if v != ""}
+            if str(data.get("realtime_dialect", "")).lower() == "live":
+                data = {**LIVE_DEFAULTS, **data}
         return data
 
     @field_validator("realtime_url")

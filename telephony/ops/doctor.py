@@ -17,6 +17,7 @@ from twilio.http import HttpClient
 from telephony.ops import twilio_admin
 from telephony.serve import realtime_client
 from telephony.settings import Settings
+from telephony.wire import realtime as rt
 from telephony.wire.dialects import DIALECTS
 
 HANDSHAKE_TIMEOUT_S = 8.0
@@ -76,7 +77,7 @@ def _twilio_account(settings: Settings, out: TextIO, http_client: HttpClient | N
 async def run_doctor(settings: Settings, connect: bool, out: TextIO,
                      twilio_http: HttpClient | None = None) -> int:
     dialect = DIALECTS[settings.realtime_dialect]
-    print(f"Realtime URL:     {realtime_client.realtime_url(settings)}", file=out)
+    print(f"Realtime URL:     {realtime_client.realtime_url(settings, dialect=dialect)}", file=out)
     print(f"Realtime dialect: {settings.realtime_dialect}", file=out)
     print(f"Audio codec:      {settings.audio_codec}", file=out)
     print(f"API key:          {'set' if settings.realtime_api_key else 'NOT SET'}", file=out)
@@ -90,11 +91,17 @@ async def run_doctor(settings: Settings, connect: bool, out: TextIO,
 
 async def _handshake(settings: Settings, dialect, out: TextIO) -> int:
     try:
-        transport = await realtime_client.connect(settings, dialect.headers)
+        transport = await realtime_client.connect(settings, dialect.headers, dialect=dialect)
     except Exception as exc:
         print(f"Handshake:        FAILED: {type(exc).__name__}: {exc}", file=out)
         return 1
+    first = "session.created"
     try:
+        if dialect.capabilities.ready_first:  # Live says nothing until it is sent session.start
+            first = "session.started"
+            config = rt.SessionConfig(instructions="", voice="marin", audio_format=settings.audio_codec,
+                                      model=settings.realtime_model)
+            transport.send(json.dumps(dialect.encode(rt.ConfigureSession(config))))
         text = await asyncio.wait_for(transport.recv(), HANDSHAKE_TIMEOUT_S)
         event = json.loads(text)
     except Exception as exc:
@@ -102,8 +109,8 @@ async def _handshake(settings: Settings, dialect, out: TextIO) -> int:
         return 1
     finally:
         await transport.close()
-    if event.get("type") != "session.created":
+    if event.get("type") != first:
         print(f"Handshake:        connected, first event was {event.get('type')!r}", file=out)
         return 1
-    print(f"Handshake:        OK, session.created {_summary(event.get('session') or {})}", file=out)
+    print(f"Handshake:        OK, {first} {_summary(event.get('session') or {})}", file=out)
     return 0

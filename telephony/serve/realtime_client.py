@@ -12,13 +12,14 @@ import contextvars
 import logging
 from collections import deque
 from typing import Callable, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import picows
 
 from telephony.serve.security import RedactingLogger
 from telephony.settings import Settings
+from telephony.wire.realtime import Dialect, model_in_query
 
 log = logging.getLogger("telephony.realtime_client")
 
@@ -39,12 +40,10 @@ class RealtimeTransport(Protocol):
     async def close(self) -> None: ...
 
 
-def realtime_url(settings: Settings, intent: str | None = None) -> str:
-    """The provider URL with ``model=`` (or ``intent=transcription``) added to its query."""
-    parts = urlsplit(settings.realtime_url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("model", "intent")]
-    query.append(("intent", intent) if intent else ("model", settings.realtime_model))
-    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+def realtime_url(settings: Settings, intent: str | None = None, dialect: Dialect | None = None) -> str:
+    """The provider URL as the dialect builds it (beta/GA: ``model=`` or ``intent=`` in the query)."""
+    build = dialect.url if dialect is not None else model_in_query
+    return build(settings.realtime_url, settings.realtime_model, intent)
 
 
 def auth_headers(settings: Settings, dialect_headers: dict[str, str]) -> dict[str, str]:
@@ -185,9 +184,9 @@ class WebsocketTransport:
 
 
 async def connect(settings: Settings, dialect_headers: dict[str, str],
-                  intent: str | None = None) -> RealtimeTransport:
+                  intent: str | None = None, dialect: Dialect | None = None) -> RealtimeTransport:
     """Opens the upstream socket. Raises OSError, TimeoutError or HandshakeRejected."""
-    url = realtime_url(settings, intent)
+    url = realtime_url(settings, intent, dialect)
     return await connect_to(url, auth_headers(settings, dialect_headers), settings)
 
 

@@ -25,4 +25,4 @@ def connector(settings: Settings, dialect: Dialect, greeting: str = "", intent: 
 
         return local_connector(greeting=greeting, dialect=settings.realtime_dialect,
                                transcription=intent == "transcription")
-    return lambda: realtime_client.connect(settings, dialect.headers, intent=intent)
+    return lambda: realtime_client.connect(settings, dialect.headers, intent=intent, dialect=dialect)

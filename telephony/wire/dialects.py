@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telephony.wire import realtime_beta, realtime_ga
+from telephony.wire import live, realtime_beta, realtime_ga
 from telephony.wire.realtime import Dialect
 
-DIALECTS: dict[str, Dialect] = {"beta": realtime_beta, "ga": realtime_ga}
+DIALECTS: dict[str, Dialect] = {"beta": realtime_beta, "ga": realtime_ga, "live": live}

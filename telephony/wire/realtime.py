@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Union
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -53,6 +54,18 @@ class SessionConfig:
     transcription_model: str | None = None
     tools: tuple[Tool, ...] = ()
     mcp_servers: tuple[RemoteMcpServer, ...] = ()  # only dialects that take them (GA) send these
+    # Dialects that name the model in the session rather than the URL (Live) read these.
+    model: str = ""
+    delegation_model: str = ""  # the model that runs the tools, where the voice model has none
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a dialect's protocol lets the core do; beta and GA can do all of it."""
+
+    truncate: bool = True  # the model can be told what was heard; else agent audio is paced
+    responses: bool = True  # speech comes in responses with created/done events
+    ready_first: bool = False  # nothing but the session config until the session is ready
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,24 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class TimedTranscript:
+    """A transcript fragment on the session's timeline, from dialects without items (Live)."""
+
+    speaker: str  # "caller" or "agent"
+    delta: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class UsageUpdated:
+    """Cumulative usage of the session; ``final`` when the session has closed."""
+
+    usage: dict[str, Any]
+    final: bool = False
+
+
+@dataclass(frozen=True)
 class ItemTruncated:
     item_id: str
     audio_end_ms: int
@@ -254,18 +285,29 @@ class Unknown:
 
 Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated, OutputItemAdded,
               AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
-              ItemTruncated, RealtimeError, Ignored, Unknown]
+              ItemTruncated, TimedTranscript, UsageUpdated, RealtimeError, Ignored, Unknown]
 
 
 class Dialect(Protocol):
-    """One wire protocol: ``encode`` commands, ``decode`` server text."""
+    """One wire protocol: ``encode`` commands, ``decode`` server text, ``url`` to connect to."""
 
     name: str
     headers: dict[str, str]
+    capabilities: Capabilities
+
+    def url(self, base: str, model: str, intent: str | None = None) -> str: ...
 
     def encode(self, command: Command) -> dict[str, Any]: ...
 
     def decode(self, text: str | bytes) -> Event: ...
+
+
+def model_in_query(base: str, model: str, intent: str | None = None) -> str:
+    """The Realtime URL: ``model=`` (or ``intent=transcription``) added to the base URL's query."""
+    parts = urlsplit(base)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("model", "intent")]
+    query.append(("intent", intent) if intent else ("model", model))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
 # --- Decoding shared by the dialects: each names its wire events, the fields are the same. ---
@@ -346,12 +388,13 @@ def decode_with(text: str | bytes, renames: dict[str, str], ignored: frozenset[s
 _escape = json.encoder.encode_basestring_ascii  # the C string escaper json.dumps itself uses
 
 
-def append_audio_text(encode: Callable[[Command], dict[str, Any]], command: Command) -> str:
-    """A command as wire text, for dialects whose audio append is ``input_audio_buffer.append``.
+def append_audio_text(encode: Callable[[Command], dict[str, Any]], command: Command,
+                      append_type: str = "input_audio_buffer.append") -> str:
+    """A command as wire text, with the audio append (named ``append_type``) written directly.
 
     The append goes out 50 times a second per call, so it skips building and walking a dict
     (3x cheaper). Its payload is still escaped: in passthrough it is whatever Twilio sent.
     """
     if isinstance(command, AppendAudio):
-        return '{"type":"input_audio_buffer.append","audio":%s}' % _escape(command.audio)
+        return '{"type":"%s","audio":%s}' % (append_type, _escape(command.audio))
     return json.dumps(encode(command))

@@ -12,6 +12,8 @@ from telephony.wire import realtime as rt
 
 name = "beta"
 headers = {"OpenAI-Beta": "realtime=v1"}
+capabilities = rt.Capabilities()
+url = rt.model_in_query
 
 _RENAMES = {
     "response.audio.delta": "audio.delta",

@@ -22,6 +22,8 @@ from telephony.wire.realtime_beta import encode as _encode_beta
 
 name = "ga"
 headers: dict[str, str] = {}
+capabilities = rt.Capabilities()
+url = rt.model_in_query
 
 _RENAMES = {
     "response.output_audio.delta": "audio.delta",
