@@ -26,12 +26,15 @@ from telephony.core.actions import (
     ToTwilio,
     Transfer,
 )
-from telephony.core.audio import make_codec
+from telephony.core.audio import ULAW_BYTES_PER_MS, ModelAudio, make_codec
 from telephony.core.function_tools import FunctionTool
+from telephony.core.pacing import AgentPacer
 from telephony.core.playout import PlayoutLedger
 from telephony.core.profile import Profile
 from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
 from telephony.wire import openai_sip as sideband
+from telephony.core.turns import Turn, TurnGrouper
+from telephony.core.vad import EnergyVad
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
 
@@ -45,6 +48,9 @@ DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
 AFTER_PLAYOUT_TIMEOUT_S = 20.0
 MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
 RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
+# Without truncate (Live), agent audio arriving while the caller talks over the agent is the
+# interrupted utterance's tail: dropped until the caller stops, but never longer than this.
+MUTE_AFTER_BARGE_IN_S = 3.0
 
 # Decides whether a stream may start (e.g. checks its signed token): None, or why not.
 StartVerifier = Callable[[tw.Start], Union[str, None]]
@@ -70,13 +76,26 @@ class Call:
     def __init__(self, profile: Profile, audio_codec: str = "pcm16", *,
                  verify_start: StartVerifier | None = None,
                  media_timeout_s: float | None = None, pick_profile: ProfilePicker | None = None,
-                 carries_media: bool = True) -> None:
+                 carries_media: bool = True, capabilities: rt.Capabilities | None = None,
+                 model: str = "", delegation_model: str = "") -> None:
         self.profile = profile
         self.pick_profile = pick_profile
         self.carries_media = carries_media
         self._agent_audible = False  # without media: between output_audio_buffer.started and stopped
         self._function_tools: dict[str, FunctionTool] = {}  # business tools, by name
         self._tool_calls = PendingTools()
+        self.capabilities = capabilities or rt.Capabilities()
+        self.model, self.delegation_model = model, delegation_model
+        self._session_ready = not self.capabilities.ready_first
+        # Without truncate: agent audio paced to real time, the caller heard by our own VAD, and
+        # transcripts grouped into turns from their timeline.
+        paced = not self.capabilities.truncate
+        self.pacer = AgentPacer() if paced else None
+        self.vad = EnergyVad() if paced else None
+        self.turns = TurnGrouper()
+        self._input_ms = 0.0  # caller audio sent upstream: the session's timeline (paced dialects)
+        self._agent_from_ms = 0.0  # where on that timeline the agent audio now queued began
+        self._muted_until: float | None = None
         self.audio_format = audio_codec
         self.codec = make_codec(audio_codec)
         self.ledger = PlayoutLedger()
@@ -114,7 +133,7 @@ class Call:
             return []
         self._last_heard = now
         if isinstance(event, tw.Media):
-            return self._on_media(event)
+            return self._on_media(event, now)
         if isinstance(event, tw.Mark):
             if not self.ledger.echoed(event.name, now):
                 if self.ledger.issued(event.name):
@@ -168,7 +187,7 @@ class Call:
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
                 OpenRealtime()]
 
-    def _on_media(self, event: tw.Media) -> list[Action]:
+    def _on_media(self, event: tw.Media, now: float) -> list[Action]:
         if self.stream_sid is None:
             log.warning("call ?: media before start dropped (no call sid yet)")
             return []
@@ -185,11 +204,25 @@ class Call:
         except (binascii.Error, ValueError) as exc:
             log.warning("call %s: media payload is not base64 (%s); frame dropped", self.call_sid, exc)
             return []
+        if self.pacer is not None:
+            return self._paced_media(event.payload, audio, now)
         if not self.realtime_open:
             if len(self._early_audio) < EARLY_AUDIO_FRAMES:
                 self._early_audio.append(audio)
             return []
         return [ToRealtime(rt.AppendAudio(audio))]
+
+    def _paced_media(self, payload: str, audio: str, now: float) -> list[Action]:
+        """A caller frame where agent audio is paced: listen for barge-in, let audio out."""
+        actions = self._listen(payload, now) + self._release(now)
+        if not (self.realtime_open and self._session_ready):
+            if len(self._early_audio) < EARLY_AUDIO_FRAMES:
+                self._early_audio.append(audio)
+                self._input_ms += len(payload) * 3 / 4 / ULAW_BYTES_PER_MS
+            return actions
+        self._input_ms += len(payload) * 3 / 4 / ULAW_BYTES_PER_MS
+        actions.append(ToRealtime(rt.AppendAudio(audio)))
+        return actions
 
     # --- Realtime side ---
 
@@ -200,6 +233,13 @@ class Call:
         if not self.carries_media:  # the session came with the accept; the server keeps it
             return self._greet() if self._sessions == 1 else []
         actions: list[Action] = [ToRealtime(rt.ConfigureSession(self.session_config()))]
+        if not self._session_ready:
+            return actions  # the rest once the session says it is ready
+        return actions + self._session_opened()
+
+    def _session_opened(self) -> list[Action]:
+        """Restores the conversation (on a reconnect) or greets, then sends the early audio."""
+        actions: list[Action] = []
         if self._sessions > 1:
             actions.extend(self._restore_conversation())
             actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
@@ -224,12 +264,16 @@ class Call:
         # Tools found at call time (an MCP server's) beside the profile's own.
         extra = tuple(t.declaration() for t in self._function_tools.values()
                       if t not in self.profile.function_tools)
-        return self.profile.session_config(self.codec.model_format, instructions=instructions,
-                                           voice=self.parameters.get("voice"), extra_tools=extra)
+        config = self.profile.session_config(self.codec.model_format, instructions=instructions,
+                                             voice=self.parameters.get("voice"), extra_tools=extra)
+        if self.model or self.delegation_model:  # dialects that name the model in the session (Live)
+            config = replace(config, model=self.model, delegation_model=self.delegation_model)
+        return config
 
     def on_realtime_closed(self, reason: str) -> list[Action]:
         """The upstream socket closed, or never opened. A drop mid-call is retried once."""
         was_open, self.realtime_open = self.realtime_open, False
+        self._session_ready = not self.capabilities.ready_first
         if self.ended:
             return []
         if was_open and not self.carries_media:  # the server closes the sideband when the call ends
@@ -304,6 +348,13 @@ class Call:
             return [self._transcript("agent", event.item_id, event.transcript, now)]
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
+        if isinstance(event, rt.TimedTranscript):
+            return self._on_timed_transcript(event, now)
+        if isinstance(event, rt.SessionReady) and not self._session_ready:
+            self._session_ready = True
+            return self._session_opened()
+        if isinstance(event, rt.UsageUpdated):
+            return [Record("usage", {**event.usage, "final": event.final})]
         return []
 
     def _on_sideband(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action] | None:
@@ -334,7 +385,8 @@ class Call:
             return []  # audio of an interrupted response still in flight
         if self._response is not None and self._response.id == event.response_id:
             self._response.items.add(event.item_id)
-        elif event.response_id not in self._known_responses and event.item_id not in self._warned_items:
+        elif (self.capabilities.responses and event.response_id not in self._known_responses
+              and event.item_id not in self._warned_items):
             self._warned_items.add(event.item_id)  # played anyway: better heard than lost
             log.warning("call %s: audio for item %r of response %r, which was never announced",
                         self.call_sid, event.item_id, event.response_id)
@@ -345,14 +397,73 @@ class Call:
             return []
         if chunk.model_ms <= 0:
             return []
+        if self.pacer is not None:
+            return self._pace(event.item_id, chunk, now)
+        return self._send_agent_audio(event.item_id, chunk, now)
+
+    def _send_agent_audio(self, item_id: str, chunk: ModelAudio, now: float) -> list[Action]:
         actions: list[Action] = []
-        if (before := self.ledger.before(event.item_id)) is not None:
+        if (before := self.ledger.before(item_id)) is not None:
             actions.append(ToTwilio(tw.SendMark(before)))
         if chunk.payload:
             actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
-        if (name := self.ledger.sent(event.item_id, chunk.model_ms, now)) is not None:
+        if (name := self.ledger.sent(item_id, chunk.model_ms, now)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
+
+    # --- Barge-in without truncate: pacing, our own VAD, the server's own interruptions ---
+
+    def _pace(self, item_id: str, chunk: ModelAudio, now: float) -> list[Action]:
+        if self._muted_until is not None and now < self._muted_until:
+            return []  # the tail of the utterance the caller is talking over
+        if not self.pacer.queued(now):
+            self._agent_from_ms = self._input_ms
+        self.pacer.hold(item_id, chunk)
+        return self._release(now)
+
+    def _release(self, now: float) -> list[Action]:
+        return [action for item, piece in self.pacer.release(now)
+                for action in self._send_agent_audio(item, piece, now)]
+
+    def _listen(self, payload: str, now: float) -> list[Action]:
+        """Our VAD on the caller's frame: speech starting over queued agent audio is a barge-in."""
+        change = self.vad.feed(payload)
+        if change is False:
+            self._muted_until = None
+        elif change is True and (self.pacer.queued(now) or self.ledger.unplayed):
+            self._muted_until = now + MUTE_AFTER_BARGE_IN_S
+            return self._interrupt_agent("caller_speech", now)
+        return []
+
+    def _interrupt_agent(self, cause: str, now: float) -> list[Action]:
+        """Drops the held agent audio and what Twilio has queued; the model is not told."""
+        dropped_ms = self.pacer.drop()
+        actions: list[Action] = []
+        if self.ledger.unplayed:
+            actions.append(ToTwilio(tw.SendClear()))
+            self.ledger.clear()
+            self.codec.interrupted()
+        self.turns.interrupt("agent")
+        log.info("call %s: caller talked over the agent (%s); %.0f ms of held audio dropped",
+                 self.call_sid, cause, dropped_ms)
+        actions.append(Record("barge_in", {"cause": cause, "dropped_ms": round(dropped_ms)}))
+        return actions
+
+    def _on_timed_transcript(self, event: rt.TimedTranscript, now: float) -> list[Action]:
+        actions: list[Action] = []
+        # The caller heard speaking after the agent's queued audio began: the server stops its
+        # output for that itself, so what we still hold or Twilio still plays is stale.
+        if (event.speaker == "caller" and self.pacer is not None and event.end_ms > self._agent_from_ms
+                and self.pacer.queued(now)):
+            actions.extend(self._interrupt_agent("server_heard_caller", now))
+        closed = self.turns.add(event.speaker, event.delta, event.start_ms, event.end_ms)
+        return actions + [self._turn_record(turn, now) for turn in closed]
+
+    def _turn_record(self, turn: Turn, now: float) -> Record:
+        extra: dict[str, Any] = {"start_ms": turn.start_ms, "end_ms": turn.end_ms}
+        if turn.interrupted:
+            extra["interrupted"] = True
+        return self._transcript(turn.speaker, f"{turn.speaker}_{turn.start_ms}", turn.text, now, **extra)
 
     def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
         if self._response and self._response.id == event.response_id:
@@ -457,7 +568,7 @@ class Call:
         return action
 
     def _create_response(self, instructions: str | None = None) -> ToRealtime:
-        self._awaiting_response = True
+        self._awaiting_response = self.capabilities.responses  # else no event would clear it
         return ToRealtime(rt.CreateResponse(instructions))
 
     def _check_after_playout(self, now: float) -> list[Action]:
@@ -466,7 +577,8 @@ class Call:
             return []
         action, deadline = self._after_playout
         done = (self._response is None and not self._awaiting_response and not self._respond_when_done
-                and not self.ledger.unplayed and not self._agent_audible)
+                and not self.ledger.unplayed and not self._agent_audible
+                and not (self.pacer is not None and self.pacer.holding))
         if not done and now < deadline:
             return []
         self._after_playout = None
@@ -483,6 +595,8 @@ class Call:
         message = self.parameters.get("voicemail") or self.profile.voicemail
         if not message or not self.realtime_open:
             return actions + [HangUp(f"voicemail ({answered_by}), nothing to leave")]
+        if self.pacer is not None:
+            self.pacer.drop()
         if self.ledger.unplayed:  # stop talking over the beep
             actions.append(ToTwilio(tw.SendClear()))
             self.ledger.clear()
@@ -573,7 +687,11 @@ class Call:
             log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
                       self.call_sid, now - self._last_heard)
             return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
-        actions = self._flush_dtmf(now) + self._check_after_playout(now) + self._tool_filler(now)
+        actions = self._flush_dtmf(now)
+        if self.pacer is not None:
+            actions += self._release(now)
+            actions += [self._turn_record(turn, now) for turn in self.turns.due(self._input_ms)]
+        actions += self._check_after_playout(now) + self._tool_filler(now)
         if (name := self.ledger.due(now)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
@@ -607,7 +725,9 @@ class Call:
         if self.ended:
             return []
         self.ended = True
-        return [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
+        turns: list[Action] = [self._turn_record(turn, self._last_heard or self._started_at)
+                               for turn in self.turns.flush()]
+        return turns + [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
 
     def _note_agent_item(self, item_id: str) -> None:
         if ("assistant", item_id) not in self._history:

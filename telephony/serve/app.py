@@ -199,7 +199,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def media_stream(ws: WebSocket) -> None:
         await ws.accept()
         call = Call(profile, settings.audio_codec, verify_start=verify_start,
-                    media_timeout_s=settings.media_timeout_seconds, pick_profile=profiles.named)
+                    media_timeout_s=settings.media_timeout_seconds, pick_profile=profiles.named,
+                    capabilities=dialect.capabilities, model=settings.realtime_model,
+                    delegation_model=settings.live_delegation_model)
         observer = CallObserver(metrics, settings.call_records_dir, logs.bind_call())
 
         def on_record(call: Call, record: Record) -> None:
