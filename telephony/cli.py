@@ -124,7 +124,7 @@ def _call(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from telephony.offline import demo
 
-    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool)
+    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool, args.dialect)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="agent voice: espeak-ng when installed (auto), or the built-in synthesiser")
     demo.add_argument("--tool", action="store_true",
                       help="the agent answers by calling a Python tool (lookup_order), end to end")
+    demo.add_argument("--dialect", choices=("beta", "ga", "live"), default="beta",
+                      help="the protocol the bridge and the local engine speak (live: no truncate)")
     demo.set_defaults(func=_demo)
 
     sim = sub.add_parser("simulate", help="place a simulated Twilio call (or, with --sip, a call through "

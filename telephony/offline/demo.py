@@ -78,13 +78,14 @@ async def serving(app: Any) -> AsyncIterator[int]:
 
 
 async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | None = None,
-                   progress: bool | None = None, voice: Voice | None = None, tool: bool = False) -> DemoReport:
+                   progress: bool | None = None, voice: Voice | None = None, tool: bool = False,
+                   dialect: str = "beta") -> DemoReport:
     """``tool``: the agent answers the caller's first turn by calling a Python tool (lookup_order)."""
     out = out or sys.stdout
     started = time.monotonic()
     caller_pcm = read_pcm8k(caller_wav or demo_caller_wav())
     caller_audio = audioop.lin2ulaw(caller_pcm.astype("<i2").tobytes(), 2)
-    settings = Settings(realtime_url="local", host=LOOPBACK)
+    settings = Settings(realtime_url="local", host=LOOPBACK, realtime_dialect=dialect)
     profile = load_profile(settings.profile_path())
     cue = None
     if tool:
@@ -102,9 +103,10 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
         console.engine_event(direction, event)
 
     print(f"telephony demo: a simulated phone call to the bridge, with the local Realtime engine "
-          f"(agent voice: {voice.name}).", file=out)
+          f"(agent voice: {voice.name}, {dialect} dialect).", file=out)
     app = create_app(settings, profile, lambda s: local_connector(voice, observer=observe,
-                                                                  greeting=profile.greeting, tool_cue=cue))
+                                                                  greeting=profile.greeting, tool_cue=cue,
+                                                                  dialect=s.realtime_dialect))
     turns = spans(caller_pcm, 8000, CALLER_GAP_S)
     async with serving(app) as port:
         url = f"ws://{LOOPBACK}:{port}/twilio/media-stream"
@@ -125,13 +127,13 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
 
 
 def main(output: str = "demo-call.wav", caller_wav: str | None = None, verbose: bool = False,
-         voice: str = "auto", tool: bool = False) -> int:
+         voice: str = "auto", tool: bool = False, dialect: str = "beta") -> int:
     # The engine answers the bridge's own response.cancel after a VAD interrupt with an error,
     # as the real service does; the bridge logs it. Not news in a demo: quiet unless asked.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = asyncio.run(run_demo(Path(output), Path(caller_wav) if caller_wav else None,
-                                  voice=make_voice(voice), tool=tool))
+                                  voice=make_voice(voice), tool=tool, dialect=dialect))
     if caller_wav is None and not (report.measurements.barge_in_stops and report.measurements.response_latencies):
         print("telephony demo: the bundled call did not show a barge-in and an answer", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""A local Realtime engine: the server side of the Realtime protocol (beta and GA), offline.
+"""A local Realtime engine: the server side of the Realtime protocol (beta and GA) and of Live, offline.
 
 Sans-I/O like the call core: ``RealtimeEngine`` is fed client events (text) and clock readings
 and returns the server events (dicts) to send; it owns no socket, task or clock. The shells in
@@ -13,6 +13,12 @@ turn; ``response.create`` (a greeting); audio streamed in chunks faster than rea
 transcript; ``response.cancel`` and ``interrupt_response`` (a cancelled response produces no
 more audio, optionally after a few deltas "in flight"); ``conversation.item.truncate`` checked
 against the audio the item really has. A ``Persona`` decides what is said and how it sounds.
+
+In the Live dialect (``openai.types.live``) the same engine answers ``session.start`` with
+``session.started``, streams ``session.output_audio.delta`` and timed transcripts, sends no VAD,
+response or item events, and interrupts itself ``LIVE_INTERRUPT_MS`` into caller speech (the
+only sign of it is the caller's transcript fragment, as from the real server); function calls
+arrive nested in ``response.event``.
 
 Known simplifications: ``audio_start_ms`` is the first loud 20 ms frame (the real service
 moves it back by ``prefix_padding_ms``); the VAD's threshold is RMS, not the session's 0–1
@@ -74,6 +80,8 @@ def _flatten_ga_session(update: dict[str, Any]) -> dict[str, Any]:
         flat["voice"] = audio_out["voice"]
     return flat
 VAD_FRAME_MS = 20
+LIVE_INTERRUPT_MS = 200  # Live stops its own output this far into caller speech
+_FROM_LIVE = {("audio/pcmu", 8000): "g711_ulaw", ("audio/pcm", 24000): "pcm16"}
 MAX_TURN_S = 30  # caller audio kept for a persona that wants it (echo), per turn
 
 
@@ -173,7 +181,7 @@ class EngineConfig:
     interrupt: bool | None = None  # None: the session's turn_detection.interrupt_response
     respond_to_turns: bool | None = None  # None: the session's turn_detection.create_response
     transcribe_turns: bool | None = None  # None: when the session asks for input transcription
-    dialect: str = "beta"  # "beta" or "ga": event names and session shapes
+    dialect: str = "beta"  # "beta", "ga" or "live": event names and session shapes
     transcription: bool = False  # an ``intent=transcription`` session: transcripts, never responses
 
 
@@ -190,6 +198,7 @@ class _Response:
     cancelled: str | None = None  # reason, once cancelled
     after_cancel: int = 0
     tool_call: tuple[str, str] | None = None
+    timeline_ms: float = 0.0  # Live: where on the session timeline the response began
 
     def due(self, k: int, chunk_ms: float, speed: float) -> float:
         return self.started + k * chunk_ms / speed / 1000
@@ -203,6 +212,8 @@ class _Vad:
     quiet_ms: float = 0.0
     item_id: str | None = None
     turn: bytearray = field(default_factory=bytearray)  # PCM16 of the current turn, input rate
+    turn_start_ms: float = 0.0
+    interrupt_at_ms: float | None = None  # Live: when it stops talking over the caller
 
 
 class RealtimeEngine:
@@ -211,6 +222,7 @@ class RealtimeEngine:
     def __init__(self, persona: Persona, config: EngineConfig | None = None, session_id: str = "sess_local") -> None:
         self.persona = persona
         self.config = config or EngineConfig()
+        self.live = self.config.dialect == "live"
         self.names = GA_NAMES if self.config.dialect == "ga" else BETA_NAMES
         self._assistant_audio = "output_audio" if self.config.dialect == "ga" else "audio"  # content type
         self._ids = itertools.count(1)
@@ -230,10 +242,13 @@ class RealtimeEngine:
         self._last_item: str | None = None
         self._heard_caller = False  # a caller turn or user item: no more default greetings
         self._tool_output: str | None = None  # a function_call_output not yet answered
+        self._live_session: dict[str, Any] = {}  # Live: the session as session.started described it
 
     # --- Public surface ---
 
     def open(self, now: float) -> list[dict[str, Any]]:
+        if self.live:
+            return []  # Live speaks only once it is sent session.start
         return [self._event("session.created", session=self._session_view())]
 
     def _session_view(self) -> dict[str, Any]:
@@ -258,7 +273,7 @@ class RealtimeEngine:
             return [self._error("invalid_request_error", "invalid_json", "The message is not valid JSON.", None)]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [self._error("invalid_request_error", "invalid_event", "The event has no 'type'.", None)]
-        handler = self._HANDLERS.get(event["type"])
+        handler = (self._LIVE_HANDLERS if self.live else self._HANDLERS).get(event["type"])
         if handler is None:
             return [self._error("invalid_request_error", "invalid_value",
                                 f"Invalid value: '{event['type']}'. Unsupported event type.", event)]
@@ -388,6 +403,68 @@ class RealtimeEngine:
         "conversation.item.create": _on_item_create,
     }
 
+    # --- Live client events ---
+
+    def _on_live_start(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        session = event.get("session") if isinstance(event.get("session"), dict) else {}
+        audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+        fmt = audio.get("format") if isinstance(audio.get("format"), dict) else {}
+        ours = _FROM_LIVE.get((fmt.get("type"), fmt.get("rate")))
+        if ours is None or not session.get("model"):
+            return [self._error("invalid_request_error", "invalid_value",
+                                f"Unsupported session: model {session.get('model')!r}, format {fmt!r}", event)]
+        delegation = session.get("delegation") if isinstance(session.get("delegation"), dict) else {}
+        self.session.update(instructions=session.get("instructions") or "", input_audio_format=ours,
+                            output_audio_format=ours, voice=(audio.get("output") or {}).get("voice") or "marin",
+                            tools=(delegation.get("responses") or {}).get("tools") or [])
+        view = {"id": self.session["id"], "expires_at": int(now) + 3600, "model": session["model"],
+                "status": "active", "instructions": self.session["instructions"],
+                "audio": {"format": dict(fmt), "output": {"voice": self.session["voice"]}}}
+        if delegation:
+            view["delegation"] = delegation
+        self._live_session = view
+        return [self._event("session.started", session=view)]
+
+    def _on_live_commentary(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        at = int(self._vad.input_ms)
+        out = [self._event("session.commentary.appended", start_ms=at, end_ms=at)]
+        if self._response is None:  # a commentary worded as an instruction is said (the greeting)
+            out += self._start_response(now, str(event.get("content") or ""), b"" if self._heard_caller else None)
+        return out
+
+    def _on_live_instructions(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        self._heard_caller = True
+        at = int(self._vad.input_ms)
+        return [self._event("session.instructions.appended", start_ms=at, end_ms=at)]
+
+    def _on_live_item_create(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        if item.get("type") == "function_call_output":  # read out by the next response
+            self._tool_output = str(item.get("output", ""))
+        return []  # Live acknowledges nothing here
+
+    def _on_live_response_create(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        if self._response is not None:
+            return []  # already speaking: the result is part of what it says
+        return self._start_response(now, None, b"")
+
+    def _on_live_close(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        return [self._event("session.closed", reason="close_requested", session=self._live_session,
+                            usage=self._live_usage())]
+
+    def _live_usage(self) -> dict[str, Any]:
+        return {"seconds": float(int(self._vad.input_ms / 1000))}
+
+    _LIVE_HANDLERS = {
+        "session.start": _on_live_start,
+        "session.input_audio.append": _on_append,
+        "session.commentary.append": _on_live_commentary,
+        "session.instructions.append": _on_live_instructions,
+        "response.item.create": _on_live_item_create,
+        "response.create": _on_live_response_create,
+        "session.close": _on_live_close,
+    }
+
     # --- VAD ---
 
     def _turn_setting(self, key: str, override: Any) -> Any:
@@ -413,6 +490,9 @@ class RealtimeEngine:
             start_ms = vad.input_ms
             vad.input_ms += VAD_FRAME_MS
             if vad.in_speech:
+                if (vad.interrupt_at_ms is not None and vad.input_ms >= vad.interrupt_at_ms
+                        and rms >= self.config.vad_stop_rms):
+                    out += self._live_interrupt(now)
                 vad.turn += chunk.tobytes()
                 vad.quiet_ms = 0.0 if rms >= self.config.vad_stop_rms else vad.quiet_ms + VAD_FRAME_MS
                 if vad.quiet_ms >= silence_ms:
@@ -421,16 +501,48 @@ class RealtimeEngine:
                 vad.in_speech, vad.quiet_ms = True, 0.0
                 vad.item_id = self._id("item")
                 vad.turn = bytearray(chunk.tobytes())
+                vad.turn_start_ms = start_ms
+                r = self._response
+                if self.live:  # no speech events: it stops talking a little into the caller's speech
+                    if r is not None and not r.cancelled:
+                        vad.interrupt_at_ms = start_ms + LIVE_INTERRUPT_MS
+                    continue
                 out.append(self._event("input_audio_buffer.speech_started",
                                        audio_start_ms=int(start_ms), item_id=vad.item_id))
-                r = self._response
                 if r is not None and not r.cancelled and self._turn_setting("interrupt_response",
                                                                             self.config.interrupt):
                     out += self._cancel(r, "turn_detected", now)
             del vad.turn[: max(0, len(vad.turn) - MAX_TURN_S * rate * 2)]
         return out
 
+    def _live_interrupt(self, now: float) -> list[dict[str, Any]]:
+        """Live stops its output for the caller; what the caller says so far is transcribed."""
+        vad, r = self._vad, self._response
+        vad.interrupt_at_ms = None
+        out = [self._event("session.input_transcript.delta", delta="[talking over the agent] ",
+                           start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms))]
+        if r is not None and not r.cancelled:
+            out += self._cancel(r, "turn_detected", now)
+        return out
+
+    def _end_live_turn(self, now: float) -> list[dict[str, Any]]:
+        vad = self._vad
+        rate = RATES[self.session["input_audio_format"]]
+        out = [self._event("session.input_transcript.delta",
+                           delta=self.persona.transcribe(bytes(vad.turn), rate),
+                           start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms)),
+               self._event("session.usage.updated", usage=self._live_usage())]
+        turn = bytes(vad.turn)
+        self._heard_caller = True
+        vad.in_speech, vad.quiet_ms, vad.item_id, vad.turn = False, 0.0, None, bytearray()
+        vad.interrupt_at_ms = None
+        if self._response is None and self._turn_setting("create_response", self.config.respond_to_turns):
+            out += self._start_response(now, None, turn)
+        return out
+
     def _end_turn(self, now: float, stopped: bool) -> list[dict[str, Any]]:
+        if self.live:
+            return self._end_live_turn(now)
         vad = self._vad
         item = vad.item_id or self._id("item")
         turn_ms = len(vad.turn) / 2 / RATES[self.session["input_audio_format"]] * 1000
@@ -477,6 +589,9 @@ class RealtimeEngine:
                       tool_call=said.tool_call)
         self._response = r
         self._item_audio_ms[r.item_id] = 0.0
+        if self.live:  # no response or item events: the audio just starts
+            r.timeline_ms = self._vad.input_ms
+            return []
         item = {"id": r.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
                 "status": "in_progress", "content": []}
         return [
@@ -493,6 +608,13 @@ class RealtimeEngine:
         words = r.text[len(r.text) * r.sent // n: len(r.text) * (r.sent + 1) // n]
         r.sent += 1
         self._item_audio_ms[r.item_id] += len(chunk) / self._bytes_per_ms()
+        if self.live:
+            start = int(r.timeline_ms + (r.sent - 1) * self.config.chunk_ms)
+            out = [{"type": "session.output_audio.delta", "delta": base64.b64encode(chunk).decode("ascii")}]
+            if words:
+                out.append(self._event("session.output_transcript.delta", delta=words, start_ms=start,
+                                       end_ms=start + int(len(chunk) / self._bytes_per_ms())))
+            return out
         where = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         out = [self._event(self.names["audio.delta"], **where, delta=base64.b64encode(chunk).decode("ascii"))]
         if words:
@@ -508,6 +630,14 @@ class RealtimeEngine:
     def _finish(self, r: _Response) -> list[dict[str, Any]]:
         """audio/transcript/part/item done (or just the item, cancelled), then ``response.done``."""
         self._response = None
+        if self.live:  # the audio just stops; a tool call comes from the delegated backend
+            if r.tool_call and not r.cancelled:
+                item = {"id": self._id("item"), "type": "function_call", "status": "completed",
+                        "name": r.tool_call[0], "call_id": self._id("call"), "arguments": r.tool_call[1]}
+                return [self._event("response.event", delegation_id=None, event={
+                    "type": "response.output_item.done", "response_id": r.id, "output_index": 0,
+                    "item": item})]
+            return []
         where = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         heard_text = r.text[: len(r.text) * r.sent // max(1, len(r.chunks))]
         out = []
@@ -583,5 +713,10 @@ class RealtimeEngine:
 
     def _error(self, type_: str, code: str, message: str, culprit: dict[str, Any] | None) -> dict[str, Any]:
         event_id = culprit.get("event_id") if isinstance(culprit, dict) else None
+        if self.live:
+            error = {"type": type_, "code": code, "message": message}
+            if event_id:
+                error["client_event_id"] = event_id
+            return self._event("error", error=error)
         return self._event("error", error={"type": type_, "code": code, "message": message, "param": None,
                                            "event_id": event_id})

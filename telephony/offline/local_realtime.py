@@ -215,9 +215,12 @@ def _accept_realtime_subprotocol(ws: ServerConnection, offered) -> str | None:
 
 
 def dialect_of(ws: ServerConnection) -> str:
-    """Tells the dialects apart as the real services do: the beta protocol is asked for with the
+    """Tells the dialects apart as the real services do: Live by its path (``/v1/live/sessions``);
+    the beta protocol is asked for with the
     ``OpenAI-Beta: realtime=v1`` header or, from browsers, the ``openai-beta.realtime-v1``
     subprotocol; anything else is GA."""
+    if ws.request.path.split("?")[0].rstrip("/").endswith("/live/sessions"):
+        return "live"
     headers = ws.request.headers
     offered = ",".join(headers.get_all("Sec-WebSocket-Protocol"))
     if "realtime=v1" in headers.get("OpenAI-Beta", "") or "openai-beta.realtime-v1" in offered:
