@@ -1,4 +1,4 @@
-"""Both Realtime dialects encode every command into events their openai models accept."""
+"""Every Realtime dialect encodes every command it has into events its openai models accept."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import pytest
 from helpers import validate_event
 
 from telephony.wire import realtime as rt
-from telephony.wire import realtime_beta, realtime_ga
+from telephony.wire import live, realtime_beta, realtime_ga
 from telephony.wire.realtime import Tool
 
-DIALECTS = {"beta": realtime_beta, "ga": realtime_ga}
+DIALECTS = {"beta": realtime_beta, "ga": realtime_ga, "live": live}
+# Live has no transcription sessions, commit, cancel or truncate: the core never asks them of it.
+LIVE_HAS_NO = (rt.ConfigureTranscription, rt.CommitAudio, rt.CancelResponse, rt.TruncateItem)
 
 TOOL = Tool("end_call", "Hang up after saying goodbye.", {"type": "object", "properties": {}})
 
 
 def commands(audio_format: str) -> list[rt.Command]:
     config = rt.SessionConfig(instructions="Be brief.", voice="alloy", audio_format=audio_format,
-                              transcription_model="whisper-1", tools=(TOOL,))
+                              transcription_model="whisper-1", tools=(TOOL,), model="gpt-live-1",
+                              delegation_model="gpt-5-mini")
     return [
         rt.ConfigureSession(config),
         rt.ConfigureTranscription(rt.TranscriptionConfig(model="whisper-1", audio_format=audio_format,
@@ -34,10 +37,14 @@ def commands(audio_format: str) -> list[rt.Command]:
     ]
 
 
-@pytest.mark.parametrize("dialect", ["beta", "ga"])
+@pytest.mark.parametrize("dialect", ["beta", "ga", "live"])
 @pytest.mark.parametrize("audio_format", ["pcm16", "g711_ulaw"])
 def test_every_command_validates_against_the_dialects_model(dialect, audio_format):
     for command in commands(audio_format):
+        if dialect == "live" and isinstance(command, LIVE_HAS_NO):
+            with pytest.raises(ValueError, match="no counterpart"):
+                live.encode(command)
+            continue
         validate_event(DIALECTS[dialect].encode(command), dialect, "client")
 
 
@@ -76,7 +83,7 @@ def test_each_dialect_decodes_its_own_names_and_not_the_others(dialect, audio, t
     assert fc == rt.FunctionCall("r", "i", "c", "end_call", "{}")
 
 
-@pytest.mark.parametrize("dialect", ["beta", "ga"])
+@pytest.mark.parametrize("dialect", ["beta", "ga", "live"])
 async def test_doctor_reports_provider_and_handshake_without_the_key(dialect):
     import io
 
@@ -92,7 +99,8 @@ async def test_doctor_reports_provider_and_handshake_without_the_key(dialect):
         assert await run_doctor(settings, connect=True, out=out) == 0
     text = out.getvalue()
     assert f"Realtime dialect: {dialect}" in text and "Audio codec:      g711_ulaw" in text
-    assert "Handshake:        OK, session.created" in text and "sess_scripted" in text
+    first = "session.started" if dialect == "live" else "session.created"  # Live waits for session.start
+    assert f"Handshake:        OK, {first}" in text and "sess_scripted" in text
     assert key not in text
     assert server.connections[0].headers["authorization"] == f"Bearer {key}"
 
@@ -109,13 +117,13 @@ async def test_doctor_reports_a_refused_handshake():
     assert "Handshake:        FAILED" in out.getvalue()
 
 
-@pytest.mark.parametrize("dialect", ["beta", "ga"])
+@pytest.mark.parametrize("dialect", ["beta", "ga", "live"])
 def test_serialize_matches_encode_and_escapes_passthrough_payloads(dialect):
     import json
 
     from telephony.wire.dialects import DIALECTS
 
     module = DIALECTS[dialect]
-    for command in (rt.AppendAudio("//8A/w=="), rt.AppendAudio('x","type":"response.create'),
-                    rt.CancelResponse(), rt.TruncateItem("item_1", 120)):
+    others = (rt.CreateResponse("Say hi."),) if dialect == "live" else (rt.CancelResponse(), rt.TruncateItem("item_1", 120))
+    for command in (rt.AppendAudio("//8A/w=="), rt.AppendAudio('x","type":"response.create'), *others):
         assert json.loads(module.serialize(command)) == module.encode(command)
