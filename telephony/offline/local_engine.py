@@ -521,8 +521,9 @@ class RealtimeEngine:
         vad.interrupt_at_ms = None
         out = [self._event("session.input_transcript.delta", delta="[talking over the agent] ",
                            start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms))]
-        if r is not None and not r.cancelled:
-            out += self._cancel(r, "turn_detected", now)
+        if r is not None and not r.cancelled:  # its own decision: nothing is in flight after it
+            r.cancelled = "turn_detected"
+            out += self._finish(r)
         return out
 
     def _end_live_turn(self, now: float) -> list[dict[str, Any]]:
