@@ -1,6 +1,7 @@
 """Load benchmark: N simulated Twilio callers through ONE `telephony serve` process.
 
-    python benchmarks/load.py --calls 50 --seconds 20            # both codecs, side by side
+    python benchmarks/load.py --calls 50 --seconds 20            # both codecs, beta and Live, side by side
+    python benchmarks/load.py --calls 20 --seconds 10 --codec g711_ulaw --dialect beta live
     python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof   # needs py-spy
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
@@ -43,11 +44,11 @@ DELTA_MS = 40  # agent audio per Realtime delta
 # --- Roles run in their own processes ---
 
 
-async def realtime_role(port_file: str) -> None:
+async def realtime_role(port_file: str, dialect: str) -> None:
     from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 
     script = Script(response_ms=RESPONSE_MS, chunk_ms=DELTA_MS, speed=1.0, silence_ms=300)
-    async with ScriptedRealtimeServer(script) as server:
+    async with ScriptedRealtimeServer(script, dialect=dialect) as server:
         Path(port_file).write_text(str(server.port))
         await asyncio.Event().wait()
 
@@ -199,7 +200,8 @@ def py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False) -> dict:
+def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
+            dialect: str = "beta") -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0")
@@ -212,12 +214,14 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
     server_cpus, helper_cpus = ({0}, set(range(1, os.cpu_count() or 2))) if pin else (None, None)
     try:
         procs.append(subprocess.Popen([sys.executable, str(here), "--role", "realtime", "--port-file",
-                                       str(port_file)], env=env, cwd=ROOT, preexec_fn=pinned(helper_cpus)))
+                                       str(port_file), "--dialect", dialect], env=env, cwd=ROOT,
+                                      preexec_fn=pinned(helper_cpus)))
         wait_for(lambda: port_file.exists() and port_file.read_text(), 10, "the scripted Realtime server")
         rt_port = int(port_file.read_text())
         port = free_port()
         server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
-                          AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1")
+                          AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
+                          REALTIME_DIALECT=dialect)
         server = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=server_env, cwd=ROOT,
                                   preexec_fn=pinned(server_cpus))
         procs.append(server)
@@ -254,7 +258,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         per_call_rate = messages / (t1 - t0) / max(active, 1)
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
-            "codec": codec, "calls": calls, "held": sum(r["ok"] for r in results), "active": int(active),
+            "codec": f"{dialect} {codec}", "calls": calls, "held": sum(r["ok"] for r in results), "active": int(active),
             "clears": sum(r.get("clears", 0) for r in results),
             "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
             "server_cpu_pct": 100 * cpu_share,
@@ -300,7 +304,7 @@ ROWS = [
     ("CPU per message, µs", lambda f: f"{f['cpu_us_per_message']:.0f}"),
     ("added latency → Realtime p50 / p99 ms", lambda f: f"{f['p50_to_realtime_ms']:.2f} / {f['p99_to_realtime_ms']:.2f}"),
     ("added latency → Twilio p50 / p99 ms", lambda f: f"{f['p50_to_twilio_ms']:.2f} / {f['p99_to_twilio_ms']:.2f}"),
-    ("speech_started → clear p99 ms", lambda f: f"{f['p99_clear_ms']:.2f}"),
+    ("speech_started (live: caller frame) → clear p99 ms", lambda f: f"{f['p99_clear_ms']:.2f}"),
     ("barge-ins (clears received)", lambda f: str(f["clears"])),
     ("RSS per call, KB", lambda f: f"{f['rss_kb_per_call']:.0f}"),
     ("RSS idle, MB", lambda f: f"{f['rss_idle_mb']:.0f}"),
@@ -321,6 +325,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window is this minus 2 s")
     parser.add_argument("--codec", nargs="+", default=["pcm16", "g711_ulaw"], choices=["pcm16", "g711_ulaw"])
+    parser.add_argument("--dialect", nargs="+", default=["beta", "live"], choices=["beta", "ga", "live"],
+                        help="each dialect runs each codec (live: agent audio paced, our own VAD)")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
     parser.add_argument("--profile", metavar="FILE",
                         help="sample the server with py-spy over the window, raw stacks to FILE.<codec>")
@@ -333,7 +339,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=2.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "realtime":
-        asyncio.run(realtime_role(args.port_file))
+        asyncio.run(realtime_role(args.port_file, args.dialect[0]))
         return
     if args.role == "callers":
         asyncio.run(callers_role(args.url, args.calls, args.seconds, args.ramp))
@@ -343,11 +349,11 @@ def main() -> None:
     if args.pin:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
     medians = []
-    for codec in args.codec:
+    for dialect, codec in [(d, c) for d in args.dialect for c in args.codec]:
         runs = []
         for _ in range(args.runs):
             runs.append(run_one(codec, args.calls, args.seconds,
-                                f"{args.profile}.{codec}" if args.profile else None, args.pin))
+                                f"{args.profile}.{dialect}.{codec}" if args.profile else None, args.pin, dialect))
             # Measured with the other processes gone, so they do not compete for the CPU.
             runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
             if args.json:
