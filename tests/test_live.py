@@ -337,3 +337,39 @@ async def test_live_end_call_goes_through_delegation_and_hangs_up_after_the_good
     assert "500 Hz tone" in turns[1]["text"]
     assert any(r["kind"] == "usage" for r in lines)
     assert result.agent  # the goodbye was heard
+
+
+def test_a_reconnected_live_session_waits_for_started_then_hears_the_turns_so_far(profile):
+    call = ready_call(profile)
+    call.on_realtime(rt.TimedTranscript("caller", "Book a table.", 1000, 1800), 1.8)
+    call.on_realtime(rt.TimedTranscript("agent", "For how many?", 2000, 2600), 2.6)  # closes the caller turn
+    assert commands(call.on_realtime_closed("connection lost")) == []
+    (start,) = commands(call.on_realtime_open(3.0))
+    assert isinstance(start, rt.ConfigureSession)
+    restored = commands(call.on_realtime(rt.SessionReady(True), 3.1))
+    assert restored[0] == rt.AddUserText("Book a table.")
+    assert not [c for c in restored if isinstance(c, rt.CreateResponse)]  # no second greeting
+    for command in restored:
+        validate_event(live.encode(command), "live", "client")
+
+
+async def test_the_local_engine_speaks_live_on_the_live_path():
+    import websockets
+
+    from telephony.offline.local_realtime import RealtimeServer
+    from telephony.offline.voices import make_voice
+
+    async with RealtimeServer(make_voice("synth")) as server:
+        url = server.url.replace("/v1/realtime", "/v1/live/sessions")
+        async with websockets.connect(url) as ws:
+            start = live.encode(rt.ConfigureSession(rt.SessionConfig("Be brief.", "marin", "g711_ulaw",
+                                                                     model="gpt-live-1")))
+            await ws.send(json.dumps(start))
+            started = json.loads(await ws.recv())
+            await ws.send(json.dumps(live.encode(rt.CreateResponse("Say exactly this: Hello there."))))
+            events = [json.loads(await ws.recv()) for _ in range(4)]
+    assert started["type"] == "session.started" and started["session"]["model"] == "gpt-live-1"
+    for event in [started, *events]:
+        validate_event(event, "live", "server")
+    assert events[0]["type"] == "session.commentary.appended"
+    assert {e["type"] for e in events[1:]} <= {"session.output_audio.delta", "session.output_transcript.delta"}

@@ -93,6 +93,7 @@ class Call:
         self.pacer = AgentPacer() if paced else None
         self.vad = EnergyVad() if paced else None
         self.turns = TurnGrouper()
+        self._turns_said: list[Turn] = []  # closed turns, to restore a reconnected Live session
         self._input_ms = 0.0  # caller audio sent upstream: the session's timeline (paced dialects)
         self._agent_from_ms = 0.0  # where on that timeline the agent audio now queued began
         self._muted_until: float | None = None
@@ -290,6 +291,10 @@ class Call:
     def _restore_conversation(self) -> list[Action]:
         """The conversation so far, as text items, so the new session knows what was said."""
         actions: list[Action] = []
+        for turn in self._turns_said:  # dialects without items (Live) have turns instead
+            if turn.text:
+                actions.append(ToRealtime(rt.AddUserText(turn.text) if turn.speaker == "caller"
+                                          else rt.AddAssistantText(turn.text)))
         for role, item in self._history:
             if role == "user":
                 text = self._caller_text.get(item, "")
@@ -460,6 +465,7 @@ class Call:
         return actions + [self._turn_record(turn, now) for turn in closed]
 
     def _turn_record(self, turn: Turn, now: float) -> Record:
+        self._turns_said.append(turn)
         extra: dict[str, Any] = {"start_ms": turn.start_ms, "end_ms": turn.end_ms}
         if turn.interrupted:
             extra["interrupted"] = True
