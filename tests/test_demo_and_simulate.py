@@ -67,6 +67,21 @@ def test_demo_with_a_tool_calls_it_and_reads_out_its_answer(tmp_path):
     assert out.index("tool output") < out.index('"Here is what I found: order A-17')
 
 
+def test_demo_speaks_live_with_no_truncate(tmp_path):
+    out = tmp_path / "demo-live.wav"
+    proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--output", str(out), "--voice", "synth",
+                           "--dialect", "live"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "live dialect" in proc.stdout and "BARGE-IN" in proc.stdout and "truncate" not in proc.stdout
+    caller, agent, rate = read_call(out)
+    c, a = loud_frames(caller), loud_frames(agent)
+    onset = int(np.argmax(c))
+    assert a[max(0, onset - 15):onset].any(), "the agent was not talking when the caller cut in"
+    assert not a[onset + 300 // 20:onset + 100].any()  # silent from 300 ms after the cut-in
+    last_caller = len(c) - int(np.argmax(c[::-1]))
+    assert a[last_caller:].sum() * 20 > 1000, "the agent did not answer after the caller finished"
+
+
 async def test_simulate_cli_records_a_stereo_call_from_any_wav(tmp_path):
     # A 16 kHz stereo WAV: the CLI must convert it to the 8 kHz mono μ-law of a phone line.
     rate = 16000
