@@ -373,3 +373,44 @@ async def test_the_local_engine_speaks_live_on_the_live_path():
         validate_event(event, "live", "server")
     assert events[0]["type"] == "session.commentary.appended"
     assert {e["type"] for e in events[1:]} <= {"session.output_audio.delta", "session.output_transcript.delta"}
+
+
+def test_a_session_that_never_starts_ends_the_call_for_the_fallback(profile):
+    from telephony.core.call import SESSION_START_TIMEOUT_S, EndStream
+
+    call = live_call(profile)
+    call.on_realtime_open(1.0)
+    assert call.on_tick(1.0 + SESSION_START_TIMEOUT_S - 0.1) == []
+    ended = call.on_tick(1.0 + SESSION_START_TIMEOUT_S + 0.1)
+    assert any(isinstance(a, EndStream) and a.abnormal for a in ended)
+
+
+LIVE_BAD = {
+    "unknown_type": (json.dumps({"type": "session.brand_new", "event_id": "e"}), "not known to the live dialect"),
+    "malformed_json": ("{not json", "bad Realtime message: not JSON"),
+    "error_event": (json.dumps({"type": "error", "event_id": "e", "error": {
+        "type": "invalid_request_error", "code": "unknown_parameter", "message": "That was wrong",
+        "client_event_id": "evt_client_7"}}), "(event evt_client_7): That was wrong"),
+    "nested_garbage": (json.dumps({"type": "response.event", "event_id": "e", "event": "not an object"}), None),
+    "transcript_without_times": (json.dumps({"type": "session.input_transcript.delta", "delta": "x"}), None),
+}
+
+
+@pytest.mark.parametrize("case", list(LIVE_BAD))
+async def test_bad_live_message_mid_call_is_logged_and_audio_still_flows(case, caplog, tmp_path):
+    import logging
+
+    text, expected = LIVE_BAD[case]
+    script = Script(respond_to_turns=False, inject=((10, text),))
+    caller = ulaw_silence(0.5) + ulaw_tone(500, 0.7)
+    async with ScriptedRealtimeServer(script, dialect="live") as server, \
+            running_app(live_settings(server, tmp_path)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=caller, duration_s=1.2)
+        with caplog.at_level(logging.INFO):
+            result = await sim.run()
+    assert result.closed_by_bridge_at is None  # the call went on
+    appends = server.connections[0].of_type("session.input_audio.append")
+    assert len(appends) == 60  # every caller frame reached the model, after the bad message too
+    if expected:
+        lines = [r.getMessage() for r in caplog.records if expected in r.getMessage()]
+        assert lines and all(f"call {sim.call_sid}" in line for line in lines), caplog.text

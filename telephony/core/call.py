@@ -51,6 +51,9 @@ RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
 # Without truncate (Live), agent audio arriving while the caller talks over the agent is the
 # interrupted utterance's tail: dropped until the caller stops, but never longer than this.
 MUTE_AFTER_BARGE_IN_S = 3.0
+# A session that must be started (Live) and is not within this long is dead: the caller would
+# otherwise sit in silence. (Connecting has its own, shorter, deadline in the shell.)
+SESSION_START_TIMEOUT_S = 5.0
 
 # Decides whether a stream may start (e.g. checks its signed token): None, or why not.
 StartVerifier = Callable[[tw.Start], Union[str, None]]
@@ -87,6 +90,7 @@ class Call:
         self.capabilities = capabilities or rt.Capabilities()
         self.model, self.delegation_model = model, delegation_model
         self._session_ready = not self.capabilities.ready_first
+        self._opened_at: float | None = None  # when the upstream socket opened, until it is ready
         # Without truncate: agent audio paced to real time, the caller heard by our own VAD, and
         # transcripts grouped into turns from their timeline.
         paced = not self.capabilities.truncate
@@ -235,6 +239,7 @@ class Call:
             return self._greet() if self._sessions == 1 else []
         actions: list[Action] = [ToRealtime(rt.ConfigureSession(self.session_config()))]
         if not self._session_ready:
+            self._opened_at = now
             return actions  # the rest once the session says it is ready
         return actions + self._session_opened()
 
@@ -693,6 +698,11 @@ class Call:
             log.error("call %s: nothing from Twilio for %.1f s; the stream is dead",
                       self.call_sid, now - self._last_heard)
             return self._end(f"no media for {self.media_timeout_s:g} s", abnormal=True)
+        if (self.realtime_open and not self._session_ready and self._opened_at is not None
+                and now - self._opened_at > SESSION_START_TIMEOUT_S):
+            log.error("call %s: the Realtime session did not start within %g s", self.call_sid,
+                      SESSION_START_TIMEOUT_S)
+            return self._end("Realtime session did not start", abnormal=True)
         actions = self._flush_dtmf(now)
         if self.pacer is not None:
             actions += self._release(now)
