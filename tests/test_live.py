@@ -414,3 +414,24 @@ async def test_bad_live_message_mid_call_is_logged_and_audio_still_flows(case, c
     if expected:
         lines = [r.getMessage() for r in caplog.records if expected in r.getMessage()]
         assert lines and all(f"call {sim.call_sid}" in line for line in lines), caplog.text
+
+
+def test_end_call_waits_for_the_agents_last_words_though_live_has_no_response_done(profile):
+    from telephony.core.call import QUIET_BEFORE_AFTER_PLAYOUT_S, HangUp
+
+    call = ready_call(profile)
+    call.on_realtime(rt.FunctionCall("", "fc", "call_1", "end_call", "{}"), 1.0)
+    assert not [a for a in call.on_tick(1.5) if isinstance(a, HangUp)]
+    # The backend's goodbye arrives after the tool result: it is heard before the hang-up.
+    actions = call.on_realtime(rt.AudioDelta("", "", base64.b64encode(ulaw_tone(440, 0.5)).decode()), 1.6)
+    now, hung_up_at = 1.6, None
+    while hung_up_at is None and now < 5.0:
+        for action in actions:  # grows while it is walked: a mark's echo may hang up
+            if isinstance(action, ToTwilio) and isinstance(action.message, tw.SendMark):
+                actions += call.on_twilio(tw.Mark(action.message.name), now)  # echoed as it is sent
+            if isinstance(action, HangUp):
+                hung_up_at = now
+        now = round(now + 0.05, 2)
+        actions = call.on_tick(now)
+    assert not call.pacer.holding
+    assert 1.6 + QUIET_BEFORE_AFTER_PLAYOUT_S <= hung_up_at <= 1.6 + QUIET_BEFORE_AFTER_PLAYOUT_S + 0.1

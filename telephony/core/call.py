@@ -54,6 +54,9 @@ MUTE_AFTER_BARGE_IN_S = 3.0
 # A session that must be started (Live) and is not within this long is dead: the caller would
 # otherwise sit in silence. (Connecting has its own, shorter, deadline in the shell.)
 SESSION_START_TIMEOUT_S = 5.0
+# Without response events (Live) the only sign the agent has finished is silence: a hang-up or
+# transfer after a tool call waits for this much of it, so the model's last words are not cut.
+QUIET_BEFORE_AFTER_PLAYOUT_S = 1.0
 
 # Decides whether a stream may start (e.g. checks its signed token): None, or why not.
 StartVerifier = Callable[[tw.Start], Union[str, None]]
@@ -101,6 +104,7 @@ class Call:
         self._input_ms = 0.0  # caller audio sent upstream: the session's timeline (paced dialects)
         self._agent_from_ms = 0.0  # where on that timeline the agent audio now queued began
         self._muted_until: float | None = None
+        self._agent_active_at = 0.0  # last agent audio (or tool call) seen, paced dialects
         self.audio_format = audio_codec
         self.codec = make_codec(audio_codec)
         self.ledger = PlayoutLedger()
@@ -428,6 +432,7 @@ class Call:
             return []  # the tail of the utterance the caller is talking over
         if not self.pacer.queued(now):
             self._agent_from_ms = self._input_ms
+        self._agent_active_at = now
         self.pacer.hold(item_id, chunk)
         return self._release(now)
 
@@ -497,6 +502,7 @@ class Call:
             ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
             Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
                                  "outcome": _builtin_outcome(name, result.failed, self.profile)})]
+        self._agent_active_at = now
         if result.after_playout is not None and self._after_playout is None:
             self._after_playout = (self._by_refer(result.after_playout), now + AFTER_PLAYOUT_TIMEOUT_S)
         # The model speaks about the result: always after an error; after success only if it
@@ -588,8 +594,8 @@ class Call:
             return []
         action, deadline = self._after_playout
         done = (self._response is None and not self._awaiting_response and not self._respond_when_done
-                and not self.ledger.unplayed and not self._agent_audible
-                and not (self.pacer is not None and self.pacer.holding))
+                and not self.ledger.unplayed and not self._agent_audible and not (self.pacer is not None and (
+                    self.pacer.holding or now - self._agent_active_at < QUIET_BEFORE_AFTER_PLAYOUT_S)))
         if not done and now < deadline:
             return []
         self._after_playout = None
