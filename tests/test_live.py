@@ -435,3 +435,27 @@ def test_end_call_waits_for_the_agents_last_words_though_live_has_no_response_do
         actions = call.on_tick(now)
     assert not call.pacer.holding
     assert 1.6 + QUIET_BEFORE_AFTER_PLAYOUT_S <= hung_up_at <= 1.6 + QUIET_BEFORE_AFTER_PLAYOUT_S + 0.1
+
+
+async def test_a_business_tool_runs_through_live_delegation_unchanged(tmp_path):
+    """Issue 15's HTTP tool, called by the Live backend: the same neutral FunctionCall reaches the
+    core, the bridge calls the webhook, and the output goes back the Live way."""
+    from test_tools import HTTP_TOOL, function_outputs, greeting_then_tool, run_call, tool_server, write_profile
+
+    async with tool_server() as tools:
+        profile = write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url=tools.url, timeout=5))
+        conn, sim, _, metrics = await run_call(profile, greeting_then_tool("lookup_order", '{"order": "A-17"}'),
+                                               "live")
+    for event in conn.received:
+        validate_event(event, "live", "client")
+    for event in conn.sent:
+        validate_event(event, "live", "server")
+    declared = {t["name"] for t in conn.received[0]["session"]["delegation"]["responses"]["tools"]}
+    assert declared == {"end_call", "lookup_order"}
+    assert json.loads(tools.requests[0][1])["arguments"] == {"order": "A-17"}
+    assert function_outputs(conn) == []  # not Realtime's conversation.item.create...
+    (output,) = conn.of_type("response.item.create")  # ...but Live's, then response.create
+    assert json.loads(output["item"]["output"]) == {"status": "shipped", "eta": "Tuesday"}
+    types = conn.received_types()
+    assert types.index("response.create") > types.index("response.item.create")
+    assert 'telephony_tool_calls_total{outcome="ok",tool="lookup_order"} 1.0' in metrics
