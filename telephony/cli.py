@@ -15,7 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from telephony.ops import logs
-    from telephony.serve.direct_lane import DirectWebSocketProtocol
+    from telephony.serve.direct_lane import websocket_protocol
     from telephony.serve.server import GracefulServer, tcp_socket, ws_max_size
 
     settings = Settings.from_env()
@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
                    proxy_headers=True, forwarded_allow_ips="*",
                    log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
                    log_level=settings.log_level.lower(),
-                   ws_max_size=ws_max_size(settings), ws=DirectWebSocketProtocol)
+                   ws_max_size=ws_max_size(settings), ws=websocket_protocol())
     grace = settings.shutdown_grace_seconds
     if settings.web_concurrency > 1:
         # Workers are separate processes: each builds its own app from the environment. The

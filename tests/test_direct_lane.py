@@ -219,3 +219,46 @@ async def test_a_frame_split_when_the_server_starts_closing_still_reaches_websoc
         await asyncio.wait_for(reader.read(), 5)  # until the server drops TCP
         assert time.monotonic() - started < 1.0
         writer.close()
+
+
+@pytest.mark.parametrize("missing", ["handle_parser_exception", "frames"])
+async def test_an_unknown_uvicorn_gets_one_warning_and_calls_still_work_on_plain_asgi(monkeypatch, caplog, missing):
+    """A uvicorn that renamed something the lane uses: one warning at start-up, then a whole call
+    (audio both ways) on uvicorn's own protocol."""
+    import logging
+
+    from conftest import running_app
+    from helpers import active_spans, simulated_call, ulaw_silence, ulaw_tone
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+    from telephony.serve import direct_lane
+    from telephony.settings import Settings
+
+    assert direct_lane.websocket_protocol() is direct_lane.DirectWebSocketProtocol  # this uvicorn: known
+    if missing in vars(WebSocketsSansIOProtocol):  # a method
+        monkeypatch.delattr(WebSocketsSansIOProtocol, missing)
+    else:  # state its constructor sets: an upgrade that renamed it
+        init = WebSocketsSansIOProtocol.__init__
+
+        def renamed(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            delattr(self, missing)
+        monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", renamed)
+    with caplog.at_level(logging.WARNING, logger="telephony.direct_lane"):
+        ws = direct_lane.websocket_protocol()
+    warnings = [r for r in caplog.records if r.name == "telephony.direct_lane"]
+    assert ws == direct_lane.PLAIN_ASGI
+    assert len(warnings) == 1 and missing in warnings[0].getMessage()
+
+    script = Script(response_ms=1500, speed=2.0)
+    async with ScriptedRealtimeServer(script) as server, \
+            running_app(Settings(realtime_url=server.url, realtime_api_key="sk-lane"), ws=ws) as (app, host):
+        seen_lanes = []
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(1.0) + ulaw_tone(500, 0.5) + ulaw_silence(2.0))
+        original = app.state.calls.add
+        app.state.calls.add = lambda bridge: (seen_lanes.append(bridge._lane), original(bridge))[1]
+        result = await sim.run()
+    assert seen_lanes == [None]  # the bridge ran its plain-ASGI path
+    assert server.connections[0].of_type("input_audio_buffer.append")  # caller → model
+    assert active_spans(result.agent)  # model → caller

@@ -15,16 +15,72 @@ its checks, close codes and ping replies apply unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import struct
 from typing import Callable
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+import uvicorn
 from websockets.frames import apply_mask
 from websockets.protocol import State
 
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # a uvicorn without it: websocket_protocol() says so and picks plain ASGI
+    WebSocketsSansIOProtocol = asyncio.Protocol  # type: ignore[misc,assignment]
+
+log = logging.getLogger("telephony.direct_lane")
+
 DIRECT_LANE = "telephony.direct_lane"  # the ASGI scope extension that offers it
 SEND_BUFFER_LIMIT = 1 << 20  # bytes unsent to a caller (~50 s of μ-law): past it, drop
+PLAIN_ASGI = "websockets-sansio"  # uvicorn's own protocol, without the lane
+
+# What the lane uses of uvicorn's (private) protocol beyond ASGI, and of its websockets connection.
+PROTOCOL_METHODS = ("data_received", "handle_connect", "send_receive_event_to_app", "handle_parser_exception")
+PROTOCOL_STATE = ("config", "conn", "queue", "transport", "logger", "frames", "curr_msg_data_type",
+                  "close_sent", "disconnected", "handshake_initiated", "read_paused", "writable")
+CONNECTION_STATE = ("state", "reader", "parser_exc", "send_close")
+
+
+def lane_problems() -> list[str]:
+    """What the lane needs and this uvicorn lacks (empty: the lane can run). A probe protocol is
+    built the way uvicorn builds one per connection, so renamed state shows up too, not only methods."""
+    base = WebSocketsSansIOProtocol
+    if base is asyncio.Protocol:
+        return ["uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"]
+    missing = [name for name in PROTOCOL_METHODS if not callable(getattr(base, name, None))]
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(_probe_app, log_config=None, lifespan="off")
+        from uvicorn.server import ServerState
+
+        probe = base(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    except Exception as exc:  # its constructor changed
+        return missing + [f"its constructor ({type(exc).__name__}: {exc})"]
+    finally:
+        loop.close()
+    missing += [name for name in PROTOCOL_STATE if not hasattr(probe, name)]
+    conn = getattr(probe, "conn", None)
+    missing += [f"conn.{name}" for name in CONNECTION_STATE if not hasattr(conn, name)]
+    if hasattr(conn, "reader") and not hasattr(conn.reader, "buffer"):
+        missing.append("conn.reader.buffer")
+    return missing
+
+
+def websocket_protocol() -> type | str:
+    """uvicorn's ``ws`` option: the direct lane on a uvicorn it knows; else, with one warning, plain
+    ASGI (the bridge's other path: slower per frame, the same calls)."""
+    problems = lane_problems()
+    if not problems:
+        return DirectWebSocketProtocol
+    log.warning("uvicorn %s lacks what the direct lane uses (%s): media streams go through plain ASGI",
+                uvicorn.__version__, ", ".join(problems))
+    return PLAIN_ASGI if WebSocketsSansIOProtocol is not asyncio.Protocol else "auto"
+
+
+async def _probe_app(scope, receive, send) -> None:  # never called: the probe sees no connection
+    raise RuntimeError("probe")
 
 
 def payload(message: dict) -> str | bytes:
