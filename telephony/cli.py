@@ -12,7 +12,6 @@ from telephony.settings import Settings, SettingsError
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from telephony.ops import logs
     from telephony.serve.direct_lane import websocket_protocol
@@ -28,30 +27,20 @@ def _serve(args: argparse.Namespace) -> int:
                    ws_max_size=ws_max_size(settings), ws=websocket_protocol())
     grace = settings.shutdown_grace_seconds
     if settings.web_concurrency > 1:
-        # Workers are separate processes: each builds its own app from the environment. The
-        # listening socket is ours, not uvicorn's: uvicorn binds with protocol 0, and asyncio
-        # then leaves Nagle on for every call's socket (a barge-in `clear` waits for an ACK).
-        # (uvicorn's supervisor builds each worker's server itself, so workers stop the uvicorn way:
-        # the graceful drain below is for the single-process default.)
-        config = uvicorn.Config("telephony.cli:worker_app", factory=True,
-                                workers=settings.web_concurrency, **options)
-        Multiprocess(config, sockets=[tcp_socket(config.host, config.port)]).run()
+        # Workers are separate processes: each builds its own app from the environment and drains
+        # on SIGTERM (serve/workers.py). The listening socket is ours, not uvicorn's: uvicorn binds
+        # with protocol 0, and asyncio then leaves Nagle on for every call's socket (a barge-in
+        # `clear` waits for an ACK).
+        from telephony.serve.workers import Supervisor
+
+        sock = tcp_socket(options["host"], options["port"])
+        Supervisor(settings.web_concurrency, options, sock, grace).run()
     else:
         from telephony.serve.app import create_app
 
         app = create_app(settings)
         GracefulServer(uvicorn.Config(app, **options), app.state.calls, grace).run()  # SIGTERM: drain
     return 0
-
-
-def worker_app():
-    """The app factory one uvicorn worker calls (WEB_CONCURRENCY > 1)."""
-    from telephony.ops import logs
-    from telephony.serve.app import create_app
-
-    settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
-    return create_app(settings)
 
 
 def _doctor(args: argparse.Namespace) -> int:

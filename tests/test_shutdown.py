@@ -96,3 +96,91 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
     assert "waiting up to 1.5 s for 2 call(s)" in log and "ending 1 call(s) still in progress" in log
     assert "call CAlate rejected as busy: shutting down" in log
     assert API_KEY not in log and AUTH_TOKEN not in log
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The supervisor's children (multiprocessing may add a helper of its own: it holds no calls)."""
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+def calls_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """Established connections to ``port`` each process holds, from Linux's /proc (the test's own
+    HTTP client keeps none open): which worker carries which share of the calls."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+                    established.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        held = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
+        counts[pid] = len(held & established)
+    return counts
+
+
+async def test_sigterm_drains_every_worker_with_web_concurrency_2():
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with ScriptedRealtimeServer(Script(respond_to_turns=False, response_ms=300)) as upstream:
+        env = {**os.environ, "REALTIME_URL": upstream.url, "REALTIME_API_KEY": API_KEY,
+               "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": base, "HOST": "127.0.0.1", "PORT": str(port),
+               "SHUTDOWN_GRACE_SECONDS": str(GRACE_S), "LOG_LEVEL": "INFO", "WEB_CONCURRENCY": "2"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
+            async with httpx.AsyncClient(limits=fresh) as client:
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        if (await client.get(base + "/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "server did not start"
+                    await asyncio.sleep(0.1)
+                # Long calls until both workers carry some (the kernel picks the worker), and a short one.
+                calls, per_worker = [], {}
+                while len(calls) < 10 and sum(1 for n in per_worker.values() if n) < 2:
+                    sid = f"CAlong{len(calls)}"
+                    calls.append(asyncio.create_task(caller(base, sid, await answer(client, base, sid), 6.0).run()))
+                    await asyncio.sleep(0.4)
+                    per_worker = calls_per_process(worker_pids(proc.pid), port)
+                assert sum(1 for n in per_worker.values() if n) == 2, per_worker
+                short = asyncio.create_task(caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0).run())
+                await asyncio.sleep(0.3)
+                sigterm_at = time.monotonic()
+                proc.send_signal(signal.SIGTERM)  # to the supervisor alone: it tells the workers
+                await asyncio.sleep(0.3)
+                late = [await answer(client, base, f"CAlate{i}") for i in range(6)]
+                short_result = await short
+                long_results = await asyncio.gather(*calls)
+                long_ended_after = time.monotonic() - sigterm_at
+            code = await asyncio.wait_for(proc.wait(), 30)
+            exited_after = time.monotonic() - sigterm_at
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        log = (await proc.stdout.read()).decode()
+
+    print(f"\n{len(long_results)} long calls on 2 workers {sorted(per_worker.values())}; all ended "
+          f"{long_ended_after:.2f} s after SIGTERM; exit after {exited_after:.2f} s")
+    assert all('<Reject reason="busy" />' in twiml for twiml in late), late  # every worker refuses
+    assert short_result.closed_by_bridge_at is None  # finished on its own within the grace
+    for result in long_results:  # ended by us, normally: Twilio goes on to the fallback
+        assert result.closed_by_bridge_at is not None and result.close_code == 1000
+    assert GRACE_S <= long_ended_after < GRACE_S + 1.5
+    assert exited_after < 30  # Heroku's SIGKILL comes at 30 s
+    assert code == 0, log
+    assert log.count("shutting down: ending") == 2, log  # each worker ended its own
+    assert API_KEY not in log and AUTH_TOKEN not in log

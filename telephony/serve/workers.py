@@ -1,0 +1,99 @@
+"""WEB_CONCURRENCY > 1: a small supervisor whose workers each drain on SIGTERM as one process does.
+
+uvicorn's own supervisor builds each worker's server itself, a plain ``uvicorn.Server``, which on
+SIGTERM closes every websocket at once (1012): callers cut off mid-sentence on every deploy. Here
+each worker is a ``GracefulServer`` around its own app, on the listening socket the supervisor
+made. On SIGTERM (Heroku sends it to every process of the dyno; the supervisor forwards it too)
+each worker answers new calls busy, lets calls run on for up to SHUTDOWN_GRACE_SECONDS, then ends
+the rest; the supervisor waits for them, bounded, and exits. A worker that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+
+log = logging.getLogger("telephony.workers")
+
+STOP_MARGIN_S = 3.0  # past the grace: time for the last calls to close and the worker to exit
+RESTART_PAUSE_S = 1.0  # between replacing workers that die, so a crash loop does not spin
+
+
+def serve_worker(options: dict, sock: socket.socket) -> None:
+    """One worker process: its own app from the environment, served until told to stop, drained."""
+    import uvicorn
+
+    from telephony.ops import logs
+    from telephony.serve.app import create_app
+    from telephony.serve.server import GracefulServer
+    from telephony.settings import Settings
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
+    app = create_app(settings)
+    server = GracefulServer(uvicorn.Config(app, **options), app.state.calls, settings.shutdown_grace_seconds)
+    server.run(sockets=[sock])
+
+
+class Supervisor:
+    def __init__(self, workers: int, options: dict, sock: socket.socket, grace_s: float) -> None:
+        self.count = workers
+        self.options = options
+        self.sock = sock
+        self.stop_timeout_s = grace_s + STOP_MARGIN_S
+        self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop
+        self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._signals: list[int] = []
+        self._wake = threading.Event()
+
+    def run(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        log.info("supervisor [%d]: starting %d workers", os.getpid(), self.count)
+        self._workers = [self._start() for _ in range(self.count)]
+        while not self._signals:
+            self._wake.wait(0.5)
+            if not self._signals:
+                self._replace_dead()
+        self._forward(self._signals[0])
+        self._stop()
+
+    def _on_signal(self, sig: int, frame) -> None:
+        if self._signals:  # a second signal (a second Ctrl-C): pass it on, the workers decide
+            self._forward(sig)
+        self._signals.append(sig)
+        self._wake.set()
+
+    def _start(self) -> multiprocessing.process.BaseProcess:
+        worker = self._context.Process(target=serve_worker, args=(self.options, self.sock), daemon=False)
+        worker.start()
+        return worker
+
+    def _replace_dead(self) -> None:
+        for i, worker in enumerate(self._workers):
+            if not worker.is_alive():
+                log.error("worker [%s] exited (code %s); starting another", worker.pid, worker.exitcode)
+                time.sleep(RESTART_PAUSE_S)
+                self._workers[i] = self._start()
+
+    def _forward(self, sig: int) -> None:
+        for worker in self._workers:
+            if worker.is_alive():
+                os.kill(worker.pid, sig)
+
+    def _stop(self) -> None:
+        log.info("supervisor: waiting up to %g s for %d workers to drain", self.stop_timeout_s, len(self._workers))
+        deadline = time.monotonic() + self.stop_timeout_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers:
+            if worker.is_alive():
+                log.error("worker [%d] did not stop in time; killed", worker.pid)
+                worker.kill()
+                worker.join()
+        log.info("supervisor: stopped")
