@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, gt=0)
     media_timeout_seconds: float = Field(10.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
+    max_total_calls: int = Field(0, ge=0)
+    # Shared state across instances (Heroku Key-Value Store sets it).
+    redis_url: str = Field("", repr=False)
+    handoff_ttl_seconds: int = Field(120, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -95,6 +99,13 @@ class Settings(BaseSettings):
             if str(data.get("realtime_dialect", "")).lower() == "live":
                 data = {**LIVE_DEFAULTS, **data}
         return data
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("realtime_url")
     @classmethod

@@ -28,8 +28,11 @@ async def running_app(settings: Settings, profile: Profile | None = None, ws: ty
     """The real app under a real uvicorn server on a free loopback port (``ws``: its websocket
     protocol; "websockets-sansio" is plain ASGI, as under any other server)."""
     app = create_app(settings, profile or load_profile(ROOT / "config" / "agent.toml"), **kwargs)
-    async with serve_app(app, ws_max_size(settings), ws) as host:
-        yield app, host
+    try:
+        async with serve_app(app, ws_max_size(settings), ws) as host:
+            yield app, host
+    finally:
+        await app.state.shared.close()  # what the lifespan does (off here)
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,7 @@ Thin by design: each handler turns a request into a call of the core or of a sma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -34,6 +35,7 @@ from telephony.serve.fork import ForkBridge
 from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
+from telephony.serve.shared_state import call_entry, make_state
 from telephony.serve.telemetry import CallObserver
 from telephony.serve.tools import ToolRunner
 from telephony.serve.transcripts import TranscriptHub
@@ -91,7 +93,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
-    transcripts = TranscriptHub(settings.transcript_webhook_url)
+    state = make_state(settings.redis_url)  # calls, feeds and limits: this process's, or all (Redis)
+    transcripts = TranscriptHub(settings.transcript_webhook_url, state)
+    pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
+
+    def later(coro) -> None:
+        task = asyncio.create_task(coro)
+        pending.add(task)
+        task.add_done_callback(pending.discard)
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
     openai_sip = None  # OpenAI's SIP route, when configured: the openai package costs ~25 MB to import
     if settings.openai_webhook_secret:
@@ -134,6 +143,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def voice(request: Request) -> Response:
         form = await request.form()
         busy = calls.accepting()
+        if not busy and settings.max_total_calls and not await state.admit(
+                str(form.get("CallSid", "")), settings.max_total_calls):
+            busy = f"at the limit of {settings.max_total_calls} calls across instances"
         if busy:
             log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
             return xml(reject_busy())
@@ -209,6 +221,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             if record.kind == "start":  # the call sid is known from here on
                 by_sid[call.call_sid] = bridge
                 transcripts.begin(call.call_sid)
+                later(state.put_call(call.call_sid, call_entry(call.parameters)))
             elif record.kind == "transcript":
                 transcripts.publish(call.call_sid, record.data)
 
@@ -226,6 +239,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 del by_sid[call.call_sid]
             if call.call_sid:
                 transcripts.end(call.call_sid)
+                later(state.drop_call(call.call_sid))
 
     async def transcribe_stream(ws: WebSocket) -> None:
         await ws.accept()
@@ -286,12 +300,18 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         log.info("call %s placed to %s", placed.sid, req.to)
         return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
 
+    async def list_calls(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        return JSONResponse({"calls": await state.list_calls()})
+
     async def transcript_feed(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
             return refusal
         sid = request.path_params["call_sid"]
-        if not transcripts.active(sid):
-            return error(404, f"call {sid} is not in progress on this instance")
+        if not await transcripts.active(sid):
+            where = "on any instance" if state.shared else "on this instance"
+            return error(404, f"call {sid} is not in progress {where}")
 
         async def events():
             async for turn in transcripts.follow(sid):
@@ -313,7 +333,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app = Starlette(routes=[
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        await state.close()
+
+    app = Starlette(lifespan=lifespan, routes=[
         Route(VOICE_PATH, signed(voice), methods=["POST"]),
         Route(OUTBOUND_ANSWER_PATH, signed(outbound_answer), methods=["POST"]),
         Route(STATUS_CALLBACK_PATH, signed(status_callback), methods=["POST"]),
@@ -322,6 +347,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
+        Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
         *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -332,6 +358,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.calls = calls
     app.state.stream_tokens = tokens
     app.state.transcripts = transcripts
+    app.state.shared = state
     app.state.metrics = metrics
     app.state.profiles = profiles
     app.state.openai_sip = openai_sip

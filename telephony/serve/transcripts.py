@@ -2,18 +2,19 @@
 
 Nothing here may slow the audio path: ``publish`` only puts into queues. The webhook worker
 posts turns one at a time, in order, retrying with back-off; a slow or failing receiver delays
-only later deliveries, never a call. Live feeds are per instance: a feed is served by the
-instance that carries the call's stream.
+only later deliveries, never a call. Live feeds follow the shared state: this process's calls, or
+with REDIS_URL every instance's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from typing import Any, AsyncIterator
 
 import httpx
+
+from telephony.serve.shared_state import END, LocalState, RedisState
 
 log = logging.getLogger("telephony.transcripts")
 
@@ -24,46 +25,42 @@ QUEUE_LIMIT = 10_000
 
 
 class TranscriptHub:
-    def __init__(self, webhook_url: str | None = None) -> None:
+    def __init__(self, webhook_url: str | None = None, state: LocalState | RedisState | None = None) -> None:
         self.webhook_url = webhook_url
+        self.state = state or LocalState()  # where feeds follow turns: this process, or all (Redis)
         self._turns: dict[str, list[dict[str, Any]]] = {}  # calls in progress on this instance
-        self._feeds: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._outbox: asyncio.Queue[dict[str, Any]] | None = None
         self._worker: asyncio.Task | None = None
 
-    def begin(self, call_sid: str) -> None:
-        self._turns.setdefault(call_sid, [])
+    def begin(self, call_sid: str, earlier: list[dict[str, Any]] = ()) -> None:
+        """A call's stream starts here; ``earlier``: its turns before a handoff, so seq goes on."""
+        if call_sid not in self._turns:
+            self._turns[call_sid] = list(earlier)
+            self.state.open_stream(call_sid)
 
     def publish(self, call_sid: str, turn: dict[str, Any]) -> None:
         turns = self._turns.setdefault(call_sid, [])
         turn = {"call_sid": call_sid, "seq": len(turns) + 1, **turn}
         turns.append(turn)
-        for feed in self._feeds.get(call_sid, ()):
-            feed.put_nowait(turn)
+        self.state.append(call_sid, turn)
         if self.webhook_url:
             self._deliver(turn)
 
-    def end(self, call_sid: str) -> None:
+    def turns(self, call_sid: str) -> list[dict[str, Any]]:
+        return list(self._turns.get(call_sid, ()))
+
+    def end(self, call_sid: str, handed_over: bool = False) -> None:
+        """The stream ended here; unless the call was handed to another stream, so did the call."""
         self._turns.pop(call_sid, None)
-        for feed in self._feeds.pop(call_sid, ()):
-            feed.put_nowait(None)
+        if not handed_over:
+            self.state.append(call_sid, END)
 
-    def active(self, call_sid: str) -> bool:
-        return call_sid in self._turns
+    async def active(self, call_sid: str) -> bool:
+        return call_sid in self._turns or await self.state.stream_open(call_sid)
 
-    async def follow(self, call_sid: str) -> AsyncIterator[dict[str, Any]]:
-        """The turns so far, then each new one, until the call ends."""
-        feed: asyncio.Queue = asyncio.Queue()
-        for turn in self._turns.get(call_sid, ()):
-            feed.put_nowait(turn)
-        self._feeds[call_sid].add(feed)
-        try:
-            while (turn := await feed.get()) is not None:
-                yield turn
-        finally:
-            feeds = self._feeds.get(call_sid)
-            if feeds is not None:
-                feeds.discard(feed)
+    def follow(self, call_sid: str) -> AsyncIterator[dict[str, Any]]:
+        """The turns so far, then each new one, until the call ends (on whichever instance)."""
+        return self.state.follow(call_sid)
 
     # --- webhook ---
 
