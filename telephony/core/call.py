@@ -134,6 +134,7 @@ class Call:
         self._caller_text: dict[str, str] = {}  # caller item → transcript
         self._known_responses: set[str] = set()
         self._warned_items: set[str] = set()
+        self.resumed = False  # this stream continues a call handed over from another one
 
     # --- Twilio side ---
 
@@ -250,10 +251,11 @@ class Call:
     def _session_opened(self) -> list[Action]:
         """Restores the conversation (on a reconnect) or greets, then sends the early audio."""
         actions: list[Action] = []
-        if self._sessions > 1:
+        if self._sessions > 1 or self.resumed:
             actions.extend(self._restore_conversation())
-            actions.append(Record("realtime_reconnected", {"items": len(self._history)}))
-        if self._sessions == 1:
+            kind = "realtime_reconnected" if self._sessions > 1 else "resumed"
+            actions.append(Record(kind, {"items": len(self._history)}))
+        if self._sessions == 1 and not self.resumed:
             actions.extend(self._greet())
         actions.extend(ToRealtime(rt.AppendAudio(a)) for a in self._early_audio)
         self._early_audio.clear()
@@ -299,21 +301,39 @@ class Call:
 
     def _restore_conversation(self) -> list[Action]:
         """The conversation so far, as text items, so the new session knows what was said."""
-        actions: list[Action] = []
-        for turn in self._turns_said:  # dialects without items (Live) have turns instead
-            if turn.text:
-                actions.append(ToRealtime(rt.AddUserText(turn.text) if turn.speaker == "caller"
-                                          else rt.AddAssistantText(turn.text)))
-        for role, item in self._history:
+        return [ToRealtime(rt.AddUserText(text) if role == "user" else rt.AddAssistantText(text))
+                for role, text in self.conversation()]
+
+    def conversation(self) -> list[tuple[str, str]]:
+        """(role, text) in order: what the caller said, and what of the agent's words they heard."""
+        turns = [("user" if turn.speaker == "caller" else "assistant", turn.text)
+                 for turn in self._turns_said]  # dialects without items (Live) have turns instead
+        turns += [(role, self._caller_text.get(item, "") if role == "user" else self.agent_transcript(item))
+                  for role, item in self._history]
+        return [(role, text) for role, text in turns if text]
+
+    # --- Handoff: the call moves to another stream (another instance) on shutdown ---
+
+    def snapshot(self) -> dict[str, Any]:
+        """What another stream needs to carry the call on: the conversation and the call's settings
+        (its per-call overrides, and the profile's instructions and voice it was started with)."""
+        parameters = dict(self.parameters)
+        parameters.setdefault("instructions", self.profile.instructions)
+        parameters.setdefault("voice", self.profile.voice)
+        return {"conversation": self.conversation(), "parameters": parameters}
+
+    def resume(self, saved: dict[str, Any]) -> None:
+        """Before the Realtime session opens: carry on the call ``saved`` by ``snapshot()``; the
+        session then gets the conversation so far instead of a greeting."""
+        self.resumed = True
+        self.parameters = {**saved.get("parameters", {}), **self.parameters}
+        for n, (role, text) in enumerate(saved.get("conversation", ())):
+            item = f"resumed_{n}"
+            self._history.append((role, item))
             if role == "user":
-                text = self._caller_text.get(item, "")
-                if text:
-                    actions.append(ToRealtime(rt.AddUserText(text)))
+                self._caller_text[item] = text
             else:
-                text = self.agent_transcript(item)
-                if text:
-                    actions.append(ToRealtime(rt.AddAssistantText(text)))
-        return actions
+                self._transcripts[item] = [text]
 
     def on_realtime(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action]:
         if self.ended:

@@ -96,6 +96,12 @@ class TwilioCallSimulator:
         self._frame_started, self._frame_audio_ms = 0.0, 0.0  # the frame playing now
         self.events: asyncio.Queue[TimelineEntry] = asyncio.Queue()  # live feed for a UI
         self.started = asyncio.Event()  # set when the stream opens: ``elapsed`` counts from then
+        self._redirected = False
+
+    def redirect(self) -> None:
+        """The call got new TwiML (a REST call update): as Twilio does, this stream stops; the new
+        TwiML's stream is another simulator's to open."""
+        self._redirected = True
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
@@ -154,6 +160,9 @@ class TwilioCallSimulator:
                 await asyncio.sleep(delay)
             if receiver.done():
                 return  # the bridge closed the stream
+            if self._redirected:
+                self._note("redirected")
+                break
             while extra and extra[0][0] <= k * FRAME_MS / 1000:
                 await ws.send(extra.popleft()[1])
             frame = self._frame(self.caller_audio, k)
@@ -176,7 +185,7 @@ class TwilioCallSimulator:
                     quiet_frames += 1
                 if answered and quiet_frames * FRAME_MS >= self.hang_up_when_quiet_s * 1000:
                     break
-        if self.hang_up:
+        if self.hang_up or self._redirected:
             await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
                                                       "callSid": self.call_sid}))
 

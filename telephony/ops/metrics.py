@@ -119,6 +119,9 @@ class Metrics:
         self.tool_latency = Histogram("telephony_tool_latency_seconds",
                                       "A business tool's start to its output (or error, or timeout)",
                                       ["tool"], buckets=TOOL_BUCKETS, registry=r)
+        self.handoffs = Counter("telephony_handoffs", "Calls handed to another stream on shutdown, by outcome "
+                                "(handed_over, failed on the old instance; resumed, state_missing on the new)",
+                                ["outcome"], registry=r)
         loop = LoopMetrics(r)
         frames_in = loop.counter("telephony_frames_received", "Websocket messages received, by peer",
                                  "peer", ("twilio", "realtime"))

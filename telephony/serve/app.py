@@ -32,6 +32,7 @@ from telephony.ops.records import CallRecordFile
 from telephony.serve import outbound, upstream
 from telephony.serve.bridge import Bridge
 from telephony.serve.fork import ForkBridge
+from telephony.serve.handoff import Handoff
 from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
@@ -121,6 +122,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if not control and settings.twilio_account_sid and settings.twilio_auth_token:
             control.append(CallControl(settings))
         return control[0] if control else None
+
+    handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and Twilio's REST API
+    if state.shared and settings.public_url and settings.twilio_account_sid and settings.twilio_auth_token:
+        handoff = Handoff(state, call_control, websocket_url(settings.public_url, MEDIA_STREAM_PATH), tokens,
+                          transcripts, metrics, profile.fallback, settings.handoff_ttl_seconds)
+        calls.hand_over = handoff.hand_over
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -226,7 +233,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 transcripts.publish(call.call_sid, record.data)
 
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
-                        max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner)
+                        max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner,
+                        prepare=handoff.resume if handoff else None)
         active.add(call)
         calls.add(bridge)
         try:
@@ -237,9 +245,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             observer.close()
             if call.call_sid and by_sid.get(call.call_sid) is bridge:
                 del by_sid[call.call_sid]
-            if call.call_sid:
-                transcripts.end(call.call_sid)
-                later(state.drop_call(call.call_sid))
+            if call.call_sid:  # a handed-over call goes on elsewhere: its feed and entry stay
+                transcripts.end(call.call_sid, handed_over=bridge.handed_over)
+                later(state.drop_call(call.call_sid, handed_over=bridge.handed_over))
 
     async def transcribe_stream(ws: WebSocket) -> None:
         await ws.accept()

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -69,14 +69,20 @@ class BridgeStats:
 
 
 class Bridge:
+    handed_over = False  # the call went on in another stream (serve/handoff.py)
+
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
                  on_record: RecordSink | None = None, call_control: CallControl | None = None,
                  max_message_bytes: int | None = None, observer: BridgeObserver | None = None,
-                 tools: ToolRunner | None = None) -> None:
+                 tools: ToolRunner | None = None,
+                 prepare: Callable[[Call], Awaitable[None]] | None = None) -> None:
         self.ws = ws
         self.tools = tools or ToolRunner()
         self._tool_session: ToolSession | None = None  # opened by the call's first tool
         self._mcp_listed = False
+        # Run with the first Realtime connect, before the session is configured (a handed-over
+        # call's saved state is fetched so, in parallel with the handshake).
+        self.prepare = prepare
         self.call_control = call_control
         self.call = call
         self.dialect = dialect
@@ -243,8 +249,12 @@ class Bridge:
             self.observer.sent("twilio", item[2], item[1], self.now())
 
     async def _realtime_pump(self) -> None:
+        prepare, self.prepare = self.prepare, None
         try:
-            self._upstream = await self._connect()
+            if prepare is None:
+                self._upstream = await self._connect()
+            else:
+                self._upstream, _ = await asyncio.gather(self._connect(), prepare(self.call))
         except Exception as exc:  # refused, timed out, rejected handshake
             log.error("call %s: cannot connect to Realtime: %s", self.sid, _describe(exc))
             self.dispatch(self.call.on_realtime_closed(f"connect failed: {_describe(exc)}"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 log = logging.getLogger("telephony.limits")
 
 END_TIMEOUT_S = 2.0  # after being told to end, a call closes its sockets within ~1 s
+HANDOFF_BUDGET_S = 3.0  # of the grace, kept for handing calls over (state saved, Twilio told)
 
 
 class Endable(Protocol):
@@ -23,6 +24,8 @@ class CallRegistry:
         self.draining = False
         self._calls: set[Endable] = set()
         self._changed = asyncio.Event()
+        # Set when calls can be moved to another instance at shutdown (serve/handoff.py): True if moved.
+        self.hand_over: Callable[[Endable], Awaitable[bool]] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -48,19 +51,28 @@ class CallRegistry:
             await self._changed.wait()
 
     async def drain(self, grace_s: float) -> None:
-        """Refuses new calls, waits up to ``grace_s`` for these to finish, then ends the rest."""
+        """Refuses new calls, waits up to ``grace_s`` for these to finish, then hands the rest over
+        (when it can: the last HANDOFF_BUDGET_S of the grace is kept for that) or ends them."""
         self.draining = True
+        wait_s = grace_s if self.hand_over is None else max(0.0, grace_s - HANDOFF_BUDGET_S)
         if self._calls:
-            log.info("shutting down: waiting up to %g s for %d call(s)", grace_s, len(self._calls))
+            log.info("shutting down: waiting up to %g s for %d call(s)", wait_s, len(self._calls))
         try:
-            await asyncio.wait_for(self._until_empty(), grace_s)
+            await asyncio.wait_for(self._until_empty(), wait_s)
             return
         except asyncio.TimeoutError:
             pass
-        log.warning("shutting down: ending %d call(s) still in progress", len(self._calls))
-        for call in list(self._calls):
+        remaining = list(self._calls)
+        if self.hand_over is not None:
+            log.info("shutting down: handing %d call(s) over", len(remaining))
+            moved = await asyncio.gather(*(asyncio.wait_for(self.hand_over(call), HANDOFF_BUDGET_S)
+                                           for call in remaining), return_exceptions=True)
+            remaining = [call for call, ok in zip(remaining, moved) if ok is not True]
+        if remaining:
+            log.warning("shutting down: ending %d call(s) still in progress", len(remaining))
+        for call in remaining:
             call.end("the service is shutting down")
-        try:
+        try:  # a handed-over call leaves when Twilio stops its stream
             await asyncio.wait_for(self._until_empty(), END_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.error("shutting down: %d call(s) did not end in time", len(self._calls))

@@ -77,7 +77,7 @@ class LocalState:
         self._calls[call_sid] = {"call_sid": call_sid, "instance": self.instance, **info}
         self._reserved.pop(call_sid, None)
 
-    async def drop_call(self, call_sid: str) -> None:
+    async def drop_call(self, call_sid: str, handed_over: bool = False) -> None:
         self._calls.pop(call_sid, None)
 
     async def list_calls(self) -> list[dict[str, Any]]:
@@ -225,8 +225,11 @@ class RedisState:
         pipe.zadd(self._key("calls"), {call_sid: time.time() + CALL_TTL_S})
         await self._safely("register call", pipe.execute())
 
-    async def drop_call(self, call_sid: str) -> None:
+    async def drop_call(self, call_sid: str, handed_over: bool = False) -> None:
+        """The call left this instance; unless it was handed over (its new instance lists it now)."""
         self._mine.pop(call_sid, None)
+        if handed_over:
+            return
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self._key("call", call_sid))
         pipe.zrem(self._key("calls"), call_sid)

@@ -32,11 +32,15 @@ class TranscriptHub:
         self._outbox: asyncio.Queue[dict[str, Any]] | None = None
         self._worker: asyncio.Task | None = None
 
-    def begin(self, call_sid: str, earlier: list[dict[str, Any]] = ()) -> None:
-        """A call's stream starts here; ``earlier``: its turns before a handoff, so seq goes on."""
+    def begin(self, call_sid: str) -> None:
+        """A call's stream starts here."""
         if call_sid not in self._turns:
-            self._turns[call_sid] = list(earlier)
+            self._turns[call_sid] = []
             self.state.open_stream(call_sid)
+
+    def carry_on(self, call_sid: str, earlier: list[dict[str, Any]]) -> None:
+        """A handed-over call: its turns before the handoff, so seq goes on from them."""
+        self._turns[call_sid] = list(earlier) + self._turns.get(call_sid, [])
 
     def publish(self, call_sid: str, turn: dict[str, Any]) -> None:
         turns = self._turns.setdefault(call_sid, [])

@@ -1,0 +1,88 @@
+"""Calls survive a deploy: on shutdown, a call still going is moved to a fresh stream.
+
+The old instance saves the call (conversation so far, transcript, per-call settings) in the shared
+state under its call sid, with a TTL, then updates the live Twilio call with new TwiML: a
+``<Connect><Stream>`` to PUBLIC_URL with a signed token, as for any stream, and ``resume``. Twilio
+stops the old stream and opens the new one, on whichever instance its router picks; there the
+bridge fetches the saved call while the Realtime handshake runs, and the new session gets the
+conversation instead of a greeting, as after a Realtime reconnect. The caller hears a short pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from telephony.core.call import Call
+from telephony.ops.metrics import Metrics
+from telephony.serve.bridge import Bridge
+from telephony.serve.security import StreamTokens
+from telephony.serve.shared_state import LocalState, RedisState
+from telephony.serve.transcripts import TranscriptHub
+from telephony.serve.twilio_rest import CallControl, TwilioError
+from telephony.wire.twiml import connect_stream
+
+log = logging.getLogger("telephony.handoff")
+
+RESUME = "resume"  # the stream parameter that says "this call was handed over"
+
+
+def handoff_key(call_sid: str) -> str:
+    return f"handoff:{call_sid}"
+
+
+class Handoff:
+    def __init__(self, state: LocalState | RedisState, control: Callable[[], CallControl | None], stream_url: str,
+                 tokens: StreamTokens, transcripts: TranscriptHub, metrics: Metrics, fallback: str,
+                 ttl_s: float) -> None:
+        self.state = state
+        self.control = control
+        self.stream_url = stream_url
+        self.tokens = tokens
+        self.transcripts = transcripts
+        self.metrics = metrics
+        self.fallback = fallback
+        self.ttl_s = ttl_s
+
+    async def hand_over(self, bridge: Bridge) -> bool:
+        """Moves the call to a new stream; False when it cannot (it is then ended as in a drain)."""
+        call, sid = bridge.call, bridge.call.call_sid
+        control = self.control()
+        if not sid or call.ended or control is None:
+            return False
+        saved = {**call.snapshot(), "transcript": self.transcripts.turns(sid)}
+        if not await self.state.put(handoff_key(sid), saved, self.ttl_s):
+            return self._failed(sid, "its state could not be saved")
+        parameters = {**call.parameters, "call_sid": sid, RESUME: "1"}
+        twiml = connect_stream(self.stream_url, self.tokens.with_token(parameters, time.time()), self.fallback)
+        bridge.handed_over = True  # before the update: Twilio may stop this stream before it answers
+        try:
+            await asyncio.to_thread(control.redirect, sid, twiml)
+        except TwilioError as exc:
+            bridge.handed_over = False
+            await self.state.take(handoff_key(sid))
+            return self._failed(sid, f"Twilio refused the update ({exc.status}): {exc}")
+        log.info("call %s: handed over to a new stream (%d conversation items)", sid, len(saved["conversation"]))
+        self.metrics.handoffs.labels("handed_over").inc()
+        return True
+
+    def _failed(self, sid: str, why: str) -> bool:
+        log.warning("call %s: handoff failed: %s; the call ends as in a drain", sid, why)
+        self.metrics.handoffs.labels("failed").inc()
+        return False
+
+    async def resume(self, call: Call) -> None:
+        """The bridge's ``prepare``: a handed-over call gets its saved state before its session opens."""
+        if not call.parameters.get(RESUME) or not call.call_sid:
+            return
+        saved = await self.state.take(handoff_key(call.call_sid))
+        if saved is None:
+            log.warning("call %s: handed over, but its saved state is gone; it starts afresh", call.call_sid)
+            self.metrics.handoffs.labels("state_missing").inc()
+            return
+        call.resume(saved)
+        self.transcripts.carry_on(call.call_sid, saved.get("transcript", []))
+        log.info("call %s: resumed here (%d conversation items)", call.call_sid, len(saved.get("conversation", ())))
+        self.metrics.handoffs.labels("resumed").inc()

@@ -1,0 +1,137 @@
+"""Calls survive a deploy: SIGTERM to instance A (a real `telephony serve` process) during a call;
+A saves the call in a real Redis and moves it through the (fake) Twilio REST API; the simulated
+caller follows the new TwiML to the new stream, as Twilio does, and lands on instance B; B's
+Realtime session gets the conversation so far, and audio flows again both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import httpx
+from conftest import ROOT, running_app
+from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
+from helpers import active_spans, simulated_call, ulaw_silence, ulaw_tone
+from redis_server import redis_server  # noqa: F401 (fixture)
+from test_shared_state import TOKEN, sse_turns, until
+
+from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.offline.simulator import TwilioCallSimulator
+from telephony.settings import Settings
+
+
+SECRET = "stream-secret-shared-by-instances"
+API_KEY = "sk-handoff-SECRET"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def texts_added(conn) -> list[tuple[str, str]]:
+    return [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in conn.of_type("conversation.item.create")]
+
+
+async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server):
+    script = Script(response_ms=1000, speed=2.0)
+    async with ScriptedRealtimeServer(script) as upstream, running_fake_twilio() as twilio:
+        common = dict(realtime_url=upstream.url, realtime_api_key=API_KEY, calls_api_token=TOKEN,
+                      stream_secret=SECRET, redis_url=redis_server.url, twilio_account_sid=ACCOUNT_SID,
+                      twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=twilio.base_url)
+        port_b = free_port()
+        settings_b = Settings(**common, public_url=f"http://127.0.0.1:{port_b}")
+        async with running_app(settings_b) as (b, host_b), httpx.AsyncClient() as client:
+            # A: the real service, as on a dyno; Twilio's router would send the new stream to B.
+            port_a = free_port()
+            env = {**os.environ, "REALTIME_URL": upstream.url, "REALTIME_API_KEY": API_KEY,
+                   "STREAM_SECRET": SECRET, "REDIS_URL": redis_server.url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                   "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": twilio.base_url,
+                   "PUBLIC_URL": f"http://{host_b}", "HOST": "127.0.0.1", "PORT": str(port_a),
+                   "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "INFO"}
+            a = await asyncio.create_subprocess_exec(sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                async def a_up():
+                    try:
+                        return (await client.get(f"http://127.0.0.1:{port_a}/healthz")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+                await until(a_up, 20, "A to start")
+                # The call on A: the greeting, the caller's words, the agent's answer.
+                first = simulated_call(b, f"127.0.0.1:{port_a}", caller_audio=ulaw_silence(1.0) + ulaw_tone(500, 0.6),
+                                       duration_s=30, parameters={"from": "+15550001111", "to": "+15550002222"})
+                sid = first.call_sid
+                call_a = asyncio.create_task(first.run())
+                await until(lambda: b.state.transcripts.active(sid), what="the call's feed")
+                feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/{sid}/transcript"))
+                await asyncio.sleep(4.0)  # the agent has answered the caller
+                sigterm_at = time.monotonic()
+                a.send_signal(signal.SIGTERM)
+                update = await until(lambda: _first(twilio.updates), 10, "Twilio's call update")
+                # Twilio: the old stream stops, the new TwiML's stream opens.
+                first.redirect()
+                stopped_at = time.monotonic()
+                updated_sid, form, updated_at = update
+                stream = ET.fromstring(form["Twiml"]).find("./Connect/Stream")
+                parameters = {p.get("name"): p.get("value") for p in stream.iter("Parameter")}
+                second = TwilioCallSimulator(stream.get("url"), call_sid=sid, custom_parameters=parameters,
+                                             caller_audio=ulaw_silence(0.8) + ulaw_tone(700, 0.6), duration_s=4.0)
+                call_b = asyncio.create_task(second.run())
+                await second.started.wait()
+                stream_up_s = time.monotonic() - stopped_at
+                await until(lambda: _later(lambda: len(upstream.connections) == 2 and
+                                           upstream.connections[1].of_type("session.update")), 5, "B's session")
+                session_up_s = time.monotonic() - stopped_at
+                result_a, result_b = await asyncio.gather(call_a, call_b)
+                turns = await asyncio.wait_for(feed, 10)
+                code = await asyncio.wait_for(a.wait(), 15)
+                metrics_b = (await client.get(f"http://{host_b}/metrics")).text
+            finally:
+                if a.returncode is None:
+                    a.kill()
+                    await a.wait()
+            log_a = (await a.stdout.read()).decode()
+
+    print(f"\nhandoff: SIGTERM → Twilio call update {updated_at - sigterm_at:.3f} s; caller's stream down {stream_up_s:.3f} s (A's stream stopped → B's stream open); "
+          f"B's model live with the conversation {session_up_s:.3f} s after A's stream stopped")
+    assert code in (0, -signal.SIGTERM), log_a
+    assert updated_sid == sid and stream.get("url") == f"ws://{host_b}/twilio/media-stream"
+    assert parameters["resume"] == "1" and parameters["from"] == "+15550001111" and parameters["token"]
+    assert f"call {sid}: handed over to a new stream" in log_a and "shutting down: ending" not in log_a
+    assert API_KEY not in log_a and AUTH_TOKEN not in log_a
+    # A's stream was stopped by Twilio (not ended by A, which would speak the fallback).
+    assert result_a.closed_by_bridge_at is None and active_spans(result_a.agent)
+    # B's session got the conversation so far, instead of a greeting.
+    conn_a, conn_b = upstream.connections
+    earlier = texts_added(conn_b)
+    assert [role for role, _ in earlier] == ["assistant", "user", "assistant"], earlier
+    assert "Scripted response number 1, a tone of 440 hertz.".startswith(earlier[0][1])  # what was heard
+    assert earlier[1][1].startswith("a 500 Hz tone")
+    assert earlier[2][1] == "Scripted response number 2, a tone of 660 hertz."
+    assert conn_b.received_types().index("conversation.item.create") < conn_b.received_types().index(
+        "input_audio_buffer.append")
+    # Audio flows again both ways: the caller is heard on B, and B's answer is heard by the caller.
+    assert conn_b.of_type("input_audio_buffer.append")
+    assert active_spans(result_b.agent), "the caller heard nothing from B"
+    assert result_b.timeline[0].kind != "closed_by_bridge"
+    # One transcript, one call: seq goes on across the handoff, then the feed ends with the call.
+    assert [t["seq"] for t in turns] == list(range(1, len(turns) + 1)) and len(turns) >= 5, turns
+    assert sorted(t["speaker"] for t in turns[:3]) == ["agent", "agent", "caller"]  # A's three turns
+    assert any(t["text"].startswith("a 700 Hz tone") for t in turns[3:])
+    assert 'telephony_handoffs_total{outcome="resumed"} 1.0' in metrics_b
+    assert stream_up_s < 1.5 and session_up_s < 1.5
+
+
+async def _first(items):
+    return items[0] if items else None
+
+
+async def _later(check):
+    return check()
