@@ -9,9 +9,10 @@ import logging
 import time
 
 import httpx
+import pytest
 from conftest import running_app
 from helpers import active_spans, simulated_call, twilio_post, ulaw_silence, ulaw_tone
-from redis_server import redis_server  # noqa: F401 (fixture)
+from redis_server import redis_server, tls_redis_server  # noqa: F401 (fixtures)
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.serve.shared_state import END, RedisState
@@ -146,6 +147,23 @@ async def test_claims_and_handoff_values_with_a_ttl(redis_server):
         one.append("s", {"seq": 1})
         one.append("s", END)
         assert [item async for item in two.follow("s")] == [{"seq": 1}]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_rediss_with_a_self_signed_certificate_works_as_on_heroku(tls_redis_server):
+    import redis.asyncio as redis
+
+    strict = redis.from_url(tls_redis_server.url)  # verifying, as by default: the certificate is refused
+    with pytest.raises(redis.ConnectionError, match="certificate"):
+        await strict.ping()
+    await strict.aclose()
+    one, two = RedisState(tls_redis_server.url), RedisState(tls_redis_server.url)
+    try:
+        assert await one.claim("stream:CA9", 5) and not await two.claim("stream:CA9", 5)
+        await one.put_call("CA9", {"state": "in-progress"})
+        assert [c["call_sid"] for c in await two.list_calls()] == ["CA9"]
     finally:
         await one.close()
         await two.close()
