@@ -1,8 +1,10 @@
-"""Load benchmark: N simulated Twilio callers through ONE `telephony serve` process.
+"""Load benchmark: N simulated Twilio callers through ONE `telephony serve` process (or several).
 
     python benchmarks/load.py --calls 50 --seconds 20            # both codecs, beta and Live, side by side
     python benchmarks/load.py --calls 20 --seconds 10 --codec g711_ulaw --dialect beta live
     python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof   # needs py-spy
+    python benchmarks/load.py --calls 20 --seconds 10 --codec g711_ulaw --instances 2 --redis
+        # two instances sharing a redis-server, against the same two without it (CPU per call)
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
 Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
@@ -200,14 +202,33 @@ def py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def scrape_all(ports: list[int]) -> dict[tuple[str, tuple], float]:
+    """Every instance's metrics, summed (counters, histogram buckets and the active-calls gauge add up)."""
+    total: dict[tuple[str, tuple], float] = {}
+    for port in ports:
+        for key, value in scrape(port).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def start_redis() -> tuple[subprocess.Popen, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("--redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None, 10, "redis-server")
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
-            dialect: str = "beta") -> dict:
+            dialect: str = "beta", instances: int = 1, redis: bool = False) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0")
     here = Path(__file__).resolve()
     procs: list[subprocess.Popen] = []
-    server = None
     port_file = Path(f"/tmp/telephony-bench-{os.getpid()}.port")
     port_file.unlink(missing_ok=True)
     # --pin: the server alone on CPU 0, the load generators on the others, so they do not compete.
@@ -218,52 +239,72 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
                                       preexec_fn=pinned(helper_cpus)))
         wait_for(lambda: port_file.exists() and port_file.read_text(), 10, "the scripted Realtime server")
         rt_port = int(port_file.read_text())
-        port = free_port()
-        server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
-                          AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
-                          REALTIME_DIALECT=dialect)
-        server = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=server_env, cwd=ROOT,
-                                  preexec_fn=pinned(server_cpus))
-        procs.append(server)
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
-                 20, "the server")
-        rss_idle = rss_kb(server.pid)
+        redis_proc = None
+        if redis:
+            redis_proc, redis_url = start_redis()
+            procs.append(redis_proc)
+            env["REDIS_URL"] = redis_url
+        ports, servers = [free_port() for _ in range(instances)], []
+        for port in ports:
+            server_env = dict(env, REALTIME_URL=f"ws://127.0.0.1:{rt_port}/v1/realtime", REALTIME_API_KEY="bench",
+                              AUDIO_CODEC=codec, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
+                              REALTIME_DIALECT=dialect)
+            servers.append(subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=server_env, cwd=ROOT,
+                                            preexec_fn=pinned(server_cpus)))
+            procs.append(servers[-1])
+        for port in ports:
+            wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
+                     20, "the server")
+        rss_idle = sum(rss_kb(server.pid) for server in servers)
         ramp = min(5.0, 1.0 + calls * 0.02)
-        callers = subprocess.Popen(
-            [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}/twilio/media-stream",
-             "--calls", str(calls), "--seconds", str(seconds + ramp), "--ramp", str(ramp)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pinned(helper_cpus))
-        procs.append(callers)
+        callers = []  # one process of callers per instance, the calls shared out
+        for i, port in enumerate(ports):
+            callers.append(subprocess.Popen(
+                [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}/twilio/media-stream",
+                 "--calls", str(calls // instances + (i < calls % instances)), "--seconds", str(seconds + ramp),
+                 "--ramp", str(ramp)], env=env, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pinned(helper_cpus)))
+            procs.append(callers[-1])
+
+        def server_cpu() -> tuple[float, float]:
+            times = [cpu_seconds(server.pid) for server in servers]
+            return sum(t[0] for t in times), sum(t[1] for t in times)
+
         # Measure once every call is up, until the first one hangs up.
         time.sleep(ramp + 1.0)
-        helpers = (procs[0].pid, callers.pid)  # the load generators, to judge contention
+        helpers = (procs[0].pid, *(c.pid for c in callers))  # the load generators, to judge contention
         h0 = [sum(cpu_seconds(pid)) for pid in helpers]
-        m0, c0, t0 = scrape(port), cpu_seconds(server.pid), time.monotonic()
-        w0 = runqueue_wait_s(server.pid)
+        r0 = sum(cpu_seconds(redis_proc.pid)) if redis_proc else 0.0
+        m0, c0, t0 = scrape_all(ports), server_cpu(), time.monotonic()
+        w0 = sum(runqueue_wait_s(server.pid) for server in servers)
         window = max(seconds - 2.0, 1.0)
-        spy = py_spy(server.pid, window, profile_out) if profile_out else None
+        spy = py_spy(servers[0].pid, window, profile_out) if profile_out else None
         time.sleep(window)
-        m1, c1, t1 = scrape(port), cpu_seconds(server.pid), time.monotonic()
+        m1, c1, t1 = scrape_all(ports), server_cpu(), time.monotonic()
         h1 = [sum(cpu_seconds(pid)) for pid in helpers]
-        w1 = runqueue_wait_s(server.pid)
-        rss_loaded = rss_kb(server.pid)
+        r1 = sum(cpu_seconds(redis_proc.pid)) if redis_proc else 0.0
+        w1 = sum(runqueue_wait_s(server.pid) for server in servers)
+        rss_loaded = sum(rss_kb(server.pid) for server in servers)
         active = m1[("telephony_active_calls", ())]
         if spy is not None:
             spy.wait(timeout=30)
-        out, _ = callers.communicate(timeout=seconds + 60)
-        results = json.loads(out)
+        results = []
+        for c in callers:
+            out, _ = c.communicate(timeout=seconds + 60)
+            results += json.loads(out)
         cpu_share = (sum(c1) - sum(c0)) / (t1 - t0)  # cores
         messages = sum(m1[k] - m0.get(k, 0.0) for k in m1
                        if k[0] in ("telephony_frames_received_total", "telephony_frames_sent_total"))
         per_call_rate = messages / (t1 - t0) / max(active, 1)
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
-            "codec": f"{dialect} {codec}", "calls": calls, "held": sum(r["ok"] for r in results), "active": int(active),
+            "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "") + (" +redis" if redis else ""),
+            "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
+            "held": sum(r["ok"] for r in results), "active": int(active),
             "clears": sum(r.get("clears", 0) for r in results),
             "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
             "server_cpu_pct": 100 * cpu_share,
             "realtime_cpu_pct": 100 * (h1[0] - h0[0]) / (t1 - t0),
-            "callers_cpu_pct": 100 * (h1[1] - h0[1]) / (t1 - t0),
+            "callers_cpu_pct": 100 * sum(h1[i] - h0[i] for i in range(1, len(helpers))) / (t1 - t0),
             "runqueue_wait_ms_per_s": 1000 * (w1 - w0) / (t1 - t0),
             "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
             "system_share_pct": 100 * (c1[1] - c0[1]) / max(sum(c1) - sum(c0), 1e-9),
@@ -298,6 +339,7 @@ ROWS = [
     ("machine load average (1 min)", lambda f: f"{f['loadavg']:.2f}"),
     ("server waiting for a CPU, ms per s", lambda f: f"{f['runqueue_wait_ms_per_s']:.0f}"),
     ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
+    ("redis-server CPU, % of a core", lambda f: f"{f['redis_cpu_pct']:.2f}"),
     ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
     ("  kernel share of that CPU, %", lambda f: f"{f['system_share_pct']:.0f}"),
     ("websocket messages per call per s", lambda f: f"{f['messages_per_call_s']:.0f}"),
@@ -333,6 +375,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print every run as JSON")
     parser.add_argument("--pin", action="store_true",
                         help="server alone on CPU 0, load generators on the other CPUs (needs 2+)")
+    parser.add_argument("--instances", type=int, default=1, help="server processes, the calls shared out")
+    parser.add_argument("--redis", action="store_true",
+                        help="also run the instances sharing a redis-server (REDIS_URL), side by side")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -349,11 +394,13 @@ def main() -> None:
     if args.pin:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
     medians = []
-    for dialect, codec in [(d, c) for d in args.dialect for c in args.codec]:
+    sharing = (False, True) if args.redis else (False,)
+    for dialect, codec, redis in [(d, c, r) for d in args.dialect for c in args.codec for r in sharing]:
         runs = []
         for _ in range(args.runs):
             runs.append(run_one(codec, args.calls, args.seconds,
-                                f"{args.profile}.{dialect}.{codec}" if args.profile else None, args.pin, dialect))
+                                f"{args.profile}.{dialect}.{codec}" if args.profile else None, args.pin, dialect,
+                                args.instances, redis))
             # Measured with the other processes gone, so they do not compete for the CPU.
             runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
             if args.json:

@@ -300,11 +300,8 @@ class RedisState:
             pipe.delete(is_open)
         else:
             pipe.set(is_open, 1, ex=STREAM_TTL_S)
-        length = await self._safely("transcript", pipe.execute())
-        if length is None:
-            return False
-        await self._safely("transcript", self.redis.publish(channel, b"1"))
-        return True
+        pipe.publish(channel, b"1")  # followers read the list: the message only wakes them
+        return await self._safely("transcript", pipe.execute()) is not None  # one round trip
 
     async def stream_open(self, name: str) -> bool:
         return bool(await self._safely("stream", self.redis.exists(self._key("open", name)), default=0))
