@@ -297,7 +297,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         per_call_rate = messages / (t1 - t0) / max(active, 1)
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
-            "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "") + (" +redis" if redis else ""),
+            "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
+                     + (" +redis" if redis else ""),
             "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
             "held": sum(r["ok"] for r in results), "active": int(active),
             "clears": sum(r.get("clears", 0) for r in results),

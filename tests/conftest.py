@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from redis_server import redis_server, tls_redis_server  # noqa: F401 (fixtures: a real redis-server)
 
 from telephony.core.profile import Profile, load_profile
 from telephony.serve.app import create_app

@@ -17,13 +17,11 @@ import httpx
 from conftest import ROOT, running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
 from helpers import active_spans, simulated_call, ulaw_silence, ulaw_tone
-from redis_server import redis_server  # noqa: F401 (fixture)
 from test_shared_state import TOKEN, sse_turns, until
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.offline.simulator import TwilioCallSimulator
 from telephony.settings import Settings
-
 
 SECRET = "stream-secret-shared-by-instances"
 API_KEY = "sk-handoff-SECRET"
@@ -99,7 +97,8 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server):
                     await a.wait()
             log_a = (await a.stdout.read()).decode()
 
-    print(f"\nhandoff: SIGTERM → Twilio call update {updated_at - sigterm_at:.3f} s; caller's stream down {stream_up_s:.3f} s (A's stream stopped → B's stream open); "
+    print(f"\nhandoff: SIGTERM → Twilio call update {updated_at - sigterm_at:.3f} s; "
+          f"caller's stream down {stream_up_s:.3f} s (A's stream stopped → B's stream open); "
           f"B's model live with the conversation {session_up_s:.3f} s after A's stream stopped")
     assert code in (0, -signal.SIGTERM), log_a
     assert updated_sid == sid and stream.get("url") == f"ws://{host_b}/twilio/media-stream"

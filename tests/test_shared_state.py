@@ -12,7 +12,6 @@ import httpx
 import pytest
 from conftest import running_app
 from helpers import active_spans, simulated_call, twilio_post, ulaw_silence, ulaw_tone
-from redis_server import redis_server, tls_redis_server  # noqa: F401 (fixtures)
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.serve.shared_state import END, RedisState

@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         task = asyncio.create_task(coro)
         pending.add(task)
         task.add_done_callback(pending.discard)
+
     control: list[CallControl] = []  # created on first use: the REST client is not free to build
     openai_sip = None  # OpenAI's SIP route, when configured: the openai package costs ~25 MB to import
     if settings.openai_webhook_secret:
