@@ -6,6 +6,7 @@ Realtime session gets the conversation so far, and audio flows again both ways."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -37,14 +38,14 @@ def texts_added(conn) -> list[tuple[str, str]]:
     return [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in conn.of_type("conversation.item.create")]
 
 
-async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server):
+async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, tmp_path):
     script = Script(response_ms=1000, speed=2.0)
     async with ScriptedRealtimeServer(script) as upstream, running_fake_twilio() as twilio:
         common = dict(realtime_url=upstream.url, realtime_api_key=API_KEY, calls_api_token=TOKEN,
                       stream_secret=SECRET, redis_url=redis_server.url, twilio_account_sid=ACCOUNT_SID,
                       twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=twilio.base_url)
         port_b = free_port()
-        settings_b = Settings(**common, public_url=f"http://127.0.0.1:{port_b}")
+        settings_b = Settings(**common, public_url=f"http://127.0.0.1:{port_b}", call_records_dir=tmp_path / "b")
         async with running_app(settings_b) as (b, host_b), httpx.AsyncClient() as client:
             # A: the real service, as on a dyno; Twilio's router would send the new stream to B.
             port_a = free_port()
@@ -52,7 +53,7 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server):
                    "STREAM_SECRET": SECRET, "REDIS_URL": redis_server.url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
                    "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": twilio.base_url,
                    "PUBLIC_URL": f"http://{host_b}", "HOST": "127.0.0.1", "PORT": str(port_a),
-                   "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "INFO"}
+                   "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "INFO", "CALL_RECORDS_DIR": str(tmp_path / "a")}
             a = await asyncio.create_subprocess_exec(sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             try:
@@ -125,6 +126,11 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server):
     assert sorted(t["speaker"] for t in turns[:3]) == ["agent", "agent", "caller"]  # A's three turns
     assert any(t["text"].startswith("a 700 Hz tone") for t in turns[3:])
     assert 'telephony_handoffs_total{outcome="resumed"} 1.0' in metrics_b
+    # The call's records: A's says where it went, B's goes on from there.
+    kinds = {side: [json.loads(line)["kind"] for line in (tmp_path / side / f"{sid}.jsonl").read_text().splitlines()]
+             for side in ("a", "b")}
+    assert "handed_over" in kinds["a"] and kinds["a"].index("handed_over") < kinds["a"].index("end"), kinds
+    assert "resumed" in kinds["b"], kinds
     assert stream_up_s < 1.5 and session_up_s < 1.5
 
 

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Callable
 
+from telephony.core.actions import Record
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
 from telephony.serve.bridge import Bridge
@@ -64,6 +65,7 @@ class Handoff:
             bridge.handed_over = False
             await self.state.take(handoff_key(sid))
             return self._failed(sid, f"Twilio refused the update ({exc.status}): {exc}")
+        bridge.dispatch([Record("handed_over", {"conversation_items": len(saved["conversation"])})])  # its record
         log.info("call %s: handed over to a new stream (%d conversation items)", sid, len(saved["conversation"]))
         self.metrics.handoffs.labels("handed_over").inc()
         return True
