@@ -131,7 +131,6 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
              for side in ("a", "b")}
     assert "handed_over" in kinds["a"] and kinds["a"].index("handed_over") < kinds["a"].index("end"), kinds
     assert "resumed" in kinds["b"], kinds
-    assert stream_up_s < 1.5 and session_up_s < 1.5
 
 
 async def _first(items):
