@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         from telephony.serve.workers import Supervisor
 
         sock = tcp_socket(options["host"], options["port"])
-        Supervisor(settings.web_concurrency, options, sock, grace).run()
+        return Supervisor(settings.web_concurrency, options, sock, grace).run()
     else:
         from telephony.serve.app import create_app
 

@@ -178,3 +178,20 @@ def test_procfile_app_json_and_runtime_pin():
     readme = (root / "README.md").read_text()
     for name in manifest["env"]:
         assert f"| `{name}` |" in readme, name
+
+
+def test_workers_that_cannot_start_stop_the_service_with_the_reason():
+    """WEB_CONCURRENCY=2 with a profile that does not exist: exit 2 and say why, not a restart loop."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": "0", "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2",
+           "REALTIME_API_KEY": "k", "AGENT_PROFILE": "/nonexistent/agent.toml"}
+    done = subprocess.run([sys.executable, "-m", "telephony", "serve"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "configuration error: agent profile /nonexistent/agent.toml does not exist" in done.stderr
+    assert "cannot start: the configuration is wrong" in done.stderr

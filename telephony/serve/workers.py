@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -22,20 +23,26 @@ log = logging.getLogger("telephony.workers")
 
 STOP_MARGIN_S = 3.0  # past the grace: time for the last calls to close and the worker to exit
 RESTART_PAUSE_S = 1.0  # between replacing workers that die, so a crash loop does not spin
+CONFIGURATION_ERROR = 3  # a worker's exit code when its app cannot be built: no use restarting it
 
 
 def serve_worker(options: dict, sock: socket.socket) -> None:
     """One worker process: its own app from the environment, served until told to stop, drained."""
     import uvicorn
 
+    from telephony.core.profile import ProfileError
     from telephony.ops import logs
     from telephony.serve.app import create_app
     from telephony.serve.server import GracefulServer
-    from telephony.settings import Settings
+    from telephony.settings import Settings, SettingsError
 
-    settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
-    app = create_app(settings)
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
+        app = create_app(settings)
+    except (SettingsError, ProfileError) as exc:
+        print(f"telephony: configuration error: {exc}", file=sys.stderr)
+        sys.exit(CONFIGURATION_ERROR)
     server = GracefulServer(uvicorn.Config(app, **options), app.state.calls, settings.shutdown_grace_seconds)
     server.run(sockets=[sock])
 
@@ -51,17 +58,21 @@ class Supervisor:
         self._signals: list[int] = []
         self._wake = threading.Event()
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serves until SIGTERM or SIGINT, then drains; 2 when the workers cannot start."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         log.info("supervisor [%d]: starting %d workers", os.getpid(), self.count)
         self._workers = [self._start() for _ in range(self.count)]
         while not self._signals:
             self._wake.wait(0.5)
-            if not self._signals:
-                self._replace_dead()
+            if not self._signals and not self._replace_dead():
+                self._forward(signal.SIGTERM)
+                self._stop()
+                return 2
         self._forward(self._signals[0])
         self._stop()
+        return 0
 
     def _on_signal(self, sig: int, frame) -> None:
         if self._signals:  # a second signal (a second Ctrl-C): pass it on, the workers decide
@@ -74,12 +85,17 @@ class Supervisor:
         worker.start()
         return worker
 
-    def _replace_dead(self) -> None:
+    def _replace_dead(self) -> bool:
+        """Replaces workers that died; False when one cannot start (its configuration is wrong)."""
         for i, worker in enumerate(self._workers):
+            if worker.exitcode == CONFIGURATION_ERROR:
+                log.error("worker [%s] cannot start: the configuration is wrong; stopping", worker.pid)
+                return False
             if not worker.is_alive():
                 log.error("worker [%s] exited (code %s); starting another", worker.pid, worker.exitcode)
                 time.sleep(RESTART_PAUSE_S)
                 self._workers[i] = self._start()
+        return True
 
     def _forward(self, sig: int) -> None:
         for worker in self._workers:
