@@ -49,6 +49,8 @@ class Handoff:
 
     async def hand_over(self, bridge: Bridge) -> bool:
         """Moves the call to a new stream; False when it cannot (it is then ended as in a drain)."""
+        if not isinstance(bridge, Bridge):  # a call without a Twilio stream (OpenAI's SIP route)
+            return False
         call, sid = bridge.call, bridge.call.call_sid
         control = self.control()
         if not sid or call.ended or control is None:
