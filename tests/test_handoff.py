@@ -68,7 +68,7 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
                                        duration_s=30, parameters={"from": "+15550001111", "to": "+15550002222"})
                 sid = first.call_sid
                 call_a = asyncio.create_task(first.run())
-                await until(lambda: b.state.transcripts.active(sid), what="the call's feed")
+                await until(lambda: b.state.transcripts.followable(sid), what="the call's feed")
                 feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/{sid}/transcript"))
                 await asyncio.sleep(4.0)  # the agent has answered the caller
                 sigterm_at = time.monotonic()

@@ -59,8 +59,8 @@ async def test_two_instances_list_each_others_calls_and_follow_each_others_trans
 
             async def feed_open():
                 r = await client.get(f"http://{host_b}/calls/CAonA/transcript", headers={"Authorization": "x"})
-                return r.status_code == 401 and (await a.state.transcripts.active("CAonA")) and \
-                    await b.state.transcripts.active("CAonA")
+                return r.status_code == 401 and (await a.state.transcripts.followable("CAonA")) and \
+                    await b.state.transcripts.followable("CAonA")
             await until(feed_open, what="A's call to be known on B")
             feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/CAonA/transcript"))
 
@@ -118,7 +118,7 @@ async def test_redis_down_mid_call_the_call_goes_on_and_the_feed_resumes(redis_s
             sim = simulated_call(a, host_a, call_sid="CAdown", caller_audio=caller)
             with caplog.at_level(logging.WARNING, logger="telephony.shared_state"):
                 call = asyncio.create_task(sim.run())
-                await until(lambda: b.state.transcripts.active("CAdown"), what="the call on B")
+                await until(lambda: b.state.transcripts.followable("CAdown"), what="the call on B")
                 feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/CAdown/transcript"))
                 await asyncio.sleep(1.0)
                 redis_server.stop()  # mid-call: the caller's first words come while it is down

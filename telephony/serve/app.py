@@ -318,7 +318,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if (refusal := api_refusal(request)) is not None:
             return refusal
         sid = request.path_params["call_sid"]
-        if not await transcripts.active(sid):
+        if not await transcripts.followable(sid):
             where = "on any instance" if state.shared else "on this instance"
             return error(404, f"call {sid} is not in progress {where}")
 

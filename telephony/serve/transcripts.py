@@ -59,8 +59,13 @@ class TranscriptHub:
         if not handed_over:
             self.state.append(call_sid, END)
 
-    async def active(self, call_sid: str) -> bool:
-        return call_sid in self._turns or await self.state.stream_open(call_sid)
+    def active(self, call_sid: str) -> bool:
+        """The call is in progress on this instance."""
+        return call_sid in self._turns
+
+    async def followable(self, call_sid: str) -> bool:
+        """The call is in progress here, or (with Redis) on any instance: its feed can be followed."""
+        return self.active(call_sid) or await self.state.stream_open(call_sid)
 
     def follow(self, call_sid: str) -> AsyncIterator[dict[str, Any]]:
         """The turns so far, then each new one, until the call ends (on whichever instance)."""
