@@ -91,6 +91,31 @@ def test_an_echo_moves_the_next_chunks_clock_to_the_echo_time():
     assert ledger.heard_ms("a", 0.35) == pytest.approx(150)
 
 
+# --- Ending ---
+
+
+def test_a_stream_gone_before_start_is_not_recorded_as_a_call(profile):
+    """Found by the metrics test: it was recorded as a normal end, so no_start never counted."""
+    call = Call(profile)
+    assert call.on_twilio(tw.Stop(), 0.0) == [EndStream("stream closed before start")]
+    assert call.ended and call.on_tick(1.0) == []
+
+
+def test_a_caller_hanging_up_ends_the_call_normally_once(profile):
+    call = started_call(profile)
+    actions = call.on_twilio(tw.Stop(), 1.0)
+    assert actions == [Record("end", {"reason": "caller hung up (Twilio stop)", "abnormal": False}),
+                       EndStream("caller hung up (Twilio stop)", False)]
+    assert call.on_twilio(tw.Stop(), 1.1) == [] and call.end("shutdown") == []
+
+
+def test_ending_from_outside_is_abnormal_so_twilio_speaks_the_fallback(profile):
+    call = started_call(profile)
+    assert call.end("server shutting down") == [
+        Record("end", {"reason": "server shutting down", "abnormal": True}),
+        EndStream("server shutting down", True)]
+
+
 # --- DTMF ---
 
 
