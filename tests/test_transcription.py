@@ -129,13 +129,15 @@ async def test_live_feed_streams_turns_while_the_call_is_in_progress():
             async with client.stream("GET", f"http://{host}/calls/{sim.call_sid}/transcript",
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as feed:
                 assert feed.headers["content-type"].startswith("text/event-stream")
-                event = None
+                event, events = None, []
                 async for line in feed.aiter_lines():
                     if line.startswith("event: "):
                         event = line[7:]
+                        events.append(event)
                     elif line.startswith("data: ") and event == "transcript":
                         seen.append((time.monotonic(), json.loads(line[6:])))
         ended = time.monotonic()
         await call
     assert [t["speaker"] for _, t in seen] == ["agent", "caller", "agent"]
+    assert events == ["transcript"] * 3 + ["end"]  # the feed says the call is over before closing
     assert seen[1][0] < ended - 1.0  # the caller's turn arrived live, not at the end
