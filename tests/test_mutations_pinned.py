@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from test_call import pcm_ms, play, realtime, started_call, twilio
 
-from telephony.core.actions import EndStream, HangUp, Record
+from telephony.core.actions import EndStream, HangUp, OpenRealtime, Record
 from telephony.core.call import AFTER_PLAYOUT_TIMEOUT_S, DTMF_GAP_S, Call
 from telephony.core.playout import PlayoutLedger
 from telephony.wire import realtime as rt
@@ -204,3 +204,262 @@ def test_a_second_verdict_does_not_leave_a_second_voicemail(profile):
     actions = call.on_answered_by("machine_end_other", 0.4)
     assert realtime(actions) == [] and not any(isinstance(a, HangUp) for a in actions)
 
+
+
+# --- Records the shells count and keep (found by mutmut: only end-to-end tests looked) ---
+
+
+def test_realtime_errors_are_recorded_and_only_fatal_ones_end_the_call(profile):
+    call = started_call(profile)
+    actions = call.on_realtime(rt.RealtimeError("invalid_request_error", "bad_value", "no", "e1"), 0.1)
+    assert actions == [Record("realtime_error", {"type": "invalid_request_error", "code": "bad_value"})]
+    assert not call.ended
+    actions = call.on_realtime(rt.RealtimeError("server_error", None, "broke", None), 0.2)
+    assert actions == [Record("realtime_error", {"type": "server_error", "code": None}),
+                       Record("end", {"reason": "Realtime error server_error", "abnormal": True}),
+                       EndStream("Realtime error server_error", True)]
+    assert call.ended and call.on_realtime(rt.RealtimeError("server_error", None, "x", None), 0.3) == []
+
+
+def test_a_fatal_error_with_a_code_names_the_code(profile):
+    call = started_call(profile)
+    fatal = rt.RealtimeError("invalid_request_error", "session_expired", "expired", None)
+    if not fatal.fatal:
+        pytest.skip("session_expired is not a fatal code in this dialect")
+    (end,) = [a for a in call.on_realtime(fatal, 0.1) if isinstance(a, EndStream)]
+    assert end.reason == "Realtime error session_expired"
+
+
+def test_after_playout_fires_exactly_at_its_deadline_and_says_it_timed_out(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    tool_call_end(call, 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    deadline = 0.1 + AFTER_PLAYOUT_TIMEOUT_S
+    assert not [a for a in call.on_tick(deadline - 0.001) if isinstance(a, HangUp)]
+    actions = call.on_tick(deadline)
+    assert records(actions, "after_playout") == [{"action": "HangUp", "timed_out": True}]
+    assert [a for a in actions if isinstance(a, HangUp)] == [HangUp("end_call: the agent ended the call")]
+
+
+def test_after_playout_once_heard_says_it_did_not_time_out(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    call.on_realtime(rt.AudioDone("r1", "i1"), 0.0)
+    tool_call_end(call, 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    actions = call.on_twilio(tw.Mark(marks[-1]), 0.3)
+    assert records(actions, "after_playout") == [{"action": "HangUp", "timed_out": False}]
+
+
+def tool_call_end(call: Call, now: float) -> list:
+    call.on_realtime(rt.OutputItemAdded("r1", "f1", "function_call", "end_call", "c1"), now)
+    return call.on_realtime(rt.FunctionCall("r1", "f1", "c1", "", "{}"), now)
+
+
+def test_audio_done_seals_the_items_last_chunk_with_a_mark(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(40)), 0.0)  # under 100 ms: no mark yet
+    actions = call.on_realtime(rt.AudioDone("r1", "i1"), 0.0)
+    assert twilio(actions, tw.SendMark) == [tw.SendMark("1")]
+    assert twilio(call.on_realtime(rt.AudioDone("r1", "i1"), 0.0), tw.SendMark) == []  # nothing to seal
+
+
+def test_audio_done_of_an_interrupted_item_sends_nothing(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=40, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.02)
+    assert call.on_realtime(rt.AudioDone("r1", "i1"), 0.03) == []
+    assert call.on_realtime(rt.AudioDone("r1", "i2"), 0.03) == []  # another item of the cancelled response
+
+
+def test_audio_of_any_item_of_a_cancelled_response_is_dropped(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    assert call.on_realtime(rt.AudioDelta("r1", "i9", pcm_ms(100)), 0.2) == []
+
+
+def test_audio_of_an_unannounced_response_plays_with_one_warning(profile, caplog):
+    call = started_call(profile)
+    first = call.on_realtime(rt.AudioDelta("r9", "i9", pcm_ms(100)), 0.0)
+    second = call.on_realtime(rt.AudioDelta("r9", "i9", pcm_ms(100)), 0.1)
+    assert twilio(first, tw.SendMedia) and twilio(second, tw.SendMedia)
+    assert caplog.text.count("which was never announced") == 1
+
+
+def test_an_empty_audio_delta_sends_nothing(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    assert call.on_realtime(rt.AudioDelta("r1", "i1", ""), 0.0) == []
+    assert call.ledger.sent_ms("i1") == 0
+
+
+def test_an_empty_audio_delta_leaves_nothing_pending(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", ""), 0.0)
+    assert not call.ledger.unplayed
+
+
+# --- Caller audio ---
+
+
+def ulaw_frame(byte: int) -> str:
+    import base64
+
+    return base64.b64encode(bytes([byte]) * 160).decode()
+
+
+def test_early_caller_audio_is_kept_up_to_two_seconds_then_sent_in_order(profile):
+    call = Call(profile, "g711_ulaw")  # passthrough: what arrives is what the model gets
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    frames = [ulaw_frame(i) for i in range(101)]
+    for frame in frames:
+        assert call.on_twilio(tw.Media(frame), 0.0) == []
+    sent = realtime(call.on_realtime_open(0.1), rt.AppendAudio)
+    assert [a.audio for a in sent] == frames[:100]  # the 101st is over the 2 s kept
+
+
+@pytest.mark.parametrize("track,forwarded", [("inbound", True), ("inbound_track", True), ("outbound", False)])
+def test_only_the_callers_track_goes_to_the_model(profile, track, forwarded):
+    call = started_call(profile)
+    actions = call.on_twilio(tw.Media(ulaw_frame(7), track=track), 0.1)
+    assert bool(realtime(actions, rt.AppendAudio)) is forwarded
+
+
+def test_a_refused_stream_still_names_its_call(profile):
+    call = Call(profile, verify_start=lambda start: "bad token")
+    actions = call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    assert call.call_sid == "CA1" and records(actions, "refused") == [{"reason": "bad token"}]
+
+
+def test_the_stream_is_dead_only_after_more_than_the_media_timeout(profile):
+    call = Call(profile, media_timeout_s=5.0)
+    call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)
+    call.on_realtime_open(0.0)
+    assert not any(isinstance(a, EndStream) for a in call.on_tick(5.0))
+    (end,) = [a for a in call.on_tick(5.01) if isinstance(a, EndStream)]
+    assert end.reason == "no media for 5 s" and end.abnormal
+
+
+# --- Reconnecting, and what the new session is told ---
+
+
+def test_a_drop_is_recorded_and_the_reconnect_says_how_much_was_restored(profile):
+    call = started_call(profile)
+    assert call.on_realtime_closed("gone") == [Record("realtime_dropped", {"reason": "gone"}), OpenRealtime()]
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.5)
+    call.on_realtime(rt.InputTranscript("u1", "hello"), 0.6)
+    assert records(call.on_realtime_open(1.0), "realtime_reconnected") == [{"items": 1}]
+    assert call.on_realtime_closed("again") == [
+        Record("end", {"reason": "Realtime closed: again", "abnormal": True}), EndStream("Realtime closed: again", True)]
+
+
+def test_the_new_session_hears_the_conversation_in_the_order_it_happened(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.SpeechStarted("u1", 0), 0.5)  # the caller speaks first…
+    call.on_realtime(rt.ResponseCreated("r1"), 1.0)
+    for word in ("Sure, ", "one ", "moment."):  # …the agent answers (deltas only, no done yet)…
+        call.on_realtime(rt.TranscriptDelta("r1", "i2", word), 1.0)
+    call.on_realtime(rt.InputTranscript("u1", "Can you help?"), 1.2)  # …the caller's text comes late
+    call.on_realtime(rt.TranscriptDone("r1", "i3", "Anything else?"), 1.3)
+    call.on_realtime_closed("gone")
+    restored = realtime(call.on_realtime_open(2.0))
+    texts = [(type(c).__name__, c.text) for c in restored if isinstance(c, (rt.AddUserText, rt.AddAssistantText))]
+    assert texts == [("AddUserText", "Can you help?"), ("AddAssistantText", "Sure, one moment."),
+                     ("AddAssistantText", "Anything else?")]
+    assert call.agent_transcript("i2") == "Sure, one moment."
+
+
+def test_transcript_turns_name_the_speaker_and_the_time_to_the_millisecond(profile):
+    call = started_call(profile)
+    (caller,) = records(call.on_realtime(rt.InputTranscript("u1", "hi"), 1.23456), "transcript")
+    (agent,) = records(call.on_realtime(rt.TranscriptDone("r1", "i1", "hello"), 2.0), "transcript")
+    assert caller == {"speaker": "caller", "item_id": "u1", "text": "hi", "at": 1.235}
+    assert agent == {"speaker": "agent", "item_id": "i1", "text": "hello", "at": 2.0}
+
+
+# --- Responses and tools ---
+
+
+def test_a_finished_response_is_recorded_with_its_usage(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = call.on_realtime(rt.ResponseDone("r1", "completed", {"total_tokens": 9}), 0.1)
+    assert records(actions, "response_done") == [
+        {"response_id": "r1", "status": "completed", "usage": {"total_tokens": 9}}]
+
+
+def test_a_tool_call_is_recorded_and_a_failed_one_asks_the_model_to_speak(profile):
+    call = started_call(profile)
+    actions = tool_call_end(call, 0.1)  # no response in progress (r1 was never created)
+    assert records(actions, "tool_call") == [{"name": "end_call", "arguments": "{}",
+                                             "output": records(actions, "tool_call")[0]["output"]}]
+    assert realtime(actions, rt.CreateResponse)
+    call.on_realtime(rt.ResponseCreated("r2"), 0.2)
+    call.on_realtime(rt.ResponseDone("r2", "completed"), 0.3)
+    failed = call.on_realtime(rt.FunctionCall("r3", "f2", "c2", "no_such_tool", "{}"), 0.4)
+    (tool,) = records(failed, "tool_call")
+    assert tool["name"] == "no_such_tool" and "error" in tool["output"]
+    assert realtime(failed, rt.CreateResponse)
+
+
+# --- Barge-in, beyond the happy path ---
+
+
+def test_barge_in_after_the_response_finished_truncates_the_item_still_playing(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    call.on_realtime(rt.TranscriptDelta("r1", "i1", "one two three"), 0.0)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.05)  # generated; Twilio still playing
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    assert realtime(actions, rt.TruncateItem) == [rt.TruncateItem("i1", 100)]
+    assert not realtime(actions, rt.CancelResponse)
+    assert call.on_realtime(rt.TranscriptDone("r1", "i1", "one two three"), 0.2) == []  # recorded already
+
+
+def test_barge_in_when_all_was_heard_keeps_the_whole_transcript(profile):
+    call = started_call(profile)
+    marks = play(call, "r1", "i1", chunks=1, ms=100, now=0.0)
+    call.on_realtime(rt.TranscriptDelta("r1", "i1", "all of it"), 0.0)
+    call.on_twilio(tw.Mark(marks[0]), 0.1)  # everything sent was heard; the response goes on
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.2)
+    (turn,) = records(actions, "transcript")
+    assert turn["text"] == "all of it" and turn["heard_ms"] == 100 and turn["interrupted"] is True
+
+
+def test_barge_in_before_any_audio_cancels_and_records_no_item(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.1)
+    assert realtime(actions) == [rt.CancelResponse()]
+    assert records(actions, "barge_in") == [{"item_id": None, "heard_ms": None}]
+    call.on_twilio(tw.Dtmf("5"), 0.2)  # nothing in progress now: digits get a response
+    assert realtime(call.on_tick(1.3), rt.CreateResponse)
+
+
+def test_the_quiet_models_last_chunk_gets_its_mark_on_a_tick(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(40)), 0.0)
+    assert twilio(call.on_tick(0.1), tw.SendMark) == [tw.SendMark("1")]
+
+
+# --- Voicemail details ---
+
+
+def test_a_per_call_voicemail_overrides_the_profiles(profile):
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"voicemail": "Call the clinic back."}), 0.0)
+    call.on_realtime_open(0.0)
+    (create,) = realtime(call.on_answered_by("machine_end_beep", 0.3), rt.CreateResponse)
+    assert "Call the clinic back." in create.instructions and profile.voicemail not in create.instructions
+
+
+def test_audio_of_the_response_cut_for_the_voicemail_is_dropped_whatever_its_item(profile):
+    call = started_call(profile)
+    play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
+    call.on_answered_by("machine_end_beep", 0.1)
+    assert call.on_realtime(rt.AudioDelta("r1", "i7", pcm_ms(100)), 0.2) == []
