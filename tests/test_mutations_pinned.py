@@ -463,3 +463,107 @@ def test_audio_of_the_response_cut_for_the_voicemail_is_dropped_whatever_its_ite
     play(call, "r1", "i1", chunks=1, ms=300, now=0.0)
     call.on_answered_by("machine_end_beep", 0.1)
     assert call.on_realtime(rt.AudioDelta("r1", "i7", pcm_ms(100)), 0.2) == []
+
+
+# --- Second round of mutmut survivors ---
+
+
+def test_a_start_is_recorded_with_both_sids_and_opens_the_model(profile):
+    call = Call(profile, "g711_ulaw")
+    assert call.on_twilio(tw.Start("MZ1", "CA1"), 0.0) == [
+        Record("start", {"call_sid": "CA1", "stream_sid": "MZ1"}), OpenRealtime()]
+    assert call.audio_format == "g711_ulaw"
+    assert not records(call.on_realtime_open(0.0), "realtime_reconnected")  # the first session
+
+
+def test_a_refused_stream_closes_as_a_policy_violation(profile):
+    call = Call(profile, verify_start=lambda start: "bad token")
+    assert call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)[1] == EndStream(
+        "stream refused: bad token", abnormal=True, policy_violation=True)
+
+
+def test_another_audio_format_ends_abnormally_naming_it(profile):
+    call = Call(profile)
+    actions = call.on_twilio(tw.Start("MZ1", "CA1", encoding="audio/x-alaw"), 0.0)
+    assert actions == [Record("end", {"reason": "unsupported media format audio/x-alaw", "abnormal": True}),
+                       EndStream("unsupported media format audio/x-alaw", True)]
+    assert call.call_sid == "CA1"
+
+
+def test_caller_text_without_a_speech_start_is_still_restored(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.InputTranscript("u1", "typed in"), 0.5)
+    call.on_realtime(rt.SpeechStarted("u2", 0), 0.6)  # speech whose transcript never came
+    call.on_realtime_closed("gone")
+    restored = realtime(call.on_realtime_open(1.0), rt.AddUserText)
+    assert [c.text for c in restored] == ["typed in"]
+
+
+def test_caller_audio_during_a_reconnect_waits_for_the_new_session(profile):
+    call = started_call(profile)
+    call.on_realtime_closed("gone")
+    assert call.on_twilio(tw.Media(ulaw_frame(3)), 0.5) == []
+    assert len(realtime(call.on_realtime_open(1.0), rt.AppendAudio)) == 1
+
+
+def test_a_new_items_audio_is_preceded_by_the_mark_ending_the_last_one(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(40)), 0.0)
+    actions = call.on_realtime(rt.AudioDelta("r1", "i2", pcm_ms(40)), 0.0)
+    assert [type(m) for m in twilio(actions)] == [tw.SendMark, tw.SendMedia]
+    assert twilio(actions)[0] == tw.SendMark("1")
+
+
+def test_the_end_of_an_item_sends_the_resamplers_tail_before_its_mark(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(40)), 0.0)
+    media, mark = twilio(call.on_realtime(rt.AudioDone("r1", "i1"), 0.0))
+    assert isinstance(media, tw.SendMedia) and len(media.payload) > 0 and mark == tw.SendMark("1")
+
+
+def test_a_one_millisecond_delta_is_still_played(profile):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    assert twilio(call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(1)), 0.0), tw.SendMedia)
+
+
+def test_audio_after_its_response_finished_is_not_warned_about(profile, caplog):
+    call = started_call(profile)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(40)), 0.2)  # a late delta of a known response
+    assert "never announced" not in caplog.text
+
+
+def test_benign_errors_are_logged_as_info_and_others_as_errors(profile, caplog):
+    import logging
+
+    call = started_call(profile)
+    benign = rt.RealtimeError("invalid_request_error", "response_cancel_not_active", "nothing to cancel", None)
+    assert benign.benign
+    with caplog.at_level(logging.INFO, "telephony.call"):
+        call.on_realtime(benign, 0.1)
+        call.on_realtime(rt.RealtimeError("invalid_request_error", "bad_value", "no", None), 0.2)
+    levels = [r.levelno for r in caplog.records if "Realtime error" in r.getMessage()]
+    assert levels == [logging.INFO, logging.ERROR]
+
+
+def test_a_nameless_function_call_is_answered_as_an_unknown_tool(profile):
+    call = started_call(profile)
+    actions = call.on_realtime(rt.FunctionCall("r1", "f1", "c9", "", "{}"), 0.1)
+    (tool,) = records(actions, "tool_call")
+    assert tool["name"] == "" and "error" in tool["output"]
+    assert not records(call.on_tick(30.0), "after_playout")  # a failed tool schedules nothing
+
+
+def test_speech_with_nothing_playing_or_generating_is_not_a_barge_in(profile):
+    call = started_call(profile)
+    assert call.on_realtime(rt.SpeechStarted("u1", 0), 0.1) == []
+
+
+def test_the_media_clock_starts_at_the_first_tick_even_with_no_message_at_all(profile):
+    call = Call(profile, media_timeout_s=5.0)
+    assert call.on_tick(0.0) == []
+    assert any(isinstance(a, EndStream) for a in call.on_tick(5.01))
