@@ -567,3 +567,49 @@ def test_the_media_clock_starts_at_the_first_tick_even_with_no_message_at_all(pr
     call = Call(profile, media_timeout_s=5.0)
     assert call.on_tick(0.0) == []
     assert any(isinstance(a, EndStream) for a in call.on_tick(5.01))
+
+
+# --- Code from the SIP merge: the no-media start, REFER transfers, built-in tool outcomes ---
+
+
+def test_a_call_without_media_starts_with_its_call_id_and_no_stream(profile):
+    call = Call(profile, carries_media=False)
+    assert call.begin("rtc_1", {"from": "sip:+1555@x"}, 2.0) == [
+        Record("start", {"call_sid": "rtc_1", "stream_sid": None}), OpenRealtime()]
+    assert call.call_sid == "rtc_1"
+    (turn,) = records(call.on_realtime(rt.InputTranscript("u1", "hi"), 3.5), "transcript")
+    assert turn["at"] == 1.5
+    assert call.on_hung_up("end_call") == [Record("end", {"reason": "end_call", "abnormal": False}),
+                                           EndStream("end_call", False)]
+
+
+@pytest.mark.parametrize("caller,target,refer", [
+    ("sip:alice@pbx.example.com", "sip:desk@pbx.example.com", True),
+    ("+15551230000", "sip:desk@pbx.example.com", False),  # not a SIP leg: dialled
+    ("sip:alice@pbx.example.com", "+15557778888", False),  # a number: dialled
+])
+def test_a_transfer_goes_by_refer_only_from_a_sip_leg_to_a_sip_uri(profile, caller, target, refer):
+    from dataclasses import replace
+
+    from telephony.core.actions import Transfer
+
+    call = Call(replace(profile, sip_refer=True, transfer_targets={"desk": target}))
+    call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"from": caller}), 0.0)
+    call.on_realtime_open(0.0)
+    call.on_realtime(rt.ResponseCreated("r1"), 0.0)
+    call.on_realtime(rt.AudioDelta("r1", "i1", pcm_ms(100)), 0.0)  # spoke first: no extra turn
+    call.on_realtime(rt.FunctionCall("r1", "f1", "c1", "transfer_call", '{"destination": "desk"}'), 0.1)
+    call.on_realtime(rt.ResponseDone("r1", "completed"), 0.1)
+    actions = call.on_tick(0.2 + AFTER_PLAYOUT_TIMEOUT_S)
+    assert [a for a in actions if isinstance(a, Transfer)] == [Transfer(target, refer=refer)]
+
+
+def test_built_in_tool_outcomes_tell_ok_error_and_unknown_apart(profile):
+    from dataclasses import replace
+
+    call = started_call(replace(profile, transfer_targets={"desk": "+15557778888"}))
+    outcomes = []
+    for name, args in (("end_call", "{}"), ("transfer_call", '{"destination": "nowhere"}'), ("no_such", "{}")):
+        (tool,) = records(call.on_realtime(rt.FunctionCall("r1", "f1", name, name, args), 0.1), "tool_call")
+        outcomes.append(tool["outcome"])
+    assert outcomes == ["ok", "error", "unknown_tool"]
