@@ -45,12 +45,14 @@ def test_a_torn_sample_is_dropped_and_the_rest_counted():
     codec = Pcm16Codec()
     chunk = codec.model_to_caller(base64.b64encode(b"\x00\x10" * 24 + b"\x07").decode())
     assert chunk.model_ms == 1.0 and len(base64.b64decode(chunk.payload)) == 8
+    chunk = codec.model_to_caller(base64.b64encode(b"\x00\x10" * 49 + b"\x07").decode())  # 99 bytes
+    assert chunk.model_ms == 98 / 48
 
 
 @pytest.mark.parametrize("direction", ["caller_to_model", "model_to_caller"])
 def test_payloads_that_are_not_strict_base64_are_refused(direction):
     with pytest.raises(ValueError):
-        getattr(Pcm16Codec(), direction)("AAAA*AAA")
+        getattr(Pcm16Codec(), direction)("AAAA*AAAA")  # lenient base64 would skip the "*"
 
 
 def test_the_reset_downsampler_starts_afresh():

@@ -60,6 +60,26 @@ def test_forget_drops_an_items_heard_and_sent_ms():
     assert ledger.sent_ms("b") == 100
 
 
+def test_a_forgotten_item_sent_again_starts_from_nothing():
+    ledger = PlayoutLedger()
+    ledger.forget("never-sent")  # nothing to forget: no error
+    mark = ledger.sent("a", 100, now=0.0)
+    ledger.echoed(mark, now=0.1)
+    ledger.forget("a")
+    ledger.sent("a", 50, now=1.0)
+    ledger.clear()
+    assert ledger.heard_ms("a", 2.0) == 0  # not the 100 ms heard before it was forgotten
+
+
+def test_a_later_chunk_is_clamped_to_its_own_length_not_its_end_position():
+    ledger = PlayoutLedger()
+    first = ledger.sent("a", 100, now=0.0)
+    ledger.sent("a", 100, now=0.0)  # 100-200 ms
+    ledger.sent("a", 100, now=0.0)  # 200-300 ms
+    ledger.echoed(first, now=0.1)  # the second chunk starts playing at 0.1…
+    assert ledger.heard_ms("a", 0.35) == 200  # …and its mark is late: no further than its end
+
+
 def test_only_marks_this_ledger_handed_out_count_as_issued():
     ledger = PlayoutLedger()
     assert not ledger.issued("1") and not ledger.issued("0")

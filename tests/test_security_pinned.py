@@ -43,6 +43,13 @@ def test_a_token_is_good_up_to_and_including_its_expiry_second():
     assert tokens.verify(signed, "CA1", 1065.0) == "stream token expired 5 s ago"
 
 
+def test_a_token_over_other_parameters_says_so():
+    tokens = StreamTokens(KEY, 60)
+    signed = tokens.with_token({"call_sid": "CA1", "voice": "coral"}, 0.0)
+    assert tokens.verify({**signed, "voice": "ash"}, "CA1", 1.0) == \
+        "stream token does not match the stream's parameters"
+
+
 def test_a_token_for_another_call_says_so():
     tokens = StreamTokens(KEY, 60)
     assert tokens.verify(tokens.with_token({"call_sid": "CA1"}, 0.0), "CA2", 1.0) == \
