@@ -10,12 +10,21 @@ import uvicorn
 from redis_server import redis_server, tls_redis_server  # noqa: F401 (fixtures: a real redis-server)
 
 from telephony.core.profile import Profile, load_profile
+from telephony.offline.simulator import TwilioCallSimulator
 from telephony.serve.app import create_app
 from telephony.serve.direct_lane import DirectWebSocketProtocol
 from telephony.serve.server import ws_max_size
 from telephony.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def twilio_checks_what_it_receives(monkeypatch):
+    """Every simulated call checks each message the bridge sends against Twilio's schemas."""
+    from twilio_schemas import validate_to_twilio
+
+    monkeypatch.setattr(TwilioCallSimulator, "default_validate", staticmethod(validate_to_twilio))
 
 
 @pytest.fixture

@@ -119,3 +119,21 @@ def stream_parameters(twiml: str) -> dict[str, str]:
     import xml.etree.ElementTree as ET
 
     return {p.get("name"): p.get("value") for p in ET.fromstring(twiml).iter("Parameter")}
+
+
+async def wait_until(condition, what: str, timeout: float = 10.0, every: float = 0.01) -> None:
+    """Polls ``condition`` (a function, sync or async) until it is true: a wait on the state the
+    test needs, never a guess at how long the server takes. Fails, naming ``what``, at ``timeout``."""
+    import asyncio
+    import inspect
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(every)

@@ -19,6 +19,7 @@ from helpers import (
     ulaw_silence,
     ulaw_tone,
     validate_event,
+    wait_until,
 )
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -218,13 +219,22 @@ async def test_dtmf_burst_reaches_the_model_as_one_message():
     assert texts == ["The caller pressed 42# on the keypad."]
 
 
+async def next_event(sim: TwilioCallSimulator, kind: str) -> None:
+    while (await sim.events.get()).kind != kind:
+        pass
+
+
 async def test_answering_machine_verdict_leaves_voicemail_then_hangs_up(profile):
     script = Script(response_ms=2000, speed=5.0, respond_to_turns=False)
     async with running_fake_twilio() as fake, ScriptedRealtimeServer(script) as server, \
             running_app(settings(fake, server.url)) as (app, host):
         sim = simulated_call(app, host, caller_audio=b"", duration_s=4.0)
         call_task = asyncio.create_task(sim.run())
-        await asyncio.sleep(0.6)
+        # The verdict comes while the greeting plays (2 s at real time), once it has been generated
+        # (0.4 s at speed 5), as the fixed 0.6 s wait here used to arrange.
+        await wait_until(lambda: server.connections and any(
+            e.get("type") == "response.done" for e in server.connections[0].sent), "the greeting's response.done")
+        await asyncio.wait_for(next_event(sim, "agent_audio_start"), 10)
         r = await twilio_post(host, "/twilio/amd", {"CallSid": sim.call_sid, "AnsweredBy": "machine_end_beep"},
                               AUTH_TOKEN)
         assert r.status_code == 204

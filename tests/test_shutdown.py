@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
-from helpers import ulaw_silence
+from helpers import ulaw_silence, wait_until
 from twilio.request_validator import RequestValidator
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -36,6 +36,11 @@ async def answer(client: httpx.AsyncClient, base: str, call_sid: str) -> str:
     r = await client.post(base + "/twilio/voice", data=form, headers={"X-Twilio-Signature": signature})
     assert r.status_code == 200, r.text
     return r.text
+
+
+async def healthz(client: httpx.AsyncClient, base: str, **expected) -> bool:
+    health = (await client.get(base + "/healthz")).json()
+    return all(health.get(k) == v for k, v in expected.items())
 
 
 def caller(base: str, call_sid: str, twiml: str, seconds: float) -> TwilioCallSimulator:
@@ -69,10 +74,10 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
                 short = caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0)  # ends in grace
                 long = caller(base, "CAlong", await answer(client, base, "CAlong"), 6.0)  # outlives it
                 calls = [asyncio.create_task(short.run()), asyncio.create_task(long.run())]
-                await asyncio.sleep(0.3)
+                await wait_until(lambda: healthz(client, base, active_calls=2), "both calls to start")
                 sigterm_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
+                await wait_until(lambda: healthz(client, base, status="draining"), "the server to drain")
                 busy = await answer(client, base, "CAlate")  # still listening, but taking no calls
                 health = (await client.get(base + "/healthz")).json()
                 short_result, long_result = await asyncio.gather(*calls)

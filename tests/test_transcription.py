@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from conftest import running_app, serve_app
-from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event
+from helpers import simulated_call, ulaw_silence, ulaw_tone, validate_event, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -118,7 +118,7 @@ async def test_live_feed_streams_turns_while_the_call_is_in_progress():
                                  calls_api_token=TOKEN)) as (app, host):
         sim = simulated_call(app, host, caller_audio=caller)
         call = asyncio.create_task(sim.run())
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: app.state.transcripts.active(sim.call_sid), "the call's stream to start")
         seen: list[tuple[float, dict]] = []
         async with httpx.AsyncClient(timeout=10) as client:
             r = await client.get(f"http://{host}/calls/{sim.call_sid}/transcript")
@@ -129,13 +129,15 @@ async def test_live_feed_streams_turns_while_the_call_is_in_progress():
             async with client.stream("GET", f"http://{host}/calls/{sim.call_sid}/transcript",
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as feed:
                 assert feed.headers["content-type"].startswith("text/event-stream")
-                event = None
+                event, events = None, []
                 async for line in feed.aiter_lines():
                     if line.startswith("event: "):
                         event = line[7:]
+                        events.append(event)
                     elif line.startswith("data: ") and event == "transcript":
                         seen.append((time.monotonic(), json.loads(line[6:])))
         ended = time.monotonic()
         await call
     assert [t["speaker"] for _, t in seen] == ["agent", "caller", "agent"]
+    assert events == ["transcript"] * 3 + ["end"]  # the feed says the call is over before closing
     assert seen[1][0] < ended - 1.0  # the caller's turn arrived live, not at the end

@@ -161,6 +161,9 @@ class Call:
             self._dtmf_last = now
             return []
         if isinstance(event, tw.Stop):
+            if self.stream_sid is None:  # never started: no call to record (metrics: no_start)
+                self.ended = True
+                return [EndStream("stream closed before start")]
             return self._end("caller hung up (Twilio stop)")
         return []  # Connected: nothing to do until start
 

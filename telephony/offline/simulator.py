@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import websockets
 
@@ -46,13 +46,22 @@ class CallResult:
     closed_by_bridge_at: float | None = None  # seconds since start, when the bridge hung up first
 
 
+# Checks one message the bridge sent (and the stream's sid); raises when Twilio would reject it.
+MessageValidator = Callable[[dict[str, Any], str], None]
+
+
 class TwilioCallSimulator:
+    # Used when no ``validate`` is given: tests set it so that every simulated call checks the
+    # bridge's messages against Twilio's documented shapes.
+    default_validate: ClassVar[MessageValidator | None] = None
+
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
                  custom_parameters: dict[str, str] | None = None, duration_s: float | None = None,
                  hang_up: bool = True, extra_messages: list[tuple[float, str]] | None = None,
                  outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None,
                  before_start: list[str] | None = None,
-                 media_format: dict[str, Any] | None = None) -> None:
+                 media_format: dict[str, Any] | None = None,
+                 validate: MessageValidator | None = None) -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
         ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
@@ -64,6 +73,9 @@ class TwilioCallSimulator:
         ``extra_messages``: (seconds, raw text | bytes) sent as-is at that time, for protocol
         tests; ``before_start``: raw messages sent between ``connected`` and ``start``;
         ``media_format``: overrides the ``start`` message's (Twilio's is μ-law 8 kHz mono).
+
+        ``validate``: called with every message the bridge sends and the stream's sid; an error it
+        raises ends the call and comes out of ``run()``.
         """
         self.url = url
         self.caller_audio = caller_audio
@@ -79,6 +91,7 @@ class TwilioCallSimulator:
         self.before_start = list(before_start or [])
         self.media_format = media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
         self.closed_by_bridge_at: float | None = None  # seconds since start, if the bridge closed
+        self.validate = validate or type(self).default_validate
         self._seq = 0
         self._buffer = bytearray()  # agent audio queued for playback
         self._marks: deque[tuple[int, str]] = deque()  # (byte position in buffer stream, name)
@@ -233,6 +246,8 @@ class TwilioCallSimulator:
     async def _receive_messages(self, ws) -> None:
         async for text in ws:
             msg = json.loads(text)
+            if self.validate is not None:
+                self.validate(msg, self.stream_sid)
             event = msg.get("event")
             if event == "media":
                 audio = base64.b64decode(msg["media"]["payload"])
