@@ -323,7 +323,9 @@ class RealtimeEngine:
                 "client_secret": {"value": "local", "expires_at": 0},
                 "input_audio_format": self.session["input_audio_format"],
                 "input_audio_transcription": self.session.get("input_audio_transcription"),
-                "turn_detection": self.session["turn_detection"]})]
+                # A transcription session's VAD never answers: no create_response/interrupt_response.
+                "turn_detection": {k: v for k, v in (self.session["turn_detection"] or {}).items()
+                                   if k not in ("create_response", "interrupt_response")}})]
         return [self._event("session.updated", session=self._session_view())]
 
     def _on_append(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
