@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-shutdown-SECRET-key"
 AUTH_TOKEN = "shutdown-SECRET-auth-token"
 GRACE_S = 1.5
+LATE = "CA" + "8" * 32  # call sids have Twilio's shape: the Twilio routes refuse any other
 
 
 def free_port() -> int:
@@ -66,14 +67,14 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
                         pass
                     assert time.monotonic() < deadline, "server did not start"
                     await asyncio.sleep(0.1)
-                short = caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0)  # ends in grace
-                long = caller(base, "CAlong", await answer(client, base, "CAlong"), 6.0)  # outlives it
+                short = caller(base, "CA" + "5" * 32, await answer(client, base, "CA" + "5" * 32), 1.0)  # ends in grace
+                long = caller(base, "CA" + "6" * 32, await answer(client, base, "CA" + "6" * 32), 6.0)  # outlives it
                 calls = [asyncio.create_task(short.run()), asyncio.create_task(long.run())]
                 await asyncio.sleep(0.3)
                 sigterm_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
-                busy = await answer(client, base, "CAlate")  # still listening, but taking no calls
+                busy = await answer(client, base, LATE)  # still listening, but taking no calls
                 health = (await client.get(base + "/healthz")).json()
                 short_result, long_result = await asyncio.gather(*calls)
                 long_ended_after = time.monotonic() - sigterm_at
@@ -94,7 +95,7 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
     assert code in (0, -signal.SIGTERM), log
     assert "Finished server process" in log
     assert "waiting up to 1.5 s for 2 call(s)" in log and "ending 1 call(s) still in progress" in log
-    assert "call CAlate rejected as busy: shutting down" in log
+    assert f"call {LATE} rejected as busy: shutting down" in log
     assert API_KEY not in log and AUTH_TOKEN not in log
 
 
