@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("", repr=False)
     handoff_ttl_seconds: int = Field(120, gt=0)
     stream_start_timeout_seconds: float = Field(5.0, gt=0)
-    max_pending_streams: int = Field(20, gt=0)
+    max_pending_streams: int = Field(0, ge=0)  # 0: as many as MAX_CONCURRENT_CALLS (50 if that is 0)
     http_request_timeout_seconds: float = Field(5.0, gt=0)
 
     @model_validator(mode="before")

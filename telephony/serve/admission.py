@@ -11,6 +11,7 @@ serving that call. A refused stream is closed with 1008 and counted as refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Callable
@@ -46,7 +47,7 @@ class StreamGate:
         if self.pending >= self.max_pending:
             log.warning("stream refused: %d streams are already waiting for their start", self.pending)
             self.on_refused("pending_limit")
-            await ws.close(TRY_AGAIN_LATER)  # before the handshake completes: HTTP 403
+            await _close(ws, TRY_AGAIN_LATER)  # before the handshake completes: HTTP 403
             return None
         self.pending += 1
         try:
@@ -59,7 +60,7 @@ class StreamGate:
             if refused:
                 log.warning("call %s: stream refused: %s", start.call_sid, refused)
                 self.on_refused("bad_start")
-                await ws.close(POLICY_VIOLATION, reason="stream refused")
+                await _close(ws, POLICY_VIOLATION, "stream refused")
                 return None
             return start
         finally:
@@ -77,7 +78,7 @@ class StreamGate:
                 message = await asyncio.wait_for(ws.receive(), max(remaining, 0.0))
             except TimeoutError:
                 log.warning("stream closed: no start within %g s", self.start_timeout_s)
-                await ws.close(POLICY_VIOLATION, reason="no start")
+                await _close(ws, POLICY_VIOLATION, "no start")
                 return None
             if message["type"] == "websocket.disconnect":
                 return None
@@ -107,6 +108,11 @@ class StreamGate:
         if not await self.claims.claim(_stream_key(purpose, start.call_sid), STREAM_CLAIM_TTL_S):
             return "another stream is already serving this call"
         return None
+
+
+async def _close(ws: WebSocket, code: int, reason: str | None = None) -> None:
+    with contextlib.suppress(Exception):  # the peer may be gone already: nothing left to close
+        await ws.close(code, reason)
 
 
 def _stream_key(purpose: str, call_sid: str) -> str:

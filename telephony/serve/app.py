@@ -105,7 +105,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
     gate = StreamGate(tokens, claims or LocalClaims(), start_timeout_s=settings.stream_start_timeout_seconds,
-                      max_pending=settings.max_pending_streams, max_message_bytes=settings.max_message_bytes,
+                      max_pending=settings.max_pending_streams or settings.max_concurrent_calls or 50,
+                      max_message_bytes=settings.max_message_bytes,
                       on_refused=lambda reason: metrics.calls.labels("refused").inc())
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     state = make_state(settings.redis_url)  # calls, feeds and limits: this process's, or all (Redis)

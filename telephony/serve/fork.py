@@ -52,7 +52,11 @@ class ForkBridge:
         """Stops transcribing (shutdown); the call between the people goes on without us."""
         log.info("call %s: ending the transcription stream: %s", self.core.call_sid, reason)
         if self._closing is None:
-            self._closing = asyncio.create_task(self.ws.close(1001))
+            self._closing = asyncio.create_task(self._going_away())
+
+    async def _going_away(self) -> None:
+        with contextlib.suppress(Exception):  # already closing: nothing to do
+            await self.ws.close(1001)
 
     async def _start(self, start: tw.Start) -> bool:
         self._records(self.core.on_start(start, self._loop.time()))
