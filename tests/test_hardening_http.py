@@ -157,7 +157,8 @@ async def test_without_public_url_x_forwarded_host_is_not_trusted_and_a_warning_
 
 async def test_x_forwarded_proto_counts_only_from_forwarded_allow_ips():
     async with ScriptedRealtimeServer() as server, \
-            served(settings_for(server, twilio_validate_signatures=False, forwarded_allow_ips="10.9.9.9")) as (app, host):
+            served(settings_for(server, twilio_validate_signatures=False,
+                                forwarded_allow_ips="10.9.9.9")) as (app, host):
         async with httpx.AsyncClient() as client:
             r = await client.post(f"http://{host}/twilio/voice", data=FORM, headers={
                 "Host": "bridge.example.com", "X-Forwarded-Proto": "https"})
