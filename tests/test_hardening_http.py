@@ -165,6 +165,25 @@ async def test_x_forwarded_proto_counts_only_from_forwarded_allow_ips():
     assert 'url="ws://bridge.example.com/twilio/media-stream"' in r.text  # not wss: 127.0.0.1 is not a proxy
 
 
+@pytest.mark.parametrize("public_url, host_header", [(PUBLIC, "evil.example"), (None, "bridge.example.com")])
+async def test_the_calls_api_hands_twilio_urls_on_public_url_or_host_never_x_forwarded_host(public_url, host_header):
+    from fake_twilio import ACCOUNT_SID, running_fake_twilio
+    from fake_twilio import AUTH_TOKEN as FAKE_AUTH_TOKEN
+
+    async with running_fake_twilio() as fake, ScriptedRealtimeServer() as server, running_app(Settings(
+            realtime_url=server.url, realtime_api_key=API_KEY, twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=FAKE_AUTH_TOKEN, twilio_from_number="+15550001111", twilio_api_base_url=fake.base_url,
+            calls_api_token=CALLS_TOKEN, public_url=public_url)) as (app, host):
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"http://{host}/calls", json={"to": "+15552223333", "machine_detection": True},
+                                  headers={"Authorization": f"Bearer {CALLS_TOKEN}", "Host": host_header,
+                                           "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"})
+    assert r.status_code == 201, r.text
+    (form,) = fake.created
+    urls = [form["Url"], form["StatusCallback"], form["AsyncAmdStatusCallback"]]
+    assert all(url.startswith(PUBLIC + "/twilio/") for url in urls), urls
+
+
 async def test_doctor_flags_an_unset_public_url():
     out = io.StringIO()
     await run_doctor(Settings(realtime_api_key=API_KEY), connect=False, out=out)
