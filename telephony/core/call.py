@@ -411,7 +411,7 @@ class Call:
             return []  # nothing to play: the SIP side plays the agent
         if isinstance(event, rt.TranscriptDelta) and self._response is not None \
                 and self._response.id == event.response_id:
-            self._response.items.add(event.item_id)  # the agent is speaking in this response
+            self._response.items[event.item_id] = None  # the agent is speaking in this response
         return None
 
     def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
