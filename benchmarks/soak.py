@@ -80,7 +80,7 @@ async def serving(settings: Settings):
 
 
 async def one_call(app, host: str, n: int, call_s: float = CALL_S) -> None:
-    call_sid = f"CAsoak{n:08d}"
+    call_sid = f"CA{n:032x}"  # Twilio's shape: the media stream refuses any other
     params = app.state.stream_tokens.with_token({"call_sid": call_sid}, time.time())
     sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=call_sid,
                               custom_parameters=params, caller_audio=b"\xff" * int(8000 * call_s),

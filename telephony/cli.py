@@ -14,17 +14,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from telephony.ops import logs
-    from telephony.serve.direct_lane import websocket_protocol
-    from telephony.serve.server import GracefulServer, tcp_socket, ws_max_size
+    from telephony.serve.server import GracefulServer, tcp_socket, uvicorn_options
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     options = dict(host=args.host or settings.host, port=args.port or settings.port,
-                   # Behind Heroku's router: X-Forwarded-Proto makes the stream URL wss://.
-                   proxy_headers=True, forwarded_allow_ips="*",
                    log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
-                   log_level=settings.log_level.lower(),
-                   ws_max_size=ws_max_size(settings), ws=websocket_protocol())
+                   log_level=settings.log_level.lower(), **uvicorn_options(settings))
     grace = settings.shutdown_grace_seconds
     if settings.web_concurrency > 1:
         # Workers are separate processes: each builds its own app from the environment and drains

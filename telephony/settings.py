@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     log_level: Annotated[str, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = "INFO"
     log_format: Annotated[Literal["text", "json"], Lowercase] = "text"
     web_concurrency: int = Field(1, gt=0)
+    # Addresses whose X-Forwarded-For/-Proto uvicorn trusts (comma-separated; "*": any peer, right
+    # where only the platform's router can reach the service, as on Heroku).
+    forwarded_allow_ips: str = "127.0.0.1"
     call_records_dir: Path | None = None
     metrics_token: str = Field("", repr=False)
     # Twilio.
@@ -88,6 +91,9 @@ class Settings(BaseSettings):
     # Shared state across instances (Heroku Key-Value Store sets it).
     redis_url: str = Field("", repr=False)
     handoff_ttl_seconds: int = Field(120, gt=0)
+    stream_start_timeout_seconds: float = Field(5.0, gt=0)
+    max_pending_streams: int = Field(0, ge=0)  # 0: as many as MAX_CONCURRENT_CALLS (50 if that is 0)
+    http_request_timeout_seconds: float = Field(5.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -95,8 +95,12 @@ def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict
 
     from telephony.offline.simulator import TwilioCallSimulator
 
+    from telephony.serve.security import AGENT_STREAM, TRANSCRIPTION_STREAM
+    from telephony.wire.twiml import TRANSCRIBE_STREAM_PATH
+
     call_sid = call_sid or "CA" + uuid.uuid4().hex
-    signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time())
+    purpose = TRANSCRIPTION_STREAM if path == TRANSCRIBE_STREAM_PATH else AGENT_STREAM  # tokens name their route
+    signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time(), purpose)
     return TwilioCallSimulator(f"ws://{host}{path}", call_sid=call_sid,
                                custom_parameters=signed, **kwargs)
 

@@ -150,7 +150,7 @@ def test_serve_honours_port_workers_and_proxy_headers(workers):
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/twilio/voice", data=b"CallSid=CA1&From=%2B15551230000",
+            f"http://127.0.0.1:{port}/twilio/voice", data=b"CallSid=CA" + b"1" * 32 + b"&From=%2B15551230000",
             headers={"X-Forwarded-Proto": "https", "Host": "my-app.herokuapp.com"})
         twiml = urllib.request.urlopen(request, timeout=5).read().decode()
         assert '<Stream url="wss://my-app.herokuapp.com/twilio/media-stream">' in twiml

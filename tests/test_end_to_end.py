@@ -33,7 +33,8 @@ async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
     async with ScriptedRealtimeServer() as server, running_app(settings_for(server)) as (app, host):
         async with httpx.AsyncClient() as client:
             r = await client.post(f"http://{host}/twilio/voice",
-                                  data={"CallSid": "CA123", "From": "+15551230000", "To": "+15559870000"},
+                                  data={"CallSid": "CA" + "12" * 16, "From": "+15551230000",
+                                        "To": "+15559870000"},
                                   headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
     xml = r.text

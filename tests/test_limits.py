@@ -16,6 +16,8 @@ from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.settings import Settings, SettingsError
 
 API_KEY = "sk-test-secret-key-123"
+BUSY_SID = "CA" + "9" * 32  # call sids have Twilio's shape: the Twilio routes refuse any other
+QUIET_SID = "CA" + "7" * 32
 
 
 def settings_for(server: ScriptedRealtimeServer, **overrides) -> Settings:
@@ -24,7 +26,7 @@ def settings_for(server: ScriptedRealtimeServer, **overrides) -> Settings:
 
 async def voice(host: str) -> str:
     async with httpx.AsyncClient() as client:
-        r = await client.post(f"http://{host}/twilio/voice", data={"CallSid": "CA9", "From": "+1555"})
+        r = await client.post(f"http://{host}/twilio/voice", data={"CallSid": BUSY_SID, "From": "+1555"})
     assert r.status_code == 200
     return r.text
 
@@ -41,17 +43,17 @@ async def test_calls_beyond_the_limit_are_rejected_busy(caplog):
         after = await voice(host)
     assert '<Reject reason="busy" />' in busy and "<Connect>" not in busy
     assert "<Connect>" in after
-    assert "call CA9 rejected as busy: at the limit of 1 concurrent calls" in caplog.text
+    assert f"call {BUSY_SID} rejected as busy: at the limit of 1 concurrent calls" in caplog.text
 
 
 async def test_stream_that_goes_quiet_is_ended(caplog):
     async with ScriptedRealtimeServer(Script(respond_to_turns=False)) as server, \
             running_app(settings_for(server, media_timeout_seconds=0.5)) as (app, host):
-        params = app.state.stream_tokens.with_token({"call_sid": "CAquiet"}, time.time())
+        params = app.state.stream_tokens.with_token({"call_sid": QUIET_SID}, time.time())
         async with websockets.connect(f"ws://{host}/twilio/media-stream") as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(json.dumps({"event": "start", "streamSid": "MZq", "start": {
-                "streamSid": "MZq", "callSid": "CAquiet", "accountSid": "AC1", "tracks": ["inbound"],
+                "streamSid": "MZq", "callSid": QUIET_SID, "accountSid": "AC1", "tracks": ["inbound"],
                 "customParameters": params,
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
             started = time.monotonic()
@@ -64,7 +66,7 @@ async def test_stream_that_goes_quiet_is_ended(caplog):
             await asyncio.sleep(0.01)
         assert server.connections[0].closed  # the upstream went with it
     assert 0.5 <= quiet_for < 1.0
-    assert "call CAquiet: nothing from Twilio for" in caplog.text
+    assert f"call {QUIET_SID}: nothing from Twilio for" in caplog.text
 
 
 def test_limit_settings_from_env():

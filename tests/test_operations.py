@@ -171,7 +171,8 @@ async def test_status_callback_is_accepted():
         async with running_app(Settings(realtime_url=server.url, realtime_api_key=API_KEY)) as (app, host):
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"http://{host}/twilio/status",
-                                      data={"CallSid": "CA1", "CallStatus": "completed", "CallDuration": "12"})
+                                      data={"CallSid": "CA" + "1" * 32, "CallStatus": "completed",
+                                            "CallDuration": "12"})
     assert r.status_code == 204
 
 

@@ -18,6 +18,8 @@ from telephony.serve.shared_state import END, RedisState
 from telephony.settings import Settings
 
 TOKEN = "calls-token-shared"
+# Call sids in Twilio's shape (CA + 32 hex): the Twilio routes refuse any other.
+ON_A, ON_B, DOWN = ("CA" + c * 32 for c in "abd")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -52,23 +54,23 @@ async def test_two_instances_list_each_others_calls_and_follow_each_others_trans
                             redis_url=redis_server.url)
         async with running_app(settings) as (a, host_a), running_app(settings) as (b, host_b), \
                 httpx.AsyncClient() as client:
-            on_a = simulated_call(a, host_a, call_sid="CAonA", caller_audio=caller_a,
+            on_a = simulated_call(a, host_a, call_sid=ON_A, caller_audio=caller_a,
                                   parameters={"from": "+15550001111", "to": "+15550002222", "direction": "inbound"})
-            on_b = simulated_call(b, host_b, call_sid="CAonB", caller_audio=ulaw_silence(3.0))
+            on_b = simulated_call(b, host_b, call_sid=ON_B, caller_audio=ulaw_silence(3.0))
             calls = [asyncio.create_task(on_a.run()), asyncio.create_task(on_b.run())]
 
             async def feed_open():
-                r = await client.get(f"http://{host_b}/calls/CAonA/transcript", headers={"Authorization": "x"})
-                return r.status_code == 401 and (await a.state.transcripts.followable("CAonA")) and \
-                    await b.state.transcripts.followable("CAonA")
+                r = await client.get(f"http://{host_b}/calls/{ON_A}/transcript", headers={"Authorization": "x"})
+                return r.status_code == 401 and (await a.state.transcripts.followable(ON_A)) and \
+                    await b.state.transcripts.followable(ON_A)
             await until(feed_open, what="A's call to be known on B")
-            feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/CAonA/transcript"))
+            feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/{ON_A}/transcript"))
 
             async def both_listed(host):
                 r = await client.get(f"http://{host}/calls", headers=AUTH)
                 assert r.status_code == 200
                 listed = {c["call_sid"]: c for c in r.json()["calls"]}
-                return listed if set(listed) == {"CAonA", "CAonB"} else None
+                return listed if set(listed) == {ON_A, ON_B} else None
             listed_a = await until(lambda: both_listed(host_a), what="both calls on A's list")
             listed_b = await until(lambda: both_listed(host_b), what="both calls on B's list")
             unauthorised = await client.get(f"http://{host_a}/calls")
@@ -77,15 +79,15 @@ async def test_two_instances_list_each_others_calls_and_follow_each_others_trans
             after = await until(lambda: _empty(client, host_a), what="the calls to leave the list")
 
     assert listed_a == listed_b
-    entry = listed_a["CAonA"]
-    assert entry["instance"] == a.state.shared.instance != b.state.shared.instance == listed_a["CAonB"]["instance"]
+    entry = listed_a[ON_A]
+    assert entry["instance"] == a.state.shared.instance != b.state.shared.instance == listed_a[ON_B]["instance"]
     assert (entry["direction"], entry["from"], entry["to"], entry["state"]) == \
         ("inbound", "+15550001111", "+15550002222", "in-progress")
     assert entry["started"].endswith("Z")
     assert unauthorised.status_code == 503 or unauthorised.status_code == 401
     # B's feed carried A's call, turn by turn, then its end.
     assert [t["speaker"] for t in turns] == ["agent", "caller", "agent"], turns
-    assert [t["seq"] for t in turns] == [1, 2, 3] and {t["call_sid"] for t in turns} == {"CAonA"}
+    assert [t["seq"] for t in turns] == [1, 2, 3] and {t["call_sid"] for t in turns} == {ON_A}
     assert turns[1]["text"].startswith("a 500 Hz tone")
     assert after
 
@@ -99,7 +101,7 @@ async def test_max_total_calls_holds_across_instances_and_max_concurrent_per_ins
                         redis_url=redis_server.url, max_total_calls=2, max_concurrent_calls=5)
     async with running_app(settings) as (a, host_a), running_app(settings) as (b, host_b):
         answers = [await twilio_post(host, "/twilio/voice", {"CallSid": sid, "From": "+15550001111"})
-                   for host, sid in ((host_a, "CA1"), (host_b, "CA2"), (host_a, "CA3"), (host_b, "CA4"))]
+                   for host, sid in ((host_a, "CA00000000000000000000000000000001"), (host_b, "CA00000000000000000000000000000002"), (host_a, "CA00000000000000000000000000000003"), (host_b, "CA00000000000000000000000000000004"))]
     busy = ['<Reject reason="busy" />' in r.text for r in answers]
     assert busy == [False, False, True, True]
 
@@ -115,11 +117,11 @@ async def test_redis_down_mid_call_the_call_goes_on_and_the_feed_resumes(redis_s
                             redis_url=redis_server.url)
         async with running_app(settings) as (a, host_a), running_app(settings) as (b, host_b), \
                 httpx.AsyncClient() as client:
-            sim = simulated_call(a, host_a, call_sid="CAdown", caller_audio=caller)
+            sim = simulated_call(a, host_a, call_sid=DOWN, caller_audio=caller)
             with caplog.at_level(logging.WARNING, logger="telephony.shared_state"):
                 call = asyncio.create_task(sim.run())
-                await until(lambda: b.state.transcripts.followable("CAdown"), what="the call on B")
-                feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/CAdown/transcript"))
+                await until(lambda: b.state.transcripts.followable(DOWN), what="the call on B")
+                feed = asyncio.create_task(sse_turns(client, f"http://{host_b}/calls/{DOWN}/transcript"))
                 await asyncio.sleep(1.0)
                 redis_server.stop()  # mid-call: the caller's first words come while it is down
                 await asyncio.sleep(2.5)

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-shutdown-SECRET-key"
 AUTH_TOKEN = "shutdown-SECRET-auth-token"
 GRACE_S = 1.5
+LATE = "CA" + "8" * 32  # call sids have Twilio's shape: the Twilio routes refuse any other
+SHORT = "CA" + "9" * 32
 
 
 def free_port() -> int:
@@ -71,14 +73,14 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
                         pass
                     assert time.monotonic() < deadline, "server did not start"
                     await asyncio.sleep(0.1)
-                short = caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0)  # ends in grace
-                long = caller(base, "CAlong", await answer(client, base, "CAlong"), 6.0)  # outlives it
+                short = caller(base, "CA" + "5" * 32, await answer(client, base, "CA" + "5" * 32), 1.0)  # ends in grace
+                long = caller(base, "CA" + "6" * 32, await answer(client, base, "CA" + "6" * 32), 6.0)  # outlives it
                 calls = [asyncio.create_task(short.run()), asyncio.create_task(long.run())]
                 await wait_until(lambda: healthz(client, base, active_calls=2), "both calls to start")
                 sigterm_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 await wait_until(lambda: healthz(client, base, status="draining"), "the server to drain")
-                busy = await answer(client, base, "CAlate")  # still listening, but taking no calls
+                busy = await answer(client, base, LATE)  # still listening, but taking no calls
                 health = (await client.get(base + "/healthz")).json()
                 short_result, long_result = await asyncio.gather(*calls)
                 long_ended_after = time.monotonic() - sigterm_at
@@ -99,7 +101,7 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
     assert code in (0, -signal.SIGTERM), log
     assert "Finished server process" in log
     assert "waiting up to 1.5 s for 2 call(s)" in log and "ending 1 call(s) still in progress" in log
-    assert "call CAlate rejected as busy: shutting down" in log
+    assert f"call {LATE} rejected as busy: shutting down" in log
     assert API_KEY not in log and AUTH_TOKEN not in log
 
 
@@ -156,17 +158,17 @@ async def test_sigterm_drains_every_worker_with_web_concurrency_2():
                 # Long calls until both workers carry some (the kernel picks the worker), and a short one.
                 calls, per_worker = [], {}
                 while len(calls) < 10 and sum(1 for n in per_worker.values() if n) < 2:
-                    sid = f"CAlong{len(calls)}"
+                    sid = f"CA{len(calls):032x}"  # Twilio's shape: the Twilio routes refuse any other
                     calls.append(asyncio.create_task(caller(base, sid, await answer(client, base, sid), 6.0).run()))
                     await asyncio.sleep(0.4)
                     per_worker = calls_per_process(worker_pids(proc.pid), port)
                 assert sum(1 for n in per_worker.values() if n) == 2, per_worker
-                short = asyncio.create_task(caller(base, "CAshort", await answer(client, base, "CAshort"), 1.0).run())
+                short = asyncio.create_task(caller(base, SHORT, await answer(client, base, SHORT), 1.0).run())
                 await asyncio.sleep(0.3)
                 sigterm_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)  # to the supervisor alone: it tells the workers
                 await asyncio.sleep(0.3)
-                late = [await answer(client, base, f"CAlate{i}") for i in range(6)]
+                late = [await answer(client, base, f"CA{0xfa17 + i:032x}") for i in range(6)]
                 short_result = await short
                 long_results = await asyncio.gather(*calls)
                 long_ended_after = time.monotonic() - sigterm_at

@@ -58,7 +58,7 @@ async def test_forked_call_is_transcribed_per_speaker_in_order(dialect):
         async with running_app(settings) as (app, host):
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"http://{host}/twilio/transcribe-and-forward",
-                                      data={"CallSid": "CA1", "From": "+15551110000"},
+                                      data={"CallSid": "CA" + "1" * 32, "From": "+15551110000"},
                                       headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
             assert '<Start><Stream track="both_tracks" url="wss://bridge.example.com/twilio/transcribe-stream">' \
                 in r.text and r.text.endswith("<Dial>+15554443333</Dial></Response>")

@@ -67,7 +67,7 @@ ProfilePicker = Callable[[str], Profile]
 @dataclass
 class _Response:
     id: str
-    items: set[str] = field(default_factory=set)
+    items: dict[str, None] = field(default_factory=dict)  # its audio items, in order (an ordered set)
 
 
 class Call:
@@ -414,14 +414,14 @@ class Call:
             return []  # nothing to play: the SIP side plays the agent
         if isinstance(event, rt.TranscriptDelta) and self._response is not None \
                 and self._response.id == event.response_id:
-            self._response.items.add(event.item_id)  # the agent is speaking in this response
+            self._response.items[event.item_id] = None  # the agent is speaking in this response
         return None
 
     def _on_audio_delta(self, event: rt.AudioDelta, now: float) -> list[Action]:
         if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
             return []  # audio of an interrupted response still in flight
         if self._response is not None and self._response.id == event.response_id:
-            self._response.items.add(event.item_id)
+            self._response.items[event.item_id] = None
         elif (self.capabilities.responses and event.response_id not in self._known_responses
               and event.item_id not in self._warned_items):
             self._warned_items.add(event.item_id)  # played anyway: better heard than lost
@@ -627,6 +627,8 @@ class Call:
 
     def on_answered_by(self, answered_by: str, now: float) -> list[Action]:
         """Twilio's async answering-machine detection has a verdict for this outbound call."""
+        if self.ended:
+            return []  # too late: the stream is over, nothing may be started for it
         actions: list[Action] = [Record("answered_by", {"answered_by": answered_by})]
         if answered_by == "fax":
             return actions + [HangUp("answered by a fax machine")]
@@ -662,32 +664,33 @@ class Call:
         return actions
 
     def _barge_in(self, event: rt.SpeechStarted, now: float) -> list[Action]:
-        """The caller started talking: stop the agent now and tell the model what was heard."""
+        """The caller started talking: stop the agent now and tell the model what was heard of
+        every item it was still to hear (queued at Twilio, in play order, then any the response
+        in progress is still producing), 0 ms of an item not begun."""
         actions: list[Action] = []
-        item = self.ledger.playing_item
-        if item is None and self._response is not None and self._response.items:
-            # Everything sent has played, but the response is still producing audio.
-            item = next(iter(self._response.items))
-        heard = None
-        if item is not None:
-            heard = round(min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item)))
+        items = self.ledger.unplayed_items()
+        if self._response is not None:
+            items += [item for item in self._response.items if item not in items]
+        heard = {item: round(min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item))) for item in items}
         if self.ledger.unplayed:
             actions.append(ToTwilio(tw.SendClear()))
             self.ledger.clear()
             self.codec.interrupted()
-        if item is not None:
-            actions.append(ToRealtime(rt.TruncateItem(item, heard)))
+        for item in items:
+            actions.append(ToRealtime(rt.TruncateItem(item, heard[item])))
             self._dropped_items.add(item)
-            self._cut_transcript(item, heard)
+            self._cut_transcript(item, heard[item])
             actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
-                                            interrupted=True, heard_ms=heard))
+                                            interrupted=True, heard_ms=heard[item]))
+        item = items[0] if items else None
         if self._response is not None:
             actions.append(ToRealtime(rt.CancelResponse()))
             self._dropped_responses.add(self._response.id)
             self._dropped_items.update(self._response.items)
             self._response = None
         if item is not None or actions:
-            actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard}))
+            # The item playing; every item cut has its own "interrupted" transcript record.
+            actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard.get(item)}))
         return actions
 
     def _transcript(self, speaker: str, item_id: str, text: str, now: float, **extra: Any) -> Record:

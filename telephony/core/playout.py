@@ -74,7 +74,7 @@ class PlayoutLedger:
 
     def issued(self, name: str) -> bool:
         """Whether ``name`` is a mark this ledger handed out (pending or not)."""
-        return name.isdigit() and 0 < int(name) <= self._seq
+        return name.isascii() and name.isdigit() and 0 < int(name) <= self._seq  # not '²' (int() raises)
 
     def echoed(self, name: str, now: float) -> bool:
         """A mark came back. False if it is not one we are waiting for."""
@@ -110,6 +110,9 @@ class PlayoutLedger:
     def unplayed(self) -> bool:
         return bool(self._pending)
 
+    def unplayed_items(self) -> list[str]:
+        """The items with audio not yet played, in the order Twilio plays them."""
+        return list(dict.fromkeys(chunk.item_id for chunk in self._pending))
 
     def clear(self) -> None:
         """Twilio's buffer was dropped: whatever was pending was never heard."""

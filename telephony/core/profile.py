@@ -125,7 +125,7 @@ def load_profile(path: Path) -> Profile:
 
 
 def _is_address(value: str) -> bool:
-    return bool(E164.match(value)) or (value.lower().startswith("sip:") and len(value) > 4)
+    return bool(E164.fullmatch(value)) or (value.lower().startswith("sip:") and len(value) > 4)
 
 
 def _sip_table(table: dict[str, Any], path: Path) -> tuple[tuple[str, ...], bool]:

@@ -58,7 +58,7 @@ def context_note(headers: Mapping[str, str]) -> str:
 
 def transfer_target_error(target: str) -> str | None:
     """None when ``target`` is an E.164 number or a SIP URI whose headers are all x- headers."""
-    if E164.match(target):
+    if E164.fullmatch(target):
         return None
     if not is_sip_uri(target):
         return "must be an E.164 number (+15551234567) or a sip: URI"

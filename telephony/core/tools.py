@@ -18,7 +18,7 @@ from telephony.wire.realtime import Tool
 if TYPE_CHECKING:
     from telephony.core.profile import Profile
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # use fullmatch: `$` also matches before a final newline
 
 
 @dataclass(frozen=True)

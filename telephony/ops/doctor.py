@@ -38,8 +38,9 @@ def _summary(session: dict) -> str:
 def _public_url(settings: Settings, out: TextIO) -> bool:
     """Prints the exact URLs to give Twilio; False when the base URL cannot work."""
     if not settings.public_url:
-        print("Public URL:       not set; webhook URLs are rebuilt from each request's Host and "
-              "X-Forwarded-Proto", file=out)
+        print("Public URL:       WARNING: not set; set PUBLIC_URL to this service's public https:// URL "
+              "(until then webhook signatures are checked against, and the URLs handed to Twilio are "
+              "built on, each request's Host header)", file=out)
         return True
     problems = twilio_admin.public_url_problems(settings.public_url)
     print(f"Public URL:       {settings.public_url}"

@@ -3,6 +3,11 @@
 A call's ids live in a ``ContextVar`` holding a small mutable dict. The app binds a fresh dict
 before the bridge starts, so every task the bridge spawns inherits the *same* dict; when
 Twilio's ``start`` names the call, filling the dict in tags every later line of every task.
+
+Two defences against what a peer sends: text lines escape control characters (a call sid with a
+newline cannot forge a line), and a call logs the first few warnings of each kind, then only
+every power of ten of them, and at its end how many were not logged (a flood of bad frames
+cannot flood the logs).
 """
 
 from __future__ import annotations
@@ -15,7 +20,20 @@ from contextvars import ContextVar
 
 CALL_FIELDS = ("call_sid", "stream_sid")
 
-_call: ContextVar[dict[str, str | None] | None] = ContextVar("telephony_call", default=None)
+REPEATS_LOGGED = 5  # warnings of one kind logged in full per call, before only powers of ten are
+
+
+class _CallIds(dict):
+    """A call's log ids, and how many warnings of each kind (logger, message template) it logged."""
+
+    __slots__ = ("repeats",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.repeats: dict[tuple[str, object], int] = {}
+
+
+_call: ContextVar[_CallIds | None] = ContextVar("telephony_call", default=None)
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -24,9 +42,60 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 def bind_call() -> dict[str, str | None]:
     """Starts a call's log context in the current task; returns the dict to fill in later."""
-    ids: dict[str, str | None] = {name: None for name in CALL_FIELDS}
+    ids = _CallIds({name: None for name in CALL_FIELDS})
     _call.set(ids)
     return ids
+
+
+def safe_extra(data: dict) -> dict:
+    """``data`` for ``extra=``: keys a LogRecord owns (``name``, ``msg``...) get a ``data_`` prefix,
+    since logging raises on them."""
+    return {f"data_{k}" if k in _STANDARD else k: v for k, v in data.items()}
+
+
+def _power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+class RepeatLimiter(logging.Filter):
+    """Per call, passes the first ``REPEATS_LOGGED`` warnings of each kind, then every 10th, 100th..."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = _call.get()
+        if record.levelno < logging.WARNING or ids is None or hasattr(record, "not_logged"):
+            return True
+        key = (record.name, record.msg)
+        n = ids.repeats[key] = ids.repeats.get(key, 0) + 1
+        if n <= REPEATS_LOGGED:
+            return True
+        if _power_of_ten(n):
+            record.repeat = n
+            return True
+        return False
+
+
+def report_repeats() -> None:
+    """At a call's end: one line per kind of warning it had that was not always logged."""
+    ids = _call.get()
+    if ids is None:
+        return
+    for (name, template), n in ids.repeats.items():
+        shown = REPEATS_LOGGED + sum(1 for k in range(1, 20) if REPEATS_LOGGED < 10 ** k <= n)
+        if n > shown:
+            logging.getLogger(name).warning("%d warning(s) like %r were not logged for this call", n - shown,
+                                            str(template)[:80], extra={"not_logged": n - shown})
+    ids.repeats.clear()
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: control characters (newlines included) as ``\\xNN``."""
+    return text if text.isprintable() else text.translate(_CONTROL)
 
 
 class CallContextFilter(logging.Filter):
@@ -58,12 +127,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record: peers' strings (sids, mark names, reasons) are escaped, never raw."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        tags = " ".join(f"{k}={getattr(record, k)}" for k in CALL_FIELDS if getattr(record, k, None))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        text = super().formatMessage(record)
+        tags = " ".join(f"{k}={escape(str(getattr(record, k)))}" for k in CALL_FIELDS if getattr(record, k, None))
+        if getattr(record, "repeat", None):
+            text += f" (warning {record.repeat} of its kind this call; only powers of ten are logged)"
         return f"{text} [{tags}]" if tags else text
 
 
@@ -89,6 +163,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None, secrets: list
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler.setFormatter(_Redacting(formatter, list(secrets)) if secrets else formatter)
     handler.addFilter(CallContextFilter())
+    handler.addFilter(RepeatLimiter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -30,12 +30,21 @@ from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
 from telephony.serve import outbound, upstream
+from telephony.serve.admission import StreamGate
 from telephony.serve.bridge import Bridge
+from telephony.serve.claims import Claims
 from telephony.serve.fork import ForkBridge
 from telephony.serve.handoff import Handoff
 from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
-from telephony.serve.security import StreamTokens, WebhookGuard, stream_key
+from telephony.serve.security import (
+    AGENT_STREAM,
+    OUTBOUND_ANSWER,
+    TRANSCRIPTION_STREAM,
+    StreamTokens,
+    WebhookGuard,
+    stream_key,
+)
 from telephony.serve.shared_state import call_entry, make_state
 from telephony.serve.telemetry import CallObserver
 from telephony.serve.tools import ToolRunner
@@ -45,7 +54,6 @@ from telephony.serve.upstream import Connector
 from telephony.settings import Settings
 from telephony.wire.dialects import DIALECTS
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
-from telephony.wire.twilio import Start
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
     MEDIA_STREAM_PATH,
@@ -67,19 +75,23 @@ OUTBOUND_URL_TTL_S = 600  # an outbound call's answer URL must outlive its ringi
 
 
 def public_base_url(request: Request, settings: Settings) -> str:
-    """The URL Twilio used to reach us: PUBLIC_URL, else rebuilt from the proxy's headers."""
+    """The URL Twilio used to reach us: PUBLIC_URL, else the request's Host with the scheme uvicorn
+    took from a trusted proxy (FORWARDED_ALLOW_IPS). X-Forwarded-Host is never trusted."""
     if settings.public_url:
         return settings.public_url
-    headers = request.headers
-    proto = (headers.get("x-forwarded-proto") or request.url.scheme).split(",")[0].strip()
-    host = (headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc).split(",")[0].strip()
-    return f"{proto}://{host}"
+    return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
 
 
 def create_app(settings: Settings | None = None, profile: Profile | Profiles | None = None,
-               connector_factory: Callable[[Settings], Connector] | None = None) -> Starlette:
-    """``profile``: one profile for every call, or several chosen per number (default: AGENT_PROFILE)."""
+               connector_factory: Callable[[Settings], Connector] | None = None,
+               claims: Claims | None = None) -> Starlette:
+    """``profile``: one profile for every call, or several chosen per number (default: AGENT_PROFILE).
+    ``claims``: where streams claim their token and call (default: the shared state, so with
+    REDIS_URL a token opens one stream across all instances)."""
     settings = settings or Settings.from_env()
+    if not settings.public_url:
+        log.warning("PUBLIC_URL is not set: webhook signatures and the URLs handed to Twilio follow "
+                    "each request's Host header; set PUBLIC_URL to this service's public https URL")
     profiles = (Profiles.single(profile) if isinstance(profile, Profile)
                 else profile or load_profiles(settings.profile_path()))
     profile = profiles.default
@@ -93,8 +105,13 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     key = stream_key(settings)
     tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
-    by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     state = make_state(settings.redis_url)  # calls, feeds and limits: this process's, or all (Redis)
+    # Streams claim their token and call where every instance sees them (Redis), or in this process.
+    gate = StreamGate(tokens, claims or state, start_timeout_s=settings.stream_start_timeout_seconds,
+                      max_pending=settings.max_pending_streams or settings.max_concurrent_calls or 50,
+                      max_message_bytes=settings.max_message_bytes,
+                      on_refused=lambda reason: metrics.calls.labels("refused").inc())
+    by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url, state)
     pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
 
@@ -109,9 +126,6 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         from telephony.serve.openai_sip import OpenAISipRoute
 
         openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts)
-
-    def verify_start(start: Start) -> str | None:
-        return tokens.verify(start.custom_parameters, start.call_sid, time.time())
 
     def default_connector(s: Settings) -> Connector:
         return upstream.connector(s, dialect, profile.greeting)
@@ -171,7 +185,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         """An outbound call was answered: its signed overrides become the stream's parameters."""
         form = await request.form()
         overrides = dict(request.query_params)
-        refused = outbound_signer.verify(overrides, None, time.time())
+        refused = outbound_signer.verify(overrides, None, time.time(), OUTBOUND_ANSWER)
         if refused:
             log.warning("call %s: outbound answer URL refused: %s", form.get("CallSid", "?"), refused)
             return Response(f"answer URL refused: {refused}", status_code=403)
@@ -212,17 +226,19 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         parameters = {"call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
                       "to": str(form.get("To", ""))}
         url = websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH)
-        return xml(fork_and_dial(url, tokens.with_token(parameters, time.time()), settings.forward_to_number))
+        signed = tokens.with_token(parameters, time.time(), TRANSCRIPTION_STREAM)
+        return xml(fork_and_dial(url, signed, settings.forward_to_number))
 
     # --- Media streams ---
 
     async def media_stream(ws: WebSocket) -> None:
-        await ws.accept()
-        call = Call(profile, settings.audio_codec, verify_start=verify_start,
-                    media_timeout_s=settings.media_timeout_seconds, pick_profile=profiles.named,
-                    capabilities=dialect.capabilities, model=settings.realtime_model,
+        log_ids = logs.bind_call()
+        if (start := await gate.admit(ws, AGENT_STREAM)) is None:
+            return
+        call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
+                    pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
-        observer = CallObserver(metrics, settings.call_records_dir, logs.bind_call())
+        observer = CallObserver(metrics, settings.call_records_dir, log_ids)
 
         def on_record(call: Call, record: Record) -> None:
             observer.on_record(call, record)  # metrics, call record file, structured log
@@ -239,6 +255,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         active.add(call)
         calls.add(bridge)
         try:
+            bridge.dispatch(call.on_twilio(start, bridge.now()))
             await bridge.run()
         finally:
             active.discard(call)
@@ -249,10 +266,22 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             if call.call_sid:  # a handed-over call goes on elsewhere: its feed and entry stay
                 transcripts.end(call.call_sid, handed_over=bridge.handed_over)
                 later(state.drop_call(call.call_sid, handed_over=bridge.handed_over))
+            await gate.release(start, AGENT_STREAM)
+            logs.report_repeats()
 
     async def transcribe_stream(ws: WebSocket) -> None:
-        await ws.accept()
-        core = ForkTranscription(profile, settings.audio_codec, verify_start=verify_start)
+        logs.bind_call()
+        if not settings.forward_to_number:
+            await ws.close(1008)  # no TwiML of ours starts this stream: refused at the handshake
+            return
+        if (start := await gate.admit(ws, TRANSCRIPTION_STREAM)) is None:
+            return
+        if busy := calls.accepting():
+            log.warning("call %s: transcription stream refused: %s", start.call_sid, busy)
+            await ws.close(1013)
+            await gate.release(start, TRANSCRIPTION_STREAM)
+            return
+        core = ForkTranscription(profile, settings.audio_codec)
         record_file: list[CallRecordFile] = []  # opened once the call sid is known
 
         def on_record(record: Record) -> None:
@@ -265,14 +294,19 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             for file in record_file:
                 file.write(record.kind, record.data)
 
+        fork = ForkBridge(ws, core, dialect, transcription_connector, on_record)
+        calls.add(fork)
         try:
-            await ForkBridge(ws, core, dialect, transcription_connector, on_record).run()
+            await fork.run(start)
         finally:
+            calls.discard(fork)
             if core.call_sid:
                 transcripts.end(core.call_sid)
             for file in record_file:
                 file.write("end", {"kind": "transcription"})
                 file.close()
+            await gate.release(start, TRANSCRIPTION_STREAM)
+            logs.report_repeats()
 
     # --- The calls API ---
 
@@ -366,6 +400,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.active_calls = active
     app.state.calls = calls
     app.state.stream_tokens = tokens
+    app.state.gate = gate
     app.state.transcripts = transcripts
     app.state.shared = state
     app.state.metrics = metrics

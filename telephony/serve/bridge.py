@@ -238,7 +238,7 @@ class Bridge:
             log.warning("call %s: bad Twilio message: %s", self.sid, exc)
             return
         if event is None:
-            log.info("call %s: Twilio event ignored: %.80s", self.sid, raw)
+            log.warning("call %s: Twilio event ignored: %.80s", self.sid, raw)
             return
         self.dispatch(self.call.on_twilio(event, arrived), arrived)
 

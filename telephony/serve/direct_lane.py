@@ -33,6 +33,10 @@ except ImportError:  # a uvicorn without it: websocket_protocol() says so and pi
 log = logging.getLogger("telephony.direct_lane")
 
 DIRECT_LANE = "telephony.direct_lane"  # the ASGI scope extension that offers it
+# The oldest uvicorn whose sans-I/O websocket protocol this lane runs on (pyproject.toml's floor),
+# measured: before 0.35 the module is missing; up to 0.52.0 the protocol lacks the ``disconnected``
+# flag and ``writable`` event the lane's sends rely on. 0.52.1 to 0.52.4 differ only in a header.
+UVICORN_FLOOR = (0, 52, 1)
 SEND_BUFFER_LIMIT = 1 << 20  # bytes unsent to a caller (~50 s of μ-law): past it, drop
 PLAIN_ASGI = "websockets-sansio"  # uvicorn's own protocol, without the lane
 

@@ -35,6 +35,7 @@ class ForkBridge:
         self._loop = asyncio.get_running_loop()
         self._upstreams: dict[str, RealtimeTransport] = {}
         self._tasks: list[asyncio.Task] = []
+        self._closing: asyncio.Task | None = None
 
     def _send(self, commands: list[tuple[str, rt.Command]]) -> None:
         for track, command in commands:
@@ -47,8 +48,29 @@ class ForkBridge:
         for record in records:
             self.on_record(record)
 
-    async def run(self) -> None:
+    def end(self, reason: str) -> None:
+        """Stops transcribing (shutdown); the call between the people goes on without us."""
+        log.info("call %s: ending the transcription stream: %s", self.core.call_sid, reason)
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._going_away())
+
+    async def _going_away(self) -> None:
+        with contextlib.suppress(Exception):  # already closing: nothing to do
+            await self.ws.close(1001)
+
+    async def _start(self, start: tw.Start) -> bool:
+        self._records(self.core.on_start(start, self._loop.time()))
+        if self.core.refused:
+            await self.ws.close(code=1008, reason="stream refused")
+            return False
+        self._tasks += [asyncio.create_task(self._session(t)) for t in SPEAKERS]
+        return True
+
+    async def run(self, start: tw.Start | None = None) -> None:
+        """Serves the fork; ``start``: its start, when the shell read (and verified) it already."""
         try:
+            if start is not None and not await self._start(start):
+                return
             while True:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -59,11 +81,8 @@ class ForkBridge:
                     log.warning("call %s: bad Twilio message: %s", self.core.call_sid or "?", exc)
                     continue
                 if isinstance(event, tw.Start) and self.core.call_sid is None:
-                    self._records(self.core.on_start(event, self._loop.time()))
-                    if self.core.refused:
-                        await self.ws.close(code=1008, reason="stream refused")
+                    if not await self._start(event):
                         return
-                    self._tasks += [asyncio.create_task(self._session(t)) for t in SPEAKERS]
                 elif isinstance(event, tw.Media):
                     self._send(self.core.on_media(event))
                 elif isinstance(event, tw.Stop):

@@ -18,8 +18,9 @@ from typing import Callable
 from telephony.core.actions import Record
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
+from telephony.serve.admission import stream_claim_key
 from telephony.serve.bridge import Bridge
-from telephony.serve.security import StreamTokens
+from telephony.serve.security import AGENT_STREAM, StreamTokens
 from telephony.serve.shared_state import LocalState, RedisState
 from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
@@ -61,6 +62,8 @@ class Handoff:
         parameters = {**call.parameters, "call_sid": sid, RESUME: "1"}
         twiml = connect_stream(self.stream_url, self.tokens.with_token(parameters, time.time()), self.fallback)
         bridge.handed_over = True  # before the update: Twilio may stop this stream before it answers
+        # The new stream (same call sid) usually opens before this one ends: let it claim the call.
+        await self.state.release(stream_claim_key(AGENT_STREAM, sid))
         try:
             await asyncio.to_thread(control.redirect, sid, twiml)
         except TwilioError as exc:

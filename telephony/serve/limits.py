@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Callable, Protocol
 
@@ -10,6 +11,7 @@ log = logging.getLogger("telephony.limits")
 
 END_TIMEOUT_S = 2.0  # after being told to end, a call closes its sockets within ~1 s
 HANDOFF_BUDGET_S = 3.0  # of the grace, kept for handing calls over (state saved, Twilio told)
+HURRY_POLL_S = 0.1  # how often a drain looks for a second Ctrl-C
 
 
 class Endable(Protocol):
@@ -45,25 +47,33 @@ class CallRegistry:
         self._calls.discard(call)
         self._changed.set()
 
+    async def _until_empty_or(self, hurry: Callable[[], bool]) -> None:
+        while self._calls and not hurry():
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), HURRY_POLL_S)
+
     async def _until_empty(self) -> None:
         while self._calls:
             self._changed.clear()
             await self._changed.wait()
 
-    async def drain(self, grace_s: float) -> None:
+    async def drain(self, grace_s: float, hurry: Callable[[], bool] = lambda: False) -> None:
         """Refuses new calls, waits up to ``grace_s`` for these to finish, then hands the rest over
-        (when it can: the last HANDOFF_BUDGET_S of the grace is kept for that) or ends them."""
+        (when it can: the last HANDOFF_BUDGET_S of the grace is kept for that) or ends them.
+        ``hurry`` (polled; a second Ctrl-C): True ends them at once, without waiting for them to close."""
         self.draining = True
         wait_s = grace_s if self.hand_over is None else max(0.0, grace_s - HANDOFF_BUDGET_S)
         if self._calls:
             log.info("shutting down: waiting up to %g s for %d call(s)", wait_s, len(self._calls))
         try:
-            await asyncio.wait_for(self._until_empty(), wait_s)
-            return
+            await asyncio.wait_for(self._until_empty_or(hurry), wait_s)
         except asyncio.TimeoutError:
             pass
+        if not self._calls:
+            return
         remaining = list(self._calls)
-        if self.hand_over is not None:
+        if self.hand_over is not None and not hurry():
             log.info("shutting down: handing %d call(s) over", len(remaining))
             moved = await asyncio.gather(*(asyncio.wait_for(self.hand_over(call), HANDOFF_BUDGET_S)
                                            for call in remaining), return_exceptions=True)
@@ -72,6 +82,8 @@ class CallRegistry:
             log.warning("shutting down: ending %d call(s) still in progress", len(remaining))
         for call in remaining:
             call.end("the service is shutting down")
+        if hurry():
+            return
         try:  # a handed-over call leaves when Twilio stops its stream
             await asyncio.wait_for(self._until_empty(), END_TIMEOUT_S)
         except asyncio.TimeoutError:

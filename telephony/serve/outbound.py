@@ -8,7 +8,7 @@ from typing import Any, Collection
 from urllib.parse import urlencode
 
 from telephony.core.tools import E164
-from telephony.serve.security import StreamTokens
+from telephony.serve.security import OUTBOUND_ANSWER, StreamTokens
 from telephony.serve.twilio_rest import CallControl, PlacedCall
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
@@ -58,18 +58,20 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
         data = json.loads(body or b"null")
     except ValueError:
         raise RequestError(400, "body is not JSON") from None
+    except RecursionError:
+        raise RequestError(400, "body is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError(400, "body must be a JSON object")
     unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", *MAX_TEXT}
     if unknown:
         raise RequestError(422, f"unknown fields: {', '.join(sorted(unknown))}")
     to = data.get("to")
-    if not isinstance(to, str) or not E164.match(to):
+    if not isinstance(to, str) or not E164.fullmatch(to):
         raise RequestError(422, "'to' must be an E.164 number such as +15551234567")
     from_ = data.get("from", default_from)
     if not from_:
         raise RequestError(422, "'from' is missing and TWILIO_FROM_NUMBER is not set")
-    if not isinstance(from_, str) or not E164.match(from_):
+    if not isinstance(from_, str) or not E164.fullmatch(from_):
         raise RequestError(422, "'from' must be an E.164 number such as +15551234567")
     overrides = {}
     for key, limit in MAX_TEXT.items():
@@ -88,7 +90,11 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise RequestError(422, "'metadata' must be a JSON object")
-    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+    try:
+        encoded = json.dumps(metadata, separators=(",", ":"))
+    except RecursionError:
+        raise RequestError(400, "'metadata' is nested too deeply") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise RequestError(422, f"'metadata' is larger than {MAX_METADATA_BYTES} bytes")
     detect = data.get("machine_detection", False)
     if not isinstance(detect, bool):
@@ -106,7 +112,7 @@ def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now
     sid) can only be made then: the overrides ride in this URL, signed with the stream key so no
     one else can forge them, and ``/twilio/outbound`` turns them into the stream's parameters.
     """
-    signed = signer.with_token(req.stream_parameters(), now)
+    signed = signer.with_token(req.stream_parameters(), now, OUTBOUND_ANSWER)
     url = f"{public_base}{OUTBOUND_ANSWER_PATH}?{urlencode(signed)}"
     if len(url) > URL_LIMIT:
         raise RequestError(422, f"the call's answer URL would be {len(url)} characters; keep it under "

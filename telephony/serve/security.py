@@ -14,11 +14,13 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
-from starlette.requests import Request
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
@@ -27,8 +29,24 @@ from telephony.settings import Settings
 log = logging.getLogger("telephony.security")
 
 TOKEN_PARAMETER = "token"
-_TOKEN_VERSION = "v1"
+_TOKEN_VERSION = "v2"  # v2: the purpose is signed too
 _DERIVATION_LABEL = b"telephony stream token v1"
+_DECIMAL = re.compile(r"[0-9]{1,12}")  # str.isdigit() also takes '²', which int() refuses
+
+# What a token is for: each route accepts only its own.
+AGENT_STREAM = "agent"
+TRANSCRIPTION_STREAM = "transcription"
+OUTBOUND_ANSWER = "outbound"
+PURPOSES = frozenset({AGENT_STREAM, TRANSCRIPTION_STREAM, OUTBOUND_ANSWER})
+
+# Twilio's webhooks are a few KB of url-encoded form: anything far larger is refused unread.
+WEBHOOK_BODY_LIMIT = 64 * 1024
+_CALL_SID = re.compile(r"CA[0-9a-f]{32}")
+
+
+def valid_call_sid(sid: object) -> bool:
+    """Twilio's shape for a call sid; anything else never names a file, feed or claim."""
+    return isinstance(sid, str) and _CALL_SID.fullmatch(sid) is not None
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -57,6 +75,11 @@ class WebhookGuard:
 
     def __call__(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
+            refusal = await _webhook_body_refusal(request)
+            if refusal is not None:
+                log.warning("webhook %s refused (%d): %s", request.url.path, refusal.status_code,
+                            refusal.body.decode())
+                return refusal
             if self._validator is not None:
                 reason = await self._check(request)
                 if reason:
@@ -81,6 +104,45 @@ class WebhookGuard:
         return None
 
 
+async def _webhook_body_refusal(request: Request) -> Response | None:
+    """None when the body is a small url-encoded form (what Twilio sends); else the 4xx to answer.
+
+    The size is checked before the body is read (Content-Length) and while it is read (chunked),
+    so an oversized body is never buffered; a multipart body (file parts) never reaches the
+    validator, which cannot sign files."""
+    if request.method != "POST":
+        return None
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isascii() or not declared.isdigit()):
+        return PlainTextResponse("bad Content-Length", status_code=400)
+    if declared is not None and int(declared) > WEBHOOK_BODY_LIMIT:
+        return _too_large()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("", "application/x-www-form-urlencoded"):
+        return PlainTextResponse("webhooks are application/x-www-form-urlencoded", status_code=400)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > WEBHOOK_BODY_LIMIT:
+                return _too_large()
+    except ClientDisconnect:
+        return PlainTextResponse("client went away", status_code=400)
+    request._body = bytes(body)  # Starlette's own cache: form() parses these bytes, read once
+    form = await request.form()
+    if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
+        return PlainTextResponse("webhooks carry no files", status_code=400)
+    sid = form.get("CallSid")
+    if sid is not None and not valid_call_sid(sid):
+        return PlainTextResponse("CallSid is not a Twilio call sid (CA + 32 hex)", status_code=400)
+    return None
+
+
+def _too_large() -> Response:
+    # The rest of the body is never read: the connection closes after the answer.
+    return PlainTextResponse(f"body over {WEBHOOK_BODY_LIMIT} bytes", status_code=413, headers={"Connection": "close"})
+
+
 # --- Stream tokens ---
 
 
@@ -96,10 +158,18 @@ def stream_key(settings: Settings) -> bytes:
     return secrets.token_bytes(32)
 
 
-def _canonical(parameters: Mapping[str, str], expires: int) -> bytes:
+def _canonical(parameters: Mapping[str, str], purpose: str, expires: int) -> bytes:
     body = {k: v for k, v in parameters.items() if k != TOKEN_PARAMETER}
-    return json.dumps([_TOKEN_VERSION, expires, sorted(body.items())], separators=(",", ":"),
+    return json.dumps([_TOKEN_VERSION, purpose, expires, sorted(body.items())], separators=(",", ":"),
                       ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A token that checked out: what a claim needs (its MAC names it; it is void after ``expires``)."""
+
+    mac: str
+    expires: int
 
 
 @dataclass(frozen=True)
@@ -112,38 +182,59 @@ class StreamTokens:
     def __repr__(self) -> str:
         return f"StreamTokens(ttl_s={self.ttl_s})"  # never the key
 
-    def _mac(self, parameters: Mapping[str, str], expires: int) -> str:
-        digest = hmac.new(self.key, _canonical(parameters, expires), hashlib.sha256).digest()
+    def _mac(self, parameters: Mapping[str, str], purpose: str, expires: int) -> str:
+        digest = hmac.new(self.key, _canonical(parameters, purpose, expires), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def sign(self, parameters: Mapping[str, str], now: float) -> str:
-        """The token for exactly these parameters (which must all go into the TwiML)."""
-        expires = int(now) + self.ttl_s
-        return f"{_TOKEN_VERSION}.{expires}.{self._mac(parameters, expires)}"
+    def _signed(self, parameters: Mapping[str, str], purpose: str, expires: int, mac: str) -> bool:
+        expected = self._mac(parameters, purpose, expires).encode()
+        return hmac.compare_digest(mac.encode("utf-8", "surrogatepass"), expected)
 
-    def with_token(self, parameters: Mapping[str, str], now: float) -> dict[str, str]:
+    def sign(self, parameters: Mapping[str, str], now: float, purpose: str = AGENT_STREAM) -> str:
+        """The token for exactly these parameters (which must all go into the TwiML), good for
+        ``purpose`` only."""
+        assert purpose in PURPOSES, purpose
+        expires = int(now) + self.ttl_s
+        return f"{_TOKEN_VERSION}.{expires}.{self._mac(parameters, purpose, expires)}"
+
+    def with_token(self, parameters: Mapping[str, str], now: float,
+                   purpose: str = AGENT_STREAM) -> dict[str, str]:
         """The stream's parameters, empty ones left out (TwiML omits them), plus the token."""
         kept = {k: v for k, v in parameters.items() if v}
-        return {**kept, TOKEN_PARAMETER: self.sign(kept, now)}
+        return {**kept, TOKEN_PARAMETER: self.sign(kept, now, purpose)}
 
-    def verify(self, parameters: Mapping[str, str], call_sid: str | None, now: float) -> str | None:
-        """None when the parameters are the ones we signed (for this call, when ``call_sid`` is
-        given); else why not."""
+    def verify(self, parameters: Mapping[str, str], call_sid: str | None, now: float,
+               purpose: str = AGENT_STREAM) -> str | None:
+        """None when the parameters are the ones we signed for ``purpose`` (and for this call,
+        when ``call_sid`` is given); else why not."""
+        checked = self.check(parameters, call_sid, now, purpose)
+        return checked if isinstance(checked, str) else None
+
+    def check(self, parameters: Mapping[str, str], call_sid: str | None, now: float,
+              purpose: str = AGENT_STREAM) -> VerifiedToken | str:
+        """The verified token, or why it is refused."""
         token = parameters.get(TOKEN_PARAMETER)
         if not token:
             return "no stream token"
         version, _, rest = token.partition(".")
         expires_text, _, mac = rest.partition(".")
-        if version != _TOKEN_VERSION or not expires_text.isdigit() or not mac:
+        if version != _TOKEN_VERSION or not _DECIMAL.fullmatch(expires_text) or not mac:
             return "malformed stream token"
         expires = int(expires_text)
-        if not hmac.compare_digest(mac, self._mac(parameters, expires)):
+        if not self._signed(parameters, purpose, expires, mac):
+            # (The purpose is signed, not spelt out: the other purposes are tried only to say why.)
+            for other in sorted(PURPOSES - {purpose}):
+                if self._signed(parameters, other, expires, mac):
+                    return f"token was issued for the {other} route, not the {purpose} one"
             return "stream token does not match the stream's parameters"
         if now > expires:
             return f"stream token expired {now - expires:.0f} s ago"
         if call_sid is not None and parameters.get("call_sid") != call_sid:
             return "stream token was issued for another call"
-        return None
+        return VerifiedToken(mac, expires)
+
+
+
 
 
 # --- Keeping secrets out of logs ---

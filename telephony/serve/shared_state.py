@@ -24,6 +24,8 @@ from typing import Any, AsyncIterator
 
 import orjson
 
+from telephony.serve.claims import LocalClaims
+
 log = logging.getLogger("telephony.shared_state")
 
 END = {"end": True}  # a stream's last item: its call is over
@@ -54,7 +56,7 @@ class LocalState:
         self.instance = instance or instance_name()
         self._calls: dict[str, dict[str, Any]] = {}
         self._reserved: dict[str, float] = {}  # call sid → admission expiry
-        self._claims: dict[str, float] = {}
+        self._claims = LocalClaims()  # expired ones are swept as new ones arrive
         self._values: dict[str, tuple[dict, float]] = {}
         self._streams: dict[str, list[dict[str, Any]]] = {}
         self._followers: dict[str, set[asyncio.Queue]] = defaultdict(set)
@@ -86,14 +88,10 @@ class LocalState:
     # --- claims and values with a TTL ---
 
     async def claim(self, key: str, ttl_s: float) -> bool:
-        now = time.monotonic()
-        if self._claims.get(key, 0.0) > now:
-            return False
-        self._claims[key] = now + ttl_s
-        return True
+        return await self._claims.claim(key, ttl_s)
 
     async def release(self, key: str) -> None:
-        self._claims.pop(key, None)
+        await self._claims.release(key)
 
     async def put(self, key: str, value: dict, ttl_s: float) -> bool:
         self._values[key] = (value, time.monotonic() + ttl_s)

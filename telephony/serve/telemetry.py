@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from telephony.core.call import Call, Record
+from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.ops.records import CallRecordFile
 from telephony.serve.bridge import BridgeObserver
@@ -105,8 +106,8 @@ class CallObserver(BridgeObserver):
         self._write(kind, data)
         level = logging.INFO if kind in _INFO_KINDS else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "call event %s", kind, extra={
-                "event": kind, **{k: v for k, v in data.items() if k not in _NOT_LOGGED}})
+            log.log(level, "call event %s", kind, extra=logs.safe_extra({
+                "event": kind, **{k: v for k, v in data.items() if k not in _NOT_LOGGED}}))
 
     def _count_tool_call(self, data: dict[str, Any]) -> None:
         outcome = data.get("outcome", "ok")

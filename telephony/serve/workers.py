@@ -33,13 +33,14 @@ def serve_worker(options: dict, sock: socket.socket) -> None:
     from telephony.core.profile import ProfileError
     from telephony.ops import logs
     from telephony.serve.app import create_app
-    from telephony.serve.server import GracefulServer
+    from telephony.serve.server import GracefulServer, http_protocol
     from telephony.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
         app = create_app(settings)
+        http_protocol(settings)  # this worker's request deadline (the class arrives pickled, by name)
     except (SettingsError, ProfileError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         sys.exit(CONFIGURATION_ERROR)
