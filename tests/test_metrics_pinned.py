@@ -30,16 +30,18 @@ async def test_realtime_errors_and_abnormal_and_unstarted_calls_are_counted():
         assert result.closed_by_bridge_at is not None
         async with websockets.connect(f"ws://{host}/twilio/media-stream") as ws:  # gone before start
             await ws.close()
-        no_start = ("telephony_calls_total", (("outcome", "no_start"),))
+        # A stream is a call only once its start is verified: one gone before start is refused.
+        refused = ("telephony_calls_total", (("outcome", "refused"),))
 
         async def counted() -> bool:
-            return no_start in await metrics(host)
+            return refused in await metrics(host)
 
         await wait_until(counted, "the unstarted stream to be counted", timeout=5.0)
         m = await metrics(host)
     assert m[("telephony_realtime_errors_total", (("code", "response_cancel_not_active"),))] == 1
     assert m[("telephony_realtime_errors_total", (("code", "server_error"),))] == 1
     assert m[("telephony_calls_total", (("outcome", "abnormal"),))] == 1
-    assert m[no_start] == 1
+    assert m[refused] == 1
+    assert ("telephony_calls_total", (("outcome", "no_start"),)) not in m
     assert ("telephony_calls_total", (("outcome", "normal"),)) not in m
     assert m[("telephony_active_calls", ())] == 0

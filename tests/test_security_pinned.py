@@ -30,10 +30,12 @@ PUBLIC = "https://bridge.example.com"
 def test_the_token_is_version_expiry_and_an_hmac_of_the_canonical_parameters():
     parameters = {"greeting": 'Grüß dich, "friend"', "call_sid": "CA1"}
     token = StreamTokens(KEY, 60).sign(parameters, 1000.7)
-    canonical = json.dumps(["v1", 1060, [["call_sid", "CA1"], ["greeting", 'Grüß dich, "friend"']]],
+    # The signed payload names the stream's purpose (an agent stream by default): a token for one
+    # route is refused on the others.
+    canonical = json.dumps(["v2", "agent", 1060, [["call_sid", "CA1"], ["greeting", 'Grüß dich, "friend"']]],
                            separators=(",", ":"), ensure_ascii=False).encode()
     mac = base64.urlsafe_b64encode(hmac.new(KEY, canonical, hashlib.sha256).digest()).rstrip(b"=").decode()
-    assert token == f"v1.1060.{mac}" and "=" not in token
+    assert token == f"v2.1060.{mac}" and "=" not in token
 
 
 def test_a_token_is_good_up_to_and_including_its_expiry_second():
@@ -84,7 +86,7 @@ async def guarded_post(form: dict[str, str], headers: dict[str, str], path: str 
 
 
 async def test_twilios_sha256_signatures_are_checked_with_sha256():
-    form = {"CallSid": "CA1", "From": "+15550001111"}
+    form = {"CallSid": "CA" + "1" * 32, "From": "+15550001111"}  # Twilio's shape, as the routes require
     validator = RequestValidator(AUTH_TOKEN)
     sha256 = validator.compute_signature(f"{PUBLIC}/hook?x=1", form, "HMAC_SHA256")
     settings = {"X-Twilio-Webhooks-Signature-Settings": "algorithm=HMAC_SHA256"}
@@ -95,7 +97,7 @@ async def test_twilios_sha256_signatures_are_checked_with_sha256():
 
 
 async def test_a_refusal_is_a_bare_403_and_the_log_says_why(caplog):
-    refused = await guarded_post({"CallSid": "CA1"}, {})
+    refused = await guarded_post({"CallSid": "CA" + "1" * 32}, {})
     assert (refused.status_code, refused.text) == (403, "Forbidden")
     assert "webhook /hook rejected (no X-Twilio-Signature)" in caplog.text
 
