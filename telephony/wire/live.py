@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from telephony.wire import realtime as rt
+from telephony.wire.realtime import int_at, str_at
 
 name = "live"
 headers: dict[str, str] = {}
@@ -99,9 +100,10 @@ def decode(text: str | bytes) -> rt.Event:
         raise rt.RealtimeProtocolError("message without a 'type'")
     kind = msg["type"]
     if kind == "session.output_audio.delta":  # no item or response ids in Live
-        return rt.AudioDelta("", "", _s(msg, "delta"))
+        return rt.AudioDelta("", "", str_at(msg, "delta"))
     if kind in _SPEAKERS:
-        return rt.TimedTranscript(_SPEAKERS[kind], _s(msg, "delta"), _i(msg, "start_ms"), _i(msg, "end_ms"))
+        return rt.TimedTranscript(_SPEAKERS[kind], str_at(msg, "delta"), int_at(msg, "start_ms"),
+                                  int_at(msg, "end_ms"))
     if kind == "session.started":
         return rt.SessionReady(True)
     if kind == "response.event":
@@ -109,12 +111,12 @@ def decode(text: str | bytes) -> rt.Event:
     if kind in ("session.usage.updated", "session.closed"):
         usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else {}
         if kind == "session.closed":
-            usage = {**usage, "reason": _s(msg, "reason")}
+            usage = {**usage, "reason": str_at(msg, "reason")}
         return rt.UsageUpdated(usage, final=kind == "session.closed")
     if kind == "error":
         err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-        return rt.RealtimeError(type=_s(err, "type") or "error", code=_s(err, "code") or None,
-                                message=_s(err, "message"), event_id=_s(err, "client_event_id") or None)
+        return rt.RealtimeError(type=str_at(err, "type") or "error", code=str_at(err, "code") or None,
+                                message=str_at(err, "message"), event_id=str_at(err, "client_event_id") or None)
     if kind in _IGNORED:
         return rt.Ignored(kind)
     return rt.Unknown(kind)
@@ -125,16 +127,6 @@ def _nested(msg: dict[str, Any]) -> rt.Event:
     event = msg.get("event") if isinstance(msg.get("event"), dict) else {}
     item = event.get("item") if isinstance(event.get("item"), dict) else {}
     if event.get("type") == "response.output_item.done" and item.get("type") == "function_call":
-        return rt.FunctionCall(_s(event, "response_id"), _s(item, "id"), _s(item, "call_id"),
-                               _s(item, "name"), _s(item, "arguments"))
-    return rt.Ignored(f"response.event/{_s(event, 'type') or '?'}")
-
-
-def _s(msg: dict, key: str) -> str:
-    value = msg.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _i(msg: dict, key: str) -> int:
-    value = msg.get(key)
-    return int(value) if isinstance(value, (int, float)) else 0
+        return rt.FunctionCall(str_at(event, "response_id"), str_at(item, "id"), str_at(item, "call_id"),
+                               str_at(item, "name"), str_at(item, "arguments"))
+    return rt.Ignored(f"response.event/{str_at(event, 'type') or '?'}")

@@ -313,44 +313,48 @@ def model_in_query(base: str, model: str, intent: str | None = None) -> str:
 # --- Decoding shared by the dialects: each names its wire events, the fields are the same. ---
 
 
-def _s(msg: dict, key: str) -> str:
+def str_at(msg: dict, key: str) -> str:
+    """``msg[key]`` when it is a string, else "" (a missing or mistyped field never raises)."""
     value = msg.get(key)
     return value if isinstance(value, str) else ""
 
 
-def _i(msg: dict, key: str) -> int:
+def int_at(msg: dict, key: str) -> int:
+    """``msg[key]`` as a whole number when it is a number, else 0."""
     value = msg.get(key)
     return int(value) if isinstance(value, (int, float)) else 0
 
 
 def _decode_error(msg: dict) -> RealtimeError:
     err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-    return RealtimeError(type=_s(err, "type") or "error", code=_s(err, "code") or None,
-                         message=_s(err, "message"), event_id=_s(err, "event_id") or None)
+    return RealtimeError(type=str_at(err, "type") or "error", code=str_at(err, "code") or None,
+                         message=str_at(err, "message"), event_id=str_at(err, "event_id") or None)
 
 
 _BUILDERS = {
     "session.created": lambda m: SessionReady(True),
     "session.updated": lambda m: SessionReady(False),
     "transcription_session.updated": lambda m: SessionReady(False),
-    "input_audio_buffer.speech_started": lambda m: SpeechStarted(_s(m, "item_id"), _i(m, "audio_start_ms")),
-    "input_audio_buffer.speech_stopped": lambda m: SpeechStopped(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "input_audio_buffer.speech_started": lambda m: SpeechStarted(str_at(m, "item_id"), int_at(m, "audio_start_ms")),
+    "input_audio_buffer.speech_stopped": lambda m: SpeechStopped(str_at(m, "item_id"), int_at(m, "audio_end_ms")),
     "conversation.item.input_audio_transcription.completed":
-        lambda m: InputTranscript(_s(m, "item_id"), _s(m, "transcript")),
-    "response.created": lambda m: ResponseCreated(_s(m.get("response") or {}, "id")),
-    "audio.delta": lambda m: AudioDelta(_s(m, "response_id"), _s(m, "item_id"), _s(m, "delta")),
-    "audio.done": lambda m: AudioDone(_s(m, "response_id"), _s(m, "item_id")),
-    "transcript.delta": lambda m: TranscriptDelta(_s(m, "response_id"), _s(m, "item_id"), _s(m, "delta")),
-    "transcript.done": lambda m: TranscriptDone(_s(m, "response_id"), _s(m, "item_id"), _s(m, "transcript")),
+        lambda m: InputTranscript(str_at(m, "item_id"), str_at(m, "transcript")),
+    "response.created": lambda m: ResponseCreated(str_at(m.get("response") or {}, "id")),
+    "audio.delta": lambda m: AudioDelta(str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "delta")),
+    "audio.done": lambda m: AudioDone(str_at(m, "response_id"), str_at(m, "item_id")),
+    "transcript.delta": lambda m: TranscriptDelta(str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "delta")),
+    "transcript.done":
+        lambda m: TranscriptDone(str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "transcript")),
     "response.function_call_arguments.done": lambda m: FunctionCall(
-        _s(m, "response_id"), _s(m, "item_id"), _s(m, "call_id"), _s(m, "name"), _s(m, "arguments")),
+        str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "call_id"), str_at(m, "name"),
+        str_at(m, "arguments")),
     "response.done": lambda m: ResponseDone(
-        _s(m.get("response") or {}, "id"), _s(m.get("response") or {}, "status") or "completed",
+        str_at(m.get("response") or {}, "id"), str_at(m.get("response") or {}, "status") or "completed",
         (m.get("response") or {}).get("usage")),
-    "conversation.item.truncated": lambda m: ItemTruncated(_s(m, "item_id"), _i(m, "audio_end_ms")),
+    "conversation.item.truncated": lambda m: ItemTruncated(str_at(m, "item_id"), int_at(m, "audio_end_ms")),
     "response.output_item.added": lambda m: OutputItemAdded(
-        _s(m, "response_id"), _s(m.get("item") or {}, "id"), _s(m.get("item") or {}, "type"),
-        _s(m.get("item") or {}, "name"), _s(m.get("item") or {}, "call_id")),
+        str_at(m, "response_id"), str_at(m.get("item") or {}, "id"), str_at(m.get("item") or {}, "type"),
+        str_at(m.get("item") or {}, "name"), str_at(m.get("item") or {}, "call_id")),
     "error": _decode_error,
 }
 
