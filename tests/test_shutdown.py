@@ -40,6 +40,13 @@ async def answer(client: httpx.AsyncClient, base: str, call_sid: str) -> str:
     return r.text
 
 
+async def serving(client: httpx.AsyncClient, base: str) -> bool:
+    try:
+        return (await client.get(base + "/healthz")).status_code == 200
+    except httpx.TransportError:  # not listening yet
+        return False
+
+
 async def healthz(client: httpx.AsyncClient, base: str, **expected) -> bool:
     health = (await client.get(base + "/healthz")).json()
     return all(health.get(k) == v for k, v in expected.items())
@@ -64,15 +71,7 @@ async def test_sigterm_drains_calls_then_ends_them_with_the_fallback():
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             async with httpx.AsyncClient() as client:
-                deadline = time.monotonic() + 20
-                while True:
-                    try:
-                        if (await client.get(base + "/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "server did not start"
-                    await asyncio.sleep(0.1)
+                await wait_until(lambda: serving(client, base), "the server to start", timeout=20)
                 short = caller(base, "CA" + "5" * 32, await answer(client, base, "CA" + "5" * 32), 1.0)  # ends in grace
                 long = caller(base, "CA" + "6" * 32, await answer(client, base, "CA" + "6" * 32), 6.0)  # outlives it
                 calls = [asyncio.create_task(short.run()), asyncio.create_task(long.run())]
@@ -146,15 +145,7 @@ async def test_sigterm_drains_every_worker_with_web_concurrency_2():
         try:
             fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
             async with httpx.AsyncClient(limits=fresh) as client:
-                deadline = time.monotonic() + 20
-                while True:
-                    try:
-                        if (await client.get(base + "/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "server did not start"
-                    await asyncio.sleep(0.1)
+                await wait_until(lambda: serving(client, base), "the server to start", timeout=20)
                 # Long calls until both workers carry some (the kernel picks the worker), and a short one.
                 calls, per_worker = [], {}
                 while len(calls) < 10 and sum(1 for n in per_worker.values() if n) < 2:
