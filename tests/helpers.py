@@ -94,7 +94,6 @@ def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict
     import uuid
 
     from telephony.offline.simulator import TwilioCallSimulator
-
     from telephony.serve.security import AGENT_STREAM, TRANSCRIPTION_STREAM
     from telephony.wire.twiml import TRANSCRIBE_STREAM_PATH
 
@@ -141,3 +140,12 @@ async def wait_until(condition, what: str, timeout: float = 10.0, every: float =
             return
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(every)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server started in another process."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

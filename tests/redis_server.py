@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import pytest
+from helpers import free_port
 
 
 class RedisServer:
@@ -22,9 +23,7 @@ class RedisServer:
                 pytest.fail("redis-server is not installed (REQUIRE_REDIS=1)")
             pytest.skip("redis-server is not installed")
         self.binary = binary
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc: subprocess.Popen | None = None
         self.tls = tls

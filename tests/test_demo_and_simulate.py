@@ -13,6 +13,7 @@ import wave
 import numpy as np
 import pytest
 from conftest import ROOT, running_app
+from helpers import free_port
 
 from telephony.offline.dial import parse_twiml, webhook_url
 from telephony.offline.wavfile import read_call, read_pcm8k
@@ -146,13 +147,10 @@ def test_any_wav_width_reads_as_8khz_mono(tmp_path):
 async def test_simulate_sip_plays_openais_side_of_a_sip_call(tmp_path):
     """`telephony simulate --sip` rings the running service with a signed webhook, answers with
     the local engine once accepted, and records the call: greeting, then an answer to the caller."""
-    import socket
 
     from telephony.offline.openai_sip_peer import new_webhook_secret
 
-    with socket.socket() as s:  # a free port for OpenAI's side, which the service must know first
-        s.bind(("127.0.0.1", 0))
-        peer_port = s.getsockname()[1]
+    peer_port = free_port()  # OpenAI's side: the service must know its port first
     secret, key = new_webhook_secret(), "sk-sim-sip"
     rate = 8000
     t = np.arange(int(rate * 4.0)) / rate

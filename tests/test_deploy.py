@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+from helpers import free_port
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
@@ -126,7 +127,6 @@ def test_serve_honours_port_workers_and_proxy_headers(workers):
     """The Procfile's command as Heroku runs it: PORT, WEB_CONCURRENCY, a router in front."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -134,9 +134,7 @@ def test_serve_honours_port_workers_and_proxy_headers(workers):
 
     from conftest import ROOT
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "WEB_CONCURRENCY": workers,
            "REALTIME_API_KEY": "k", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_SECONDS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=env, cwd=ROOT)

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -17,7 +16,7 @@ import xml.etree.ElementTree as ET
 import httpx
 from conftest import ROOT, running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
-from helpers import active_spans, simulated_call, ulaw_silence, ulaw_tone
+from helpers import active_spans, free_port, simulated_call, ulaw_silence, ulaw_tone
 from test_shared_state import TOKEN, sse_turns, until
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -26,12 +25,6 @@ from telephony.settings import Settings
 
 SECRET = "stream-secret-shared-by-instances"
 API_KEY = "sk-handoff-SECRET"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def texts_added(conn) -> list[tuple[str, str]]:

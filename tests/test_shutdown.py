@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
-from helpers import ulaw_silence, wait_until
+from helpers import free_port, ulaw_silence, wait_until
 from twilio.request_validator import RequestValidator
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -24,12 +23,6 @@ AUTH_TOKEN = "shutdown-SECRET-auth-token"
 GRACE_S = 1.5
 LATE = "CA" + "8" * 32  # call sids have Twilio's shape: the Twilio routes refuse any other
 SHORT = "CA" + "9" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def answer(client: httpx.AsyncClient, base: str, call_sid: str) -> str:
