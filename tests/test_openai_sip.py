@@ -229,6 +229,23 @@ def test_the_peer_signs_as_the_openai_package_verifies():
         client.webhooks.unwrap(body, sign_webhook(new_webhook_secret(), body, "wh_1", int(time.time())))
 
 
+async def test_an_oversized_webhook_gets_413_before_its_body_is_read(profile):
+    """Anyone can POST here before the signature is checked: a body announced as 1 GB is answered
+    from its header, and nothing of it is buffered (the same cap as Twilio's webhooks)."""
+    async with peer_for(Script()) as peer, running_app(app_settings(peer), profile) as (app, host):
+        address, port = host.split(":")
+        reader, writer = await asyncio.open_connection(address, int(port))
+        writer.write(f"POST /openai/sip HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {10 ** 9}\r\n\r\n{{".encode())
+        started = time.monotonic()
+        status = await asyncio.wait_for(reader.readline(), 2.0)
+        took = time.monotonic() - started
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert took < 1.0
+    assert all(c.accepts == 0 for c in peer.calls.values())
+
+
 @pytest.mark.parametrize("body,status,reason", [
     (b"not json", 400, "malformed webhook"),
     (json.dumps({"id": "evt_1", "type": "realtime.call.incoming", "created_at": 1, "data": {}}).encode(),

@@ -33,6 +33,7 @@ from telephony.ops.metrics import Metrics
 from telephony.serve import realtime_client
 from telephony.serve.limits import CallRegistry
 from telephony.serve.realtime_client import RealtimeTransport
+from telephony.serve.security import read_capped_body
 from telephony.serve.telemetry import CallObserver
 from telephony.serve.transcripts import TranscriptHub
 from telephony.settings import Settings
@@ -76,9 +77,9 @@ class OpenAISipRoute:
         return [Route(wire.OPENAI_SIP_PATH, self.webhook, methods=["POST"])]
 
     async def webhook(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BYTES:
-            return _error(413, f"webhook body over {MAX_WEBHOOK_BYTES} bytes")
+        body = await read_capped_body(request, MAX_WEBHOOK_BYTES)  # before verification: never buffered whole
+        if isinstance(body, Response):
+            return body
         try:
             event = self.client.webhooks.unwrap(body, request.headers)
         except openai.InvalidWebhookSignatureError as exc:

@@ -107,28 +107,16 @@ class WebhookGuard:
 async def _webhook_body_refusal(request: Request) -> Response | None:
     """None when the body is a small url-encoded form (what Twilio sends); else the 4xx to answer.
 
-    The size is checked before the body is read (Content-Length) and while it is read (chunked),
-    so an oversized body is never buffered; a multipart body (file parts) never reaches the
-    validator, which cannot sign files."""
+    An oversized body is never buffered (``read_capped_body``); a multipart body (file parts)
+    never reaches the validator, which cannot sign files."""
     if request.method != "POST":
         return None
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isascii() or not declared.isdigit()):
-        return PlainTextResponse("bad Content-Length", status_code=400)
-    if declared is not None and int(declared) > WEBHOOK_BODY_LIMIT:
-        return _too_large()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("", "application/x-www-form-urlencoded"):
         return PlainTextResponse("webhooks are application/x-www-form-urlencoded", status_code=400)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > WEBHOOK_BODY_LIMIT:
-                return _too_large()
-    except ClientDisconnect:
-        return PlainTextResponse("client went away", status_code=400)
-    request._body = bytes(body)  # Starlette's own cache: form() parses these bytes, read once
+    body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
+    if isinstance(body, Response):
+        return body
     form = await request.form()
     if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
         return PlainTextResponse("webhooks carry no files", status_code=400)
@@ -138,9 +126,31 @@ async def _webhook_body_refusal(request: Request) -> Response | None:
     return None
 
 
-def _too_large() -> Response:
+async def read_capped_body(request: Request, limit: int) -> bytes | Response:
+    """The request's body, or the 4xx to answer when it is over ``limit`` bytes.
+
+    The size is checked before the body is read (Content-Length) and while it is read (chunked),
+    so an oversized body from anyone on the internet is never buffered."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isascii() or not declared.isdigit()):
+        return PlainTextResponse("bad Content-Length", status_code=400)
+    if declared is not None and int(declared) > limit:
+        return _too_large(limit)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _too_large(limit)
+    except ClientDisconnect:
+        return PlainTextResponse("client went away", status_code=400)
+    request._body = bytes(body)  # Starlette's own cache: body() and form() use these bytes, read once
+    return request._body
+
+
+def _too_large(limit: int) -> Response:
     # The rest of the body is never read: the connection closes after the answer.
-    return PlainTextResponse(f"body over {WEBHOOK_BODY_LIMIT} bytes", status_code=413, headers={"Connection": "close"})
+    return PlainTextResponse(f"body over {limit} bytes", status_code=413, headers={"Connection": "close"})
 
 
 # --- Stream tokens ---
