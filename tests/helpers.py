@@ -89,7 +89,7 @@ def active_spans(ulaw: bytes, frame: int = 160, threshold: float = 200.0) -> lis
 
 def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict[str, str] | None = None,
                    path: str = "/twilio/media-stream", **kwargs):
-    """A simulated caller whose stream carries the token the app's TwiML would have given it."""
+    """A simulated caller on the URL, and with the token, that the app's TwiML would have given it."""
     import time
     import uuid
 
@@ -100,8 +100,21 @@ def simulated_call(app, host: str, call_sid: str | None = None, parameters: dict
     call_sid = call_sid or "CA" + uuid.uuid4().hex
     purpose = TRANSCRIPTION_STREAM if path == TRANSCRIBE_STREAM_PATH else AGENT_STREAM  # tokens name their route
     signed = app.state.stream_tokens.with_token({"call_sid": call_sid, **(parameters or {})}, time.time(), purpose)
-    return TwilioCallSimulator(f"ws://{host}{path}", call_sid=call_sid,
+    return TwilioCallSimulator(stream_url(app, host, call_sid, path), call_sid=call_sid,
                                custom_parameters=signed, **kwargs)
+
+
+def stream_url(app, host: str, call_sid: str, path: str = "/twilio/media-stream") -> str:
+    """The signed URL the app's TwiML names for ``call_sid``'s stream on ``path`` (its route), on
+    loopback: the only one the app accepts a socket on."""
+    import time
+
+    from telephony.serve.security import AGENT_STREAM, TRANSCRIPTION_STREAM
+    from telephony.serve.stream_paths import signed_stream_url
+    from telephony.wire.twiml import TRANSCRIBE_STREAM_PATH
+
+    purpose = TRANSCRIPTION_STREAM if path == TRANSCRIBE_STREAM_PATH else AGENT_STREAM
+    return signed_stream_url(f"ws://{host}{path}", app.state.stream_tokens, purpose, call_sid, time.time())
 
 
 async def twilio_post(host: str, path: str, form: dict[str, str], auth_token: str | None = None,

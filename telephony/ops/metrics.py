@@ -110,6 +110,11 @@ class Metrics:
             "route, controlled over the sideband)", ["route"], registry=r)
         self.calls = Counter("telephony_calls", "Calls ended, by outcome (normal or abnormal)",
                              ["outcome"], registry=r)
+        self.streams_refused = Counter(
+            "telephony_streams_refused", "Media stream sockets refused, by route (agent, transcription) and "
+            "reason: at the handshake for their URL (missing_path, bad_path, expired_path, wrong_route_path, "
+            "route_off), or with a valid URL (call_pending, pending_limit, no_start, bad_start, token_reused, "
+            "call_streaming, busy)", ["route", "reason"], registry=r)
         self.realtime_errors = Counter("telephony_realtime_errors", "Realtime error events, by code",
                                        ["code"], registry=r)
         self.barge_ins = Counter("telephony_barge_ins", "Caller interruptions of the agent", registry=r)

@@ -6,6 +6,12 @@ sends one at once; ``connected`` and anything else do not extend the deadline), 
 the call sid it names exists (call registry, transcript feed, call record): its sid must have
 Twilio's shape, its token must be signed for this route, unused, and no other stream may be
 serving that call. A refused stream is closed with 1008 and counted as refused.
+
+Before all that, the socket's URL must carry a signed path segment for this route
+(``stream_paths``): a socket without one is refused before it is accepted (HTTP 403) and never
+holds a pending slot, so no number of them can keep a real caller out. The pool holds only
+sockets on a URL we issued, at most one per call, and the ``start`` must be for that call.
+Every refusal is counted by route and reason (``on_refused``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from starlette.websockets import WebSocket
 from telephony.serve.claims import Claims
 from telephony.serve.direct_lane import payload
 from telephony.serve.security import StreamTokens, VerifiedToken, valid_call_sid
+from telephony.serve.stream_paths import PathRefusal, check_segment
 from telephony.wire import twilio as tw
 
 log = logging.getLogger("telephony.admission")
@@ -31,40 +38,70 @@ TRY_AGAIN_LATER = 1013
 STREAM_CLAIM_TTL_S = 24 * 3600.0
 
 
+# Why a socket with a valid URL was refused (PATH_REFUSALS in stream_paths: why one without was).
+CALL_PENDING = "call_pending"  # another socket on this call's URL is already waiting for its start
+PENDING_LIMIT = "pending_limit"
+NO_START = "no_start"
+BAD_START = "bad_start"  # not Twilio's call sid, a bad token, or a start for another call than the URL's
+TOKEN_REUSED = "token_reused"
+CALL_STREAMING = "call_streaming"  # another stream is serving the call
+
+
 class StreamGate:
     def __init__(self, tokens: StreamTokens, claims: Claims, *, start_timeout_s: float, max_pending: int,
-                 max_message_bytes: int, on_refused: Callable[[str], None] = lambda reason: None) -> None:
+                 max_message_bytes: int,
+                 on_refused: Callable[[str, str], None] = lambda route, reason: None) -> None:
         self.tokens = tokens
         self.claims = claims
         self.start_timeout_s = start_timeout_s
         self.max_pending = max_pending
         self.max_message_bytes = max_message_bytes
-        self.on_refused = on_refused  # told "pending_limit", "no_start" or "bad_start"
-        self.pending = 0
+        self.on_refused = on_refused  # told the route (purpose) and the reason, one of the names above
+        self.waiting: set[tuple[str, str]] = set()  # (purpose, call sid) of the pending sockets
 
-    async def admit(self, ws: WebSocket, purpose: str) -> tw.Start | None:
-        """Accepts the socket and returns its verified ``start``; None when it was refused (closed)."""
+    @property
+    def pending(self) -> int:
+        return len(self.waiting)
+
+    async def admit(self, ws: WebSocket, purpose: str, segment: str | None) -> tw.Start | None:
+        """Accepts the socket and returns its verified ``start``; None when it was refused (closed).
+        ``segment``: the signed path segment of the socket's URL (None: the bare route)."""
+        path = check_segment(self.tokens, segment, purpose, time.time())
+        if isinstance(path, PathRefusal):
+            log.warning("stream refused at the handshake from %s: %s", ws.client.host if ws.client else "?",
+                        path.detail)
+            return await self._refuse_handshake(ws, purpose, path.reason)
+        waiting = (purpose, path.call_sid)
+        if waiting in self.waiting:
+            log.warning("call %s: stream refused: another socket on its URL is waiting for its start",
+                        path.call_sid)
+            return await self._refuse_handshake(ws, purpose, CALL_PENDING)
         if self.pending >= self.max_pending:
             log.warning("stream refused: %d streams are already waiting for their start", self.pending)
-            self.on_refused("pending_limit")
-            await _close(ws, TRY_AGAIN_LATER)  # before the handshake completes: HTTP 403
-            return None
-        self.pending += 1
+            return await self._refuse_handshake(ws, purpose, PENDING_LIMIT, TRY_AGAIN_LATER)
+        self.waiting.add(waiting)
         try:
             await ws.accept()
             start = await self._first_start(ws)
             if start is None:
-                self.on_refused("no_start")
+                self.on_refused(purpose, NO_START)
                 return None
-            refused = await self._refusal(start, purpose)
+            refused = await self._refusal(start, purpose, path.call_sid)
             if refused:
-                log.warning("call %s: stream refused: %s", start.call_sid, refused)
-                self.on_refused("bad_start")
+                reason, why = refused
+                log.warning("call %s: stream refused: %s", start.call_sid, why)
+                self.on_refused(purpose, reason)
                 await _close(ws, POLICY_VIOLATION, "stream refused")
                 return None
             return start
         finally:
-            self.pending -= 1
+            self.waiting.discard(waiting)
+
+    async def _refuse_handshake(self, ws: WebSocket, purpose: str, reason: str,
+                                code: int = POLICY_VIOLATION) -> None:
+        self.on_refused(purpose, reason)
+        await _close(ws, code)  # before the handshake completes: HTTP 403
+        return None
 
     async def release(self, start: tw.Start, purpose: str) -> None:
         """The admitted stream is over: its call may be streamed again (with a new token)."""
@@ -96,17 +133,20 @@ class StreamGate:
             if isinstance(event, tw.Media):
                 log.warning("call ?: media before start dropped (no call sid yet)")
 
-    async def _refusal(self, start: tw.Start, purpose: str) -> str | None:
+    async def _refusal(self, start: tw.Start, purpose: str, url_call_sid: str) -> tuple[str, str] | None:
+        """(reason, why) when the start is refused; None when it opens the call."""
         if not valid_call_sid(start.call_sid):
-            return "the call sid is not Twilio's (CA + 32 hex digits)"
+            return BAD_START, "the call sid is not Twilio's (CA + 32 hex digits)"
+        if start.call_sid != url_call_sid:
+            return BAD_START, "the stream's URL was issued for another call"
         now = time.time()
         checked = self.tokens.check(start.custom_parameters, start.call_sid, now, purpose)
         if not isinstance(checked, VerifiedToken):
-            return checked
+            return BAD_START, checked
         if not await self.claims.claim(f"token:{checked.mac}", checked.expires - now + 1.0):
-            return "stream token was already used"
+            return TOKEN_REUSED, "stream token was already used"
         if not await self.claims.claim(stream_claim_key(purpose, start.call_sid), STREAM_CLAIM_TTL_S):
-            return "another stream is already serving this call"
+            return CALL_STREAMING, "another stream is already serving this call"
         return None
 
 

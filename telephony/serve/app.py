@@ -46,6 +46,7 @@ from telephony.serve.security import (
     stream_key,
 )
 from telephony.serve.shared_state import call_entry, make_state
+from telephony.serve.stream_paths import PATH_REFUSALS, signed_stream_url
 from telephony.serve.telemetry import CallObserver
 from telephony.serve.tools import ToolRunner
 from telephony.serve.transcripts import TranscriptHub
@@ -71,6 +72,7 @@ from telephony.wire.twiml import (
 
 log = logging.getLogger("telephony.app")
 
+ROUTE_OFF = "route_off"  # a refused transcription stream while FORWARD_TO_NUMBER is unset
 OUTBOUND_URL_TTL_S = 600  # an outbound call's answer URL must outlive its ringing
 
 
@@ -110,7 +112,13 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     gate = StreamGate(tokens, claims or state, start_timeout_s=settings.stream_start_timeout_seconds,
                       max_pending=settings.max_pending_streams or settings.max_concurrent_calls or 50,
                       max_message_bytes=settings.max_message_bytes,
-                      on_refused=lambda reason: metrics.calls.labels("refused").inc())
+                      on_refused=lambda route, reason: stream_refused(route, reason))
+
+    def stream_refused(route: str, reason: str) -> None:
+        metrics.streams_refused.labels(route, reason).inc()
+        if reason not in PATH_REFUSALS and reason != ROUTE_OFF:
+            metrics.calls.labels("refused").inc()  # a stream on a URL we issued that never became a call
+
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url, state)
     pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
@@ -151,8 +159,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return Response(text, media_type="application/xml")
 
     def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
-        """<Connect><Stream> whose parameters carry a token bound to this call."""
-        url = websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH)
+        """<Connect><Stream> to this call's signed URL, whose parameters carry a token bound to the call."""
+        url = signed_stream_url(websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH), tokens,
+                                AGENT_STREAM, parameters.get("call_sid", ""), time.time())
         fallback = profiles.named(parameters.get("profile", "")).fallback
         return xml(connect_stream(url, tokens.with_token(parameters, time.time()), fallback))
 
@@ -225,15 +234,17 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         form = await request.form()
         parameters = {"call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
                       "to": str(form.get("To", ""))}
-        url = websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH)
-        signed = tokens.with_token(parameters, time.time(), TRANSCRIPTION_STREAM)
+        now = time.time()
+        url = signed_stream_url(websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH), tokens,
+                                TRANSCRIPTION_STREAM, parameters["call_sid"], now)
+        signed = tokens.with_token(parameters, now, TRANSCRIPTION_STREAM)
         return xml(fork_and_dial(url, signed, settings.forward_to_number))
 
     # --- Media streams ---
 
     async def media_stream(ws: WebSocket) -> None:
         log_ids = logs.bind_call()
-        if (start := await gate.admit(ws, AGENT_STREAM)) is None:
+        if (start := await gate.admit(ws, AGENT_STREAM, ws.path_params.get("segment"))) is None:
             return
         call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
@@ -272,12 +283,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def transcribe_stream(ws: WebSocket) -> None:
         logs.bind_call()
         if not settings.forward_to_number:
+            stream_refused(TRANSCRIPTION_STREAM, ROUTE_OFF)
             await ws.close(1008)  # no TwiML of ours starts this stream: refused at the handshake
             return
-        if (start := await gate.admit(ws, TRANSCRIPTION_STREAM)) is None:
+        if (start := await gate.admit(ws, TRANSCRIPTION_STREAM, ws.path_params.get("segment"))) is None:
             return
         if busy := calls.accepting():
             log.warning("call %s: transcription stream refused: %s", start.call_sid, busy)
+            stream_refused(TRANSCRIPTION_STREAM, "busy")
             await ws.close(1013)
             await gate.release(start, TRANSCRIPTION_STREAM)
             return
@@ -387,7 +400,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route(STATUS_CALLBACK_PATH, signed(status_callback), methods=["POST"]),
         Route(AMD_CALLBACK_PATH, signed(amd_callback), methods=["POST"]),
         Route(TRANSCRIBE_AND_FORWARD_PATH, signed(transcribe_and_forward), methods=["POST"]),
+        # The signed URL, and the bare one (refused with its reason: no TwiML of ours names it).
+        WebSocketRoute(MEDIA_STREAM_PATH + "/{segment:path}", media_stream),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
+        WebSocketRoute(TRANSCRIBE_STREAM_PATH + "/{segment:path}", transcribe_stream),
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),

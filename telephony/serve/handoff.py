@@ -2,7 +2,7 @@
 
 The old instance saves the call (conversation so far, transcript, per-call settings) in the shared
 state under its call sid, with a TTL, then updates the live Twilio call with new TwiML: a
-``<Connect><Stream>`` to PUBLIC_URL with a signed token, as for any stream, and ``resume``. Twilio
+``<Connect><Stream>`` to the call's signed URL on PUBLIC_URL with a signed token, as for any stream, and ``resume``. Twilio
 stops the old stream and opens the new one, on whichever instance its router picks; there the
 bridge fetches the saved call while the Realtime handshake runs, and the new session gets the
 conversation instead of a greeting, as after a Realtime reconnect. The caller hears a short pause.
@@ -22,6 +22,7 @@ from telephony.serve.admission import stream_claim_key
 from telephony.serve.bridge import Bridge
 from telephony.serve.security import AGENT_STREAM, StreamTokens
 from telephony.serve.shared_state import LocalState, RedisState
+from telephony.serve.stream_paths import signed_stream_url
 from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.wire.twiml import connect_stream
@@ -60,7 +61,9 @@ class Handoff:
         if not await self.state.put(handoff_key(sid), saved, self.ttl_s):
             return self._failed(sid, "its state could not be saved")
         parameters = {**call.parameters, "call_sid": sid, RESUME: "1"}
-        twiml = connect_stream(self.stream_url, self.tokens.with_token(parameters, time.time()), self.fallback)
+        now = time.time()
+        url = signed_stream_url(self.stream_url, self.tokens, AGENT_STREAM, sid, now)  # the route's URL, this call's
+        twiml = connect_stream(url, self.tokens.with_token(parameters, now), self.fallback)
         bridge.handed_over = True  # before the update: Twilio may stop this stream before it answers
         # The new stream (same call sid) usually opens before this one ends: let it claim the call.
         await self.state.release(stream_claim_key(AGENT_STREAM, sid))
