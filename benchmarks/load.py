@@ -77,16 +77,18 @@ async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> Non
     import uuid
 
     from telephony.offline.simulator import TwilioCallSimulator
-    from telephony.serve.security import StreamTokens
+    from telephony.serve.security import AGENT_STREAM, StreamTokens
+    from telephony.serve.stream_paths import signed_stream_url
 
     rng = random.Random(8)
-    # The server shares STREAM_SECRET with us, so each caller carries the token its TwiML would.
+    # The server shares STREAM_SECRET with us, so each caller has the URL and token its TwiML would.
     tokens = StreamTokens(STREAM_SECRET.encode(), 3600)
 
     async def one(i: int) -> dict:
         await asyncio.sleep(ramp * i / calls)
         sid = "CA" + uuid.uuid4().hex
-        sim = TwilioCallSimulator(url, caller_audio=caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
+        sim = TwilioCallSimulator(signed_stream_url(url, tokens, AGENT_STREAM, sid, time.time()),
+                                  caller_audio=caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
                                   duration_s=seconds, call_sid=sid,
                                   custom_parameters=tokens.with_token({"call_sid": sid}, time.time()))
         try:

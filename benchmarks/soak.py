@@ -29,6 +29,8 @@ from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer  
 from telephony.offline.simulator import TwilioCallSimulator  # noqa: E402
 from telephony.serve.app import create_app  # noqa: E402
 from telephony.serve.direct_lane import DirectWebSocketProtocol  # noqa: E402
+from telephony.serve.security import AGENT_STREAM  # noqa: E402
+from telephony.serve.stream_paths import signed_stream_url  # noqa: E402
 from telephony.settings import Settings  # noqa: E402
 
 CALL_S = 0.06  # three 20 ms frames: a very short call that still opens both sockets
@@ -82,7 +84,9 @@ async def serving(settings: Settings):
 async def one_call(app, host: str, n: int, call_s: float = CALL_S) -> None:
     call_sid = f"CA{n:032x}"  # Twilio's shape: the media stream refuses any other
     params = app.state.stream_tokens.with_token({"call_sid": call_sid}, time.time())
-    sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=call_sid,
+    url = signed_stream_url(f"ws://{host}/twilio/media-stream", app.state.stream_tokens, AGENT_STREAM, call_sid,
+                            time.time())  # the URL the TwiML would name
+    sim = TwilioCallSimulator(url, call_sid=call_sid,
                               custom_parameters=params, caller_audio=b"\xff" * int(8000 * call_s),
                               duration_s=call_s)
     result = await sim.run()

@@ -131,6 +131,19 @@ async def twilio_post(host: str, path: str, form: dict[str, str], auth_token: st
         return await client.post(f"http://{host}{path}", data=form, headers=headers)
 
 
+def stream_from_twiml(twiml: str, host: str | None = None) -> tuple[str, dict[str, str]]:
+    """The <Stream url> and <Parameter>s of a TwiML answer, as Twilio reads them; with ``host``,
+    the URL's scheme and host moved to ws://host (what a proxy in front of the app would do)."""
+    import urllib.parse
+    import xml.etree.ElementTree as ET
+
+    stream = next(ET.fromstring(twiml).iter("Stream"))
+    url = stream.get("url", "")
+    if host is not None:
+        url = urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(scheme="ws", netloc=host))
+    return url, {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
+
+
 def stream_parameters(twiml: str) -> dict[str, str]:
     import xml.etree.ElementTree as ET
 

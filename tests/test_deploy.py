@@ -151,7 +151,7 @@ def test_serve_honours_port_workers_and_proxy_headers(workers):
             f"http://127.0.0.1:{port}/twilio/voice", data=b"CallSid=CA" + b"1" * 32 + b"&From=%2B15551230000",
             headers={"X-Forwarded-Proto": "https", "Host": "my-app.herokuapp.com"})
         twiml = urllib.request.urlopen(request, timeout=5).read().decode()
-        assert '<Stream url="wss://my-app.herokuapp.com/twilio/media-stream">' in twiml
+        assert '<Stream url="wss://my-app.herokuapp.com/twilio/media-stream/s1.' in twiml
         children = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True,
                                   text=True).stdout.split()
         # the workers (multiprocessing may add a helper process of its own)

@@ -127,8 +127,10 @@ async def test_a_caller_side_that_stops_reading_is_dropped_not_waited_for_foreve
     import socket
     import time
     import uuid
+    from urllib.parse import urlsplit
 
     from conftest import running_app
+    from helpers import stream_url
 
     from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
     from telephony.settings import Settings
@@ -145,7 +147,9 @@ async def test_a_caller_side_that_stops_reading_is_dropped_not_waited_for_foreve
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
             sock.connect((h, int(p)))
             key = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall(f"GET /twilio/media-stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            sid = "CA" + uuid.uuid4().hex
+            path = urlsplit(stream_url(app, host, sid)).path
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                          "Sec-WebSocket-Version: 13\r\n\r\n".encode())
             sock.setblocking(False)
@@ -153,7 +157,6 @@ async def test_a_caller_side_that_stops_reading_is_dropped_not_waited_for_foreve
             while b"\r\n\r\n" not in response:  # the 101, before any frame (as a client must)
                 response += await asyncio.get_running_loop().sock_recv(sock, 4096)
             assert response.startswith(b"HTTP/1.1 101")
-            sid = "CA" + uuid.uuid4().hex
             params = app.state.stream_tokens.with_token({"call_sid": sid}, time.time())
             send = asyncio.get_running_loop().sock_sendall
             await send(sock, frame({"event": "connected", "protocol": "Call", "version": "1.0.0"}))

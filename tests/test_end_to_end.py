@@ -38,7 +38,7 @@ async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
                                   headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
     xml = r.text
-    assert '<Stream url="wss://bridge.example.com/twilio/media-stream">' in xml
+    assert '<Stream url="wss://bridge.example.com/twilio/media-stream/s1.' in xml
     assert '<Parameter name="from" value="+15551230000" />' in xml
     assert xml.index("</Connect>") < xml.index("<Say>") and profile.fallback in xml
 

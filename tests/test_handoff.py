@@ -95,7 +95,8 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
           f"caller's stream down {stream_up_s:.3f} s (A's stream stopped → B's stream open); "
           f"B's model live with the conversation {session_up_s:.3f} s after A's stream stopped")
     assert code in (0, -signal.SIGTERM), log_a
-    assert updated_sid == sid and stream.get("url") == f"ws://{host_b}/twilio/media-stream"
+    assert updated_sid == sid and stream.get("url").startswith(f"ws://{host_b}/twilio/media-stream/s1.")
+    assert sid in stream.get("url")  # the call's own signed URL, which B admitted
     assert parameters["resume"] == "1" and parameters["from"] == "+15550001111" and parameters["token"]
     assert f"call {sid}: handed over to a new stream" in log_a and "shutting down: ending" not in log_a
     assert API_KEY not in log_a and AUTH_TOKEN not in log_a

@@ -138,7 +138,7 @@ async def test_with_public_url_set_the_request_host_is_never_trusted():
             good = await client.post(f"http://{host}/twilio/voice", data=FORM, headers={
                 "Host": "evil.example", "X-Twilio-Signature": signature(PUBLIC + "/twilio/voice", FORM)})
     assert evil.status_code == 403
-    assert good.status_code == 200 and 'url="wss://bridge.example.com/twilio/media-stream"' in good.text
+    assert good.status_code == 200 and 'url="wss://bridge.example.com/twilio/media-stream/' in good.text
 
 
 async def test_without_public_url_x_forwarded_host_is_not_trusted_and_a_warning_is_logged(caplog):
@@ -162,7 +162,7 @@ async def test_x_forwarded_proto_counts_only_from_forwarded_allow_ips():
         async with httpx.AsyncClient() as client:
             r = await client.post(f"http://{host}/twilio/voice", data=FORM, headers={
                 "Host": "bridge.example.com", "X-Forwarded-Proto": "https"})
-    assert 'url="ws://bridge.example.com/twilio/media-stream"' in r.text  # not wss: 127.0.0.1 is not a proxy
+    assert 'url="ws://bridge.example.com/twilio/media-stream/' in r.text  # not wss: 127.0.0.1 is not a proxy
 
 
 @pytest.mark.parametrize("public_url, host_header", [(PUBLIC, "evil.example"), (None, "bridge.example.com")])

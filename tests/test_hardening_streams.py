@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 from conftest import running_app
-from helpers import simulated_call, ulaw_silence, ulaw_tone
+from helpers import simulated_call, stream_url, ulaw_silence, ulaw_tone
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.offline.simulator import TwilioCallSimulator
@@ -71,12 +71,11 @@ async def get(host: str, path: str, **kwargs) -> httpx.Response:
 async def test_sockets_without_a_start_neither_count_as_calls_nor_outlive_the_deadline():
     async with ScriptedRealtimeServer() as server, running_app(settings_for(
             server, max_concurrent_calls=2, stream_start_timeout_seconds=0.6, max_pending_streams=3)) as (app, host):
-        url = f"ws://{host}/twilio/media-stream"
         keepalive = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
         async def idler() -> tuple[int, float]:
             opened = time.monotonic()
-            async with websockets.connect(url) as ws:
+            async with websockets.connect(stream_url(app, host, new_sid())) as ws:  # each its call's URL
                 try:
                     while True:  # a keepalive every 100 ms does not extend the deadline
                         await ws.send(keepalive)
@@ -96,7 +95,7 @@ async def test_sockets_without_a_start_neither_count_as_calls_nor_outlive_the_de
         assert (await get(host, "/healthz")).json()["active_calls"] == 0
         # A fourth pending socket is over their own cap: refused at the handshake.
         with pytest.raises(websockets.InvalidStatus):
-            async with websockets.connect(url):
+            async with websockets.connect(stream_url(app, host, new_sid())):
                 pass
         results = await asyncio.gather(*idlers)
         # And a real call is served once they are gone.
@@ -125,7 +124,7 @@ async def test_a_refused_start_leaves_the_named_calls_feed_and_record_alone(tmp_
                 headers={"Authorization": f"Bearer {CALLS_TOKEN}"}) as feed:
             assert feed.status_code == 200
             forged = {"call_sid": sid, "token": "v2.9999999999.forged"}
-            assert await close_code_after_start(f"ws://{host}/twilio/media-stream", sid, forged) == 1008
+            assert await close_code_after_start(stream_url(app, host, sid), sid, forged) == 1008
             # The feed did not end: nothing arrives on it, and the call is still followed.
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(feed.aiter_bytes().__anext__(), 0.3)
@@ -141,8 +140,8 @@ async def test_a_refused_start_leaves_the_named_calls_feed_and_record_alone(tmp_
 async def test_a_token_opens_one_stream_and_a_call_has_one_stream_at_a_time():
     async with ScriptedRealtimeServer(Script(respond_to_turns=False)) as server, \
             running_app(settings_for(server)) as (app, host):
-        url = f"ws://{host}/twilio/media-stream"
         sid = new_sid()
+        url = stream_url(app, host, sid)
         params = app.state.stream_tokens.with_token({"call_sid": sid}, time.time())
         first = TwilioCallSimulator(url, call_sid=sid, custom_parameters=params, caller_audio=ulaw_silence(1.5))
         running = asyncio.create_task(first.run())
@@ -169,7 +168,7 @@ async def test_a_token_is_accepted_only_on_its_own_route(purpose, path, caplog):
             running_app(settings_for(server, forward_to_number="+15550009999")) as (app, host):
         sid = new_sid()
         params = app.state.stream_tokens.with_token({"call_sid": sid}, time.time(), purpose)
-        code = await close_code_after_start(f"ws://{host}{path}", sid, params)
+        code = await close_code_after_start(stream_url(app, host, sid, path), sid, params)
     assert code == 1008
     assert server.connections == []
     assert f"token was issued for the {purpose} route" in caplog.text
@@ -189,7 +188,7 @@ async def test_a_stream_token_is_not_an_outbound_answer_token():
 async def test_transcription_stream_is_refused_when_forwarding_is_off():
     async with ScriptedRealtimeServer() as server, running_app(settings_for(server)) as (app, host):
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(f"ws://{host}/twilio/transcribe-stream"):
+            async with websockets.connect(stream_url(app, host, new_sid(), "/twilio/transcribe-stream")):
                 pass
     assert refused.value.response.status_code == 403
 
@@ -198,7 +197,8 @@ async def test_silent_transcription_streams_are_closed_at_the_start_deadline():
     async with ScriptedRealtimeServer() as server, running_app(settings_for(
             server, forward_to_number="+15550009999", stream_start_timeout_seconds=0.5)) as (app, host):
         started = time.monotonic()
-        sockets = [await websockets.connect(f"ws://{host}/twilio/transcribe-stream") for _ in range(5)]
+        sockets = [await websockets.connect(stream_url(app, host, new_sid(), "/twilio/transcribe-stream"))
+                   for _ in range(5)]
         for ws in sockets:
             await ws.wait_closed()
         took = time.monotonic() - started
@@ -224,7 +224,7 @@ async def test_a_mark_named_with_a_superscript_digit_is_dropped_and_the_call_goe
 async def test_a_token_with_a_non_ascii_expiry_is_refused_with_1008(token):
     async with ScriptedRealtimeServer() as server, running_app(settings_for(server)) as (app, host):
         sid = new_sid()
-        code = await close_code_after_start(f"ws://{host}/twilio/media-stream", sid,
+        code = await close_code_after_start(stream_url(app, host, sid), sid,
                                             {"call_sid": sid, "token": token})
     assert code == 1008
 
@@ -237,7 +237,8 @@ async def test_a_start_whose_call_sid_is_not_twilios_is_refused(sid, tmp_path):
     async with ScriptedRealtimeServer() as server, \
             running_app(settings_for(server, call_records_dir=tmp_path)) as (app, host):
         params = app.state.stream_tokens.with_token({"call_sid": sid}, time.time())  # even well signed
-        code = await close_code_after_start(f"ws://{host}/twilio/media-stream", sid, params)
+        # (A URL names a Twilio call sid only: this start comes on a valid URL, for another call.)
+        code = await close_code_after_start(stream_url(app, host, new_sid()), sid, params)
     assert code == 1008
     assert list(tmp_path.iterdir()) == []
     assert server.connections == []

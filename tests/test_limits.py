@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 from conftest import running_app
-from helpers import simulated_call, ulaw_silence
+from helpers import simulated_call, stream_url, ulaw_silence
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.settings import Settings, SettingsError
@@ -50,7 +50,7 @@ async def test_stream_that_goes_quiet_is_ended(caplog):
     async with ScriptedRealtimeServer(Script(respond_to_turns=False)) as server, \
             running_app(settings_for(server, media_timeout_seconds=0.5)) as (app, host):
         params = app.state.stream_tokens.with_token({"call_sid": QUIET_SID}, time.time())
-        async with websockets.connect(f"ws://{host}/twilio/media-stream") as ws:
+        async with websockets.connect(stream_url(app, host, QUIET_SID)) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(json.dumps({"event": "start", "streamSid": "MZq", "start": {
                 "streamSid": "MZq", "callSid": QUIET_SID, "accountSid": "AC1", "tracks": ["inbound"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import websockets
 from conftest import running_app
-from helpers import simulated_call, ulaw_silence, wait_until
+from helpers import simulated_call, stream_url, ulaw_silence, wait_until
 from test_bad_input import closed, delta, settings_for
 from test_operations import samples
 
@@ -28,7 +28,7 @@ async def test_realtime_errors_and_abnormal_and_unstarted_calls_are_counted():
         result = await simulated_call(app, host, caller_audio=ulaw_silence(3.0), hang_up=False).run()
         await closed(server)
         assert result.closed_by_bridge_at is not None
-        async with websockets.connect(f"ws://{host}/twilio/media-stream") as ws:  # gone before start
+        async with websockets.connect(stream_url(app, host, "CA" + "3" * 32)) as ws:  # gone before start
             await ws.close()
         # A stream is a call only once its start is verified: one gone before start is refused.
         refused = ("telephony_calls_total", (("outcome", "refused"),))

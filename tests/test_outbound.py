@@ -15,6 +15,7 @@ from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
 from helpers import (
     simulated_call,
     stream_parameters,
+    stream_url,
     twilio_post,
     ulaw_silence,
     ulaw_tone,
@@ -74,11 +75,11 @@ async def test_place_call_carries_signed_overrides_to_the_stream(profile):
         refused = await twilio_post(host, f"{url.path}?{forged}", {"CallSid": "CA" + "7" * 32}, AUTH_TOKEN)
         assert refused.status_code == 403
         # The stream Twilio opens with those parameters configures the model with the overrides.
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "7" * 32,
+        sim = TwilioCallSimulator(stream_url(app, host, "CA" + "7" * 32), call_sid="CA" + "7" * 32,
                                   custom_parameters=params, duration_s=1.0)
         await sim.run()
         # ...and the same parameters, tampered with, are refused before any upstream is opened.
-        tampered = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "7" * 32,
+        tampered = TwilioCallSimulator(stream_url(app, host, "CA" + "7" * 32), call_sid="CA" + "7" * 32,
                                        custom_parameters={**params, "voice": "ash"}, duration_s=1.0)
         result = await tampered.run()
     assert result.close_code == 1008
@@ -277,7 +278,7 @@ async def test_an_empty_greeting_places_a_call_whose_agent_waits_for_the_callee(
         r = await post_call(host, {"to": "+15552223333", "greeting": ""})
         assert r.status_code == 201, r.text
         params = await answered_stream_parameters(host, fake)
-        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "8" * 32,
+        await TwilioCallSimulator(stream_url(app, host, "CA" + "8" * 32), call_sid="CA" + "8" * 32,
                                   custom_parameters=params, duration_s=1.0).run()
     assert params["silent_start"] == "1" and "greeting" not in params
     (conn,) = server.connections
@@ -302,7 +303,7 @@ async def test_a_call_may_name_its_profile_and_otherwise_gets_the_one_listing_it
         named = await answered_stream_parameters(host, fake)
         assert (await post_call(host, {"to": "+15552223333"})).status_code == 201  # from +15550001111
         by_from = await answered_stream_parameters(host, fake)
-        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "8" * 32,
+        await TwilioCallSimulator(stream_url(app, host, "CA" + "8" * 32), call_sid="CA" + "8" * 32,
                                   custom_parameters=named, duration_s=0.8).run()
     assert named["profile"] == "surveys" and by_from["profile"] == "reminders"
     assert server.connections[0].of_type("session.update")[0]["session"]["instructions"] == "Surveys."

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from conftest import running_app
-from helpers import ulaw_silence
+from helpers import stream_from_twiml, stream_url, ulaw_silence
 from twilio.request_validator import RequestValidator
 
 from telephony.offline.scripted_realtime import ScriptedRealtimeServer
@@ -147,8 +147,9 @@ async def test_validation_can_be_turned_off_for_local_development(caplog):
 async def test_stream_with_token_from_the_twiml_is_served():
     async with ScriptedRealtimeServer() as server, running_app(secure_settings(server)) as (app, host):
         r = await post_voice(host, headers={**PROXY, "X-Twilio-Signature": sign(PUBLIC + "/twilio/voice", FORM)})
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=FORM["CallSid"],
-                                  custom_parameters=stream_parameters(r.text), caller_audio=ulaw_silence(0.5))
+        url, parameters = stream_from_twiml(r.text, host)
+        sim = TwilioCallSimulator(url, call_sid=FORM["CallSid"], custom_parameters=parameters,
+                                  caller_audio=ulaw_silence(0.5))
         result = await sim.run()
     assert result.close_code in (None, 1000)  # we hung up first
     assert len(server.connections) == 1 and server.connections[0].of_type("input_audio_buffer.append")
@@ -178,7 +179,7 @@ async def test_bad_stream_tokens_close_with_1008_before_any_upstream(case, caplo
         params = tokens.with_token({"call_sid": FORM["CallSid"], "from": FORM["From"]}, issued)
         params, call_sid = (params, FORM["CallSid"]) if case == "expired" else _tampered(params, case)
         started = time.monotonic()
-        sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=call_sid,
+        sim = TwilioCallSimulator(stream_url(app, host, call_sid), call_sid=call_sid,
                                   custom_parameters=params, caller_audio=ulaw_silence(2.0))
         result = await sim.run()
         elapsed = time.monotonic() - started

@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
-from helpers import free_port, ulaw_silence, wait_until
+from helpers import free_port, stream_from_twiml, ulaw_silence, wait_until
 from twilio.request_validator import RequestValidator
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -46,8 +45,8 @@ async def healthz(client: httpx.AsyncClient, base: str, **expected) -> bool:
 
 
 def caller(base: str, call_sid: str, twiml: str, seconds: float) -> TwilioCallSimulator:
-    params = {p.get("name"): p.get("value") for p in ET.fromstring(twiml).iter("Parameter")}
-    return TwilioCallSimulator(base.replace("http://", "ws://") + "/twilio/media-stream", call_sid=call_sid,
+    url, params = stream_from_twiml(twiml, base.split("://", 1)[1])  # the TwiML's signed URL, on loopback
+    return TwilioCallSimulator(url, call_sid=call_sid,
                                custom_parameters=params, caller_audio=ulaw_silence(seconds),
                                duration_s=seconds, hang_up=True)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import ROOT, running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
-from helpers import stream_parameters, twilio_post, ulaw_silence, ulaw_tone
+from helpers import stream_from_twiml, twilio_post, ulaw_silence, ulaw_tone
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.core import sip
@@ -44,8 +44,8 @@ async def sip_call(app, host, form, caller_audio, seconds=None):
     """The webhook's TwiML, then a simulated caller streaming with exactly its parameters."""
     r = await twilio_post(host, "/twilio/voice", form, AUTH_TOKEN)
     assert r.status_code == 200, r.text
-    parameters = stream_parameters(r.text)
-    sim = TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid=form["CallSid"],
+    url, parameters = stream_from_twiml(r.text, host)
+    sim = TwilioCallSimulator(url, call_sid=form["CallSid"],
                               custom_parameters=parameters, caller_audio=caller_audio, duration_s=seconds)
     return r.text, parameters, sim, await sim.run()
 

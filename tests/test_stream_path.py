@@ -9,13 +9,12 @@ import contextlib
 import json
 import time
 import uuid
-import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
 import websockets
 from conftest import running_app
-from helpers import twilio_post, ulaw_silence, wait_until
+from helpers import stream_from_twiml, twilio_post, ulaw_silence, wait_until
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.offline.simulator import TwilioCallSimulator
@@ -38,18 +37,12 @@ def new_sid() -> str:
     return "CA" + uuid.uuid4().hex
 
 
-def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
-    """The <Stream> url and <Parameter>s of a TwiML answer, as Twilio reads them."""
-    stream = next(ET.fromstring(twiml).iter("Stream"))
-    return stream.get("url", ""), {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
-
-
 async def answered(host: str, webhook: str, sid: str) -> tuple[str, dict[str, str]]:
     """What Twilio does first: POST the (signed) webhook, read the stream URL from the TwiML."""
     r = await twilio_post(host, webhook, {"CallSid": sid, "From": "+15551110000", "To": "+15552220000"},
                           auth_token=AUTH_TOKEN, public_base=f"http://{host}")
     assert r.status_code == 200, r.text
-    return stream_of(r.text)
+    return stream_from_twiml(r.text)
 
 
 async def metrics(host: str) -> str:
@@ -227,7 +220,7 @@ async def test_the_outbound_answer_streams_on_a_signed_url():
         sid = new_sid()
         r = await twilio_post(host, path_and_query, {"CallSid": sid}, auth_token=AUTH_TOKEN,
                               public_base=f"http://{host}")
-        url, parameters = stream_of(r.text)
+        url, parameters = stream_from_twiml(r.text)
         result = await TwilioCallSimulator(url, call_sid=sid, custom_parameters=parameters,
                                            caller_audio=ulaw_silence(0.3)).run()
     assert url.startswith(f"ws://{host}/twilio/media-stream/")

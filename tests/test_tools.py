@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from conftest import running_app, serve_app
-from helpers import active_spans, simulated_call, stream_parameters, validate_event
+from helpers import active_spans, simulated_call, stream_parameters, stream_url, validate_event
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -377,10 +377,10 @@ async def test_the_called_number_picks_the_profile(tmp_path, to, instructions):
                                   headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
         params = stream_parameters(r.text)
         from telephony.offline.simulator import TwilioCallSimulator
-        await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "5" * 32,
+        await TwilioCallSimulator(stream_url(app, host, "CA" + "5" * 32), call_sid="CA" + "5" * 32,
                                   custom_parameters=params, duration_s=0.8).run()
         # The choice is signed with the rest: a stream naming another profile is refused.
-        forged = await TwilioCallSimulator(f"ws://{host}/twilio/media-stream", call_sid="CA" + "5" * 32,
+        forged = await TwilioCallSimulator(stream_url(app, host, "CA" + "5" * 32), call_sid="CA" + "5" * 32,
                                            custom_parameters={**params, "profile": "default"
                                                               if params["profile"] == "sales" else "sales"},
                                            duration_s=0.5).run()

@@ -60,7 +60,7 @@ async def test_forked_call_is_transcribed_per_speaker_in_order(dialect):
                 r = await client.post(f"http://{host}/twilio/transcribe-and-forward",
                                       data={"CallSid": "CA" + "1" * 32, "From": "+15551110000"},
                                       headers={"X-Forwarded-Proto": "https", "Host": "bridge.example.com"})
-            assert '<Start><Stream track="both_tracks" url="wss://bridge.example.com/twilio/transcribe-stream">' \
+            assert '<Start><Stream track="both_tracks" url="wss://bridge.example.com/twilio/transcribe-stream/s1.' \
                 in r.text and r.text.endswith("<Dial>+15554443333</Dial></Response>")
             caller, callee = fork_audio()
             sim = simulated_call(app, host, path="/twilio/transcribe-stream", caller_audio=caller,

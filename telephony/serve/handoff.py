@@ -2,7 +2,7 @@
 
 The old instance saves the call (conversation so far, transcript, per-call settings) in the shared
 state under its call sid, with a TTL, then updates the live Twilio call with new TwiML: a
-``<Connect><Stream>`` to the call's signed URL on PUBLIC_URL with a signed token, as for any stream, and ``resume``. Twilio
+``<Connect><Stream>`` to PUBLIC_URL with a signed token, as for any stream, and ``resume``. Twilio
 stops the old stream and opens the new one, on whichever instance its router picks; there the
 bridge fetches the saved call while the Realtime handshake runs, and the new session gets the
 conversation instead of a greeting, as after a Realtime reconnect. The caller hears a short pause.
