@@ -18,12 +18,13 @@ import tomllib
 import numpy as np
 import uvicorn
 from conftest import ROOT, running_app
-from helpers import simulated_call, ulaw_silence, ulaw_tone
+from helpers import simulated_call, stream_url, ulaw_silence, ulaw_tone
 
 from telephony.core.actions import HangUp, Record, ToRealtime, ToTwilio
 from telephony.core.call import Call
 from telephony.core.profile import load_profile
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
+from telephony.offline.simulator import TwilioCallSimulator
 from telephony.ops import logs
 from telephony.serve.app import create_app
 from telephony.serve.server import GracefulServer, uvicorn_options
@@ -65,7 +66,10 @@ async def test_peer_strings_cannot_forge_text_log_lines():
     forged = "CA" + "0" * 32 + "\n2026-01-01 00:00:00,000 INFO telephony.app: forged line"
     with app_logs() as out:
         async with ScriptedRealtimeServer() as server, running_app(settings_for(server)) as (app, host):
-            refused = simulated_call(app, host, call_sid=forged, caller_audio=ulaw_silence(0.2))
+            # (On a valid URL, for a Twilio-shaped sid: the forged one comes in the start.)
+            refused = TwilioCallSimulator(stream_url(app, host, "CA" + "0" * 32), call_sid=forged,
+                                          custom_parameters=app.state.stream_tokens.with_token(
+                                              {"call_sid": forged}, time.time()), caller_audio=ulaw_silence(0.2))
             await refused.run()
             sim = simulated_call(app, host, caller_audio=ulaw_tone(440, 0.6), extra_messages=[
                 (0.1, '{"event": "wiggle",\r\n"INFO forged": 1}'),  # JSON whitespace may be a newline

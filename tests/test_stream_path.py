@@ -226,3 +226,41 @@ async def test_the_outbound_answer_streams_on_a_signed_url():
     assert url.startswith(f"ws://{host}/twilio/media-stream/")
     assert result.close_code in (None, 1000) and len(server.connections) == 1
     assert OUTBOUND_ANSWER not in url
+
+
+async def test_the_service_logs_a_stream_url_without_its_mac():
+    """uvicorn logs each websocket's path at INFO: the real service masks the segment's MAC there."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from helpers import free_port
+
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    async with ScriptedRealtimeServer() as server:
+        env = {**os.environ, "REALTIME_URL": server.url, "REALTIME_API_KEY": API_KEY, "STREAM_SECRET": "s" * 32,
+               "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO",
+               "SHUTDOWN_GRACE_SECONDS": "0"}
+        service = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telephony", "serve", cwd=Path(__file__).resolve().parent.parent, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            async def up() -> bool:
+                try:
+                    return (await metrics(host)) != ""
+                except httpx.TransportError:
+                    return False
+
+            await wait_until(up, "the service to start", timeout=20)
+            sid = new_sid()
+            url, _ = await answered(host, "/twilio/voice", sid)
+            async with websockets.connect(url):
+                pass
+        finally:
+            service.terminate()
+            log = (await service.stdout.read()).decode()
+            await service.wait()
+    mac = url.rsplit(".", 1)[1]
+    assert '"WebSocket /twilio/media-stream/s1.' in log and f".{sid}.[redacted]" in log, log
+    assert mac not in log

@@ -109,6 +109,21 @@ class CallContextFilter(logging.Filter):
         return True
 
 
+class StreamUrlFilter(logging.Filter):
+    """uvicorn logs every websocket's path (``"WebSocket /twilio/media-stream/…" [accepted]``): the
+    MAC of a stream URL's signed segment is masked there (the rest, call sid included, stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn"):
+            from telephony.serve.stream_paths import redact_segments
+
+            text = record.getMessage()
+            clean = redact_segments(text)
+            if clean != text:
+                record.msg, record.args = clean, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -164,6 +179,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None, secrets: list
     handler.setFormatter(_Redacting(formatter, list(secrets)) if secrets else formatter)
     handler.addFilter(CallContextFilter())
     handler.addFilter(RepeatLimiter())
+    handler.addFilter(StreamUrlFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
