@@ -264,3 +264,14 @@ async def test_the_service_logs_a_stream_url_without_its_mac():
     mac = url.rsplit(".", 1)[1]
     assert '"WebSocket /twilio/media-stream/s1.' in log and f".{sid}.[redacted]" in log, log
     assert mac not in log
+
+
+async def test_the_transcription_route_refuses_even_a_signed_url_while_forwarding_is_off():
+    from helpers import stream_url
+
+    async with ScriptedRealtimeServer() as server, \
+            running_app(settings_for(server).model_copy(update={"forward_to_number": ""})) as (app, host):
+        status = await handshake_status(stream_url(app, host, new_sid(), "/twilio/transcribe-stream"))
+        text = await metrics(host)
+    assert status == 403
+    assert refused(text, "transcription", "route_off") == 1 and calls_refused(text) == 0

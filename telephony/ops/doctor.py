@@ -47,7 +47,7 @@ def _public_url(settings: Settings, out: TextIO) -> bool:
           + (f"  PROBLEM: {'; '.join(problems)}" if problems else ""), file=out)
     hooks = twilio_admin.webhooks(settings.public_url)
     print(f"Voice webhook:    {hooks.voice}", file=out)
-    print(f"Media stream:     {hooks.media_stream}", file=out)
+    print(f"Media stream:     {hooks.media_stream}/<signed per call, named by the TwiML>", file=out)
     print(f"Status callback:  {hooks.status}", file=out)
     return not problems
 

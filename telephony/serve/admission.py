@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket
 from telephony.serve.claims import Claims
 from telephony.serve.direct_lane import payload
 from telephony.serve.security import StreamTokens, VerifiedToken, valid_call_sid
-from telephony.serve.stream_paths import PathRefusal, check_segment
+from telephony.serve.stream_paths import PATH_REFUSALS, PathRefusal, check_segment
 from telephony.wire import twilio as tw
 
 log = logging.getLogger("telephony.admission")
@@ -45,6 +45,10 @@ NO_START = "no_start"
 BAD_START = "bad_start"  # not Twilio's call sid, a bad token, or a start for another call than the URL's
 TOKEN_REUSED = "token_reused"
 CALL_STREAMING = "call_streaming"  # another stream is serving the call
+BUSY = "busy"  # a transcription stream at MAX_CONCURRENT_CALLS
+ROUTE_OFF = "route_off"  # the transcription route while FORWARD_TO_NUMBER is unset
+# Sockets refused for their URL or route alone never were calls of ours: not counted as refused calls.
+NOT_CALLS = frozenset({*PATH_REFUSALS, ROUTE_OFF})
 
 
 class StreamGate:

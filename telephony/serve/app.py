@@ -30,7 +30,7 @@ from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
 from telephony.serve import outbound, upstream
-from telephony.serve.admission import StreamGate
+from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
 from telephony.serve.claims import Claims
 from telephony.serve.fork import ForkBridge
@@ -46,7 +46,7 @@ from telephony.serve.security import (
     stream_key,
 )
 from telephony.serve.shared_state import call_entry, make_state
-from telephony.serve.stream_paths import PATH_REFUSALS, signed_stream_url
+from telephony.serve.stream_paths import signed_stream_url
 from telephony.serve.telemetry import CallObserver
 from telephony.serve.tools import ToolRunner
 from telephony.serve.transcripts import TranscriptHub
@@ -72,7 +72,6 @@ from telephony.wire.twiml import (
 
 log = logging.getLogger("telephony.app")
 
-ROUTE_OFF = "route_off"  # a refused transcription stream while FORWARD_TO_NUMBER is unset
 OUTBOUND_URL_TTL_S = 600  # an outbound call's answer URL must outlive its ringing
 
 
@@ -109,16 +108,15 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
     state = make_state(settings.redis_url)  # calls, feeds and limits: this process's, or all (Redis)
     # Streams claim their token and call where every instance sees them (Redis), or in this process.
-    gate = StreamGate(tokens, claims or state, start_timeout_s=settings.stream_start_timeout_seconds,
-                      max_pending=settings.max_pending_streams or settings.max_concurrent_calls or 50,
-                      max_message_bytes=settings.max_message_bytes,
-                      on_refused=lambda route, reason: stream_refused(route, reason))
 
     def stream_refused(route: str, reason: str) -> None:
         metrics.streams_refused.labels(route, reason).inc()
-        if reason not in PATH_REFUSALS and reason != ROUTE_OFF:
+        if reason not in NOT_CALLS:
             metrics.calls.labels("refused").inc()  # a stream on a URL we issued that never became a call
 
+    gate = StreamGate(tokens, claims or state, start_timeout_s=settings.stream_start_timeout_seconds,
+                      max_pending=settings.max_pending_streams or settings.max_concurrent_calls or 50,
+                      max_message_bytes=settings.max_message_bytes, on_refused=stream_refused)
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url, state)
     pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
@@ -160,10 +158,11 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
         """<Connect><Stream> to this call's signed URL, whose parameters carry a token bound to the call."""
+        now = time.time()
         url = signed_stream_url(websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH), tokens,
-                                AGENT_STREAM, parameters.get("call_sid", ""), time.time())
+                                AGENT_STREAM, parameters.get("call_sid", ""), now)
         fallback = profiles.named(parameters.get("profile", "")).fallback
-        return xml(connect_stream(url, tokens.with_token(parameters, time.time()), fallback))
+        return xml(connect_stream(url, tokens.with_token(parameters, now), fallback))
 
     def profile_parameter(name: str) -> dict[str, str]:
         """The chosen profile travels with the call (signed), when there is a choice to carry."""
@@ -290,7 +289,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return
         if busy := calls.accepting():
             log.warning("call %s: transcription stream refused: %s", start.call_sid, busy)
-            stream_refused(TRANSCRIPTION_STREAM, "busy")
+            stream_refused(TRANSCRIPTION_STREAM, BUSY)
             await ws.close(1013)
             await gate.release(start, TRANSCRIPTION_STREAM)
             return
