@@ -25,6 +25,7 @@ class CallRegistry:
         self.max_calls = max_calls  # 0: no limit
         self.draining = False
         self._calls: set[Endable] = set()
+        self._reserved = 0  # places held for calls about to start (reserve())
         self._changed = asyncio.Event()
         # Set when calls can be moved to another instance at shutdown (serve/handoff.py): True if moved.
         self.hand_over: Callable[[Endable], Awaitable[bool]] | None = None
@@ -36,11 +37,25 @@ class CallRegistry:
         """None when a new call may start; else why not."""
         if self.draining:
             return "shutting down"
-        if self.max_calls and len(self._calls) >= self.max_calls:
+        if self.max_calls and len(self._calls) + self._reserved >= self.max_calls:
             return f"at the limit of {self.max_calls} concurrent calls"
         return None
 
-    def add(self, call: Endable) -> None:
+    def reserve(self) -> str | None:
+        """Holds a place for a call about to start, before anything is awaited for it (OpenAI's
+        accept), so a burst of calls cannot overshoot the limit: None when held, else why not.
+        ``add(call, reserved=True)`` turns the place into the call; ``unreserve()`` gives it back."""
+        busy = self.accepting()
+        if busy is None:
+            self._reserved += 1
+        return busy
+
+    def unreserve(self) -> None:
+        self._reserved = max(0, self._reserved - 1)
+
+    def add(self, call: Endable, reserved: bool = False) -> None:
+        if reserved:
+            self.unreserve()
         self._calls.add(call)
 
     def discard(self, call: Endable) -> None:
