@@ -41,26 +41,24 @@ class CallRegistry:
             return f"at the limit of {self.max_calls} concurrent calls"
         return None
 
-    def reserve(self) -> str | None:
-        """Holds a place for a call about to start, before anything is awaited for it (OpenAI's
-        accept), so a burst of calls cannot overshoot the limit: None when held, else why not.
-        ``add(call, reserved=True)`` turns the place into the call; ``unreserve()`` gives it back."""
-        busy = self.accepting()
-        if busy is None:
-            self._reserved += 1
-        return busy
+    def reserve(self) -> "Place | None":
+        """A place for a call about to start, held before anything is awaited for it (OpenAI's
+        accept) so that a burst of calls cannot overshoot the limit; None when there is none
+        (``accepting()`` says why)."""
+        if self.accepting() is not None:
+            return None
+        self._reserved += 1
+        return Place(self)
 
-    def unreserve(self) -> None:
-        self._reserved = max(0, self._reserved - 1)
-
-    def add(self, call: Endable, reserved: bool = False) -> None:
-        if reserved:
-            self.unreserve()
+    def add(self, call: Endable) -> None:
         self._calls.add(call)
 
     def discard(self, call: Endable) -> None:
         self._calls.discard(call)
         self._changed.set()
+
+    def _give_back(self) -> None:
+        self._reserved -= 1
 
     async def _until_empty_or(self, hurry: Callable[[], bool]) -> None:
         while self._calls and not hurry():
@@ -103,3 +101,23 @@ class CallRegistry:
             await asyncio.wait_for(self._until_empty(), END_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.error("shutting down: %d call(s) did not end in time", len(self._calls))
+
+
+class Place:
+    """A place held under the limit (``CallRegistry.reserve``): a call fills it, or it is given back."""
+
+    def __init__(self, registry: CallRegistry) -> None:
+        self._registry: CallRegistry | None = registry
+
+    def fill(self, call: Endable) -> None:
+        """The call takes the place: from now on it counts as a call in progress."""
+        registry = self._registry
+        self.release()
+        if registry is not None:
+            registry.add(call)
+
+    def release(self) -> None:
+        """Gives the place back; a no-op once filled or released."""
+        if self._registry is not None:
+            self._registry._give_back()
+            self._registry = None

@@ -37,7 +37,7 @@ from telephony.core.profile import Profile
 from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.serve import realtime_client
-from telephony.serve.limits import CallRegistry
+from telephony.serve.limits import CallRegistry, Place
 from telephony.serve.realtime_client import RealtimeTransport
 from telephony.serve.security import read_capped_body
 from telephony.serve.shared_state import LocalState, RedisState, call_entry
@@ -117,18 +117,19 @@ class OpenAISipRoute:
         if not await self.state.claim(_claim_key(call_id), CLAIM_TTL_S):  # OpenAI redelivers until it sees a 2xx
             log.info("call %s: webhook %s repeated; already handled here or on another instance", call_id, event.id)
             return Response(status_code=200)
-        busy = self.calls.reserve()  # before any await: a burst of webhooks cannot overshoot the limit
+        place = self.calls.reserve()  # before any await: a burst of webhooks cannot overshoot the limit
         try:
-            return await self._answer(event, busy)
+            return await self._answer(event, place)
         finally:
-            if busy is None:
-                self.calls.unreserve()  # a no-op once the call took the place
+            if place is not None:
+                place.release()  # a no-op once the call took it
 
-    async def _answer(self, event: RealtimeCallIncomingWebhookEvent, busy: str | None) -> Response:
-        """Accepts or rejects the call; a place is held for it unless ``busy`` says why not."""
+    async def _answer(self, event: RealtimeCallIncomingWebhookEvent, place: Place | None) -> Response:
+        """Accepts the call into the place held for it, or rejects it (no place: busy)."""
         call_id = event.data.call_id
         headers = [h.model_dump() for h in event.data.sip_headers]
         to = wire.address(wire.header(headers, "To"))
+        busy = None if place is not None else self.calls.accepting() or "busy"
         profile = None if busy else self.choose_profile(to)
         limit = self.settings.max_total_calls
         if profile is not None and limit and not await self.state.admit(call_id, limit):
@@ -150,7 +151,7 @@ class OpenAISipRoute:
             return failed
         log.info("call %s: accepted for %s", call_id, to)
         sideband = SidebandCall(self, call, starting)
-        self.calls.add(sideband, reserved=True)  # the place held since the webhook arrived
+        place.fill(sideband)  # held since the webhook arrived
         task = asyncio.create_task(sideband.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
