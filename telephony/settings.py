@@ -159,7 +159,9 @@ class Settings(BaseSettings):
         return self.realtime_api_key if self.realtime_provider_is_openai() else ""
 
     def realtime_provider_is_openai(self) -> bool:
-        return urlsplit(self.realtime_url).hostname == OPENAI_HOST
+        """REALTIME_URL is on api.openai.com (or a regional host under it: eu.api.openai.com)."""
+        host = urlsplit(self.realtime_url).hostname or ""
+        return host == OPENAI_HOST or host.endswith("." + OPENAI_HOST)
 
     def require_openai_key(self) -> str:
         """``openai_key()``, or a SettingsError naming OPENAI_API_KEY (never a key's value)."""

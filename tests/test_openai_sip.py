@@ -428,6 +428,8 @@ async def test_only_openais_key_reaches_openai_when_the_provider_is_another(prof
 @pytest.mark.parametrize("realtime_url,keys,used", [
     ("wss://api.openai.com/v1/realtime", {"realtime_api_key": "sk-openai-realtime"}, "sk-openai-realtime"),
     ("wss://api.openai.com/v1/realtime", {"realtime_api_key": "sk-rt", "openai_api_key": "sk-oa"}, "sk-oa"),
+    ("wss://eu.api.openai.com/v1/realtime", {"realtime_api_key": "sk-eu"}, "sk-eu"),
+    ("wss://api.openai.com.example.net/v1/realtime", {"realtime_api_key": PROVIDER_KEY}, None),
     (None, {"openai_api_key": "sk-oa"}, "sk-oa"),
     (None, {"realtime_api_key": PROVIDER_KEY}, None),
     ("wss://my-resource.openai.azure.com/openai/realtime", {"realtime_api_key": PROVIDER_KEY}, None),
