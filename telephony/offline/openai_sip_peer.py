@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from telephony.offline.local_engine import EngineConfig, Persona, RealtimeEngine
 from telephony.offline.local_realtime import EngineRunner
+from telephony.serve.direct_lane import DIRECT_LANE, DirectWebSocketProtocol
 
 log = logging.getLogger("telephony.openai_sip_peer")
 
@@ -174,13 +175,18 @@ class PhoneLine:
             if self._ws is ws:
                 self._ws = None
 
-    async def drop_sideband(self, code: int) -> None:
-        """The sideband fails while the call goes on (``code``: not 1000, which says the call ended):
-        what the line says meanwhile waits for the next sideband, as OpenAI's session does."""
+    async def drop_sideband(self, code: int | None) -> None:
+        """The sideband fails while the call goes on: the connection is cut without a close frame
+        (``code`` None), or closed with ``code`` (not 1000, which says the call ended). What the
+        line says meanwhile waits for the next sideband, as OpenAI's session does."""
         ws, self._ws = self._ws, None
         self.call.timeline.append((self._loop.time(), "sideband_dropped", ""))
-        if ws is not None:
-            with contextlib.suppress(Exception):
+        if ws is None:
+            return
+        with contextlib.suppress(Exception):
+            if code is None:
+                ws.scope["extensions"][DIRECT_LANE].abort()
+            else:
                 await ws.close(code)
 
     # --- The line's clock: 20 ms frames each way ---
@@ -264,7 +270,9 @@ class OpenAISipPeer:
             Route("/v1/realtime/calls/{call_id}/{verb}", self._rest, methods=["POST"]),
             WebSocketRoute("/v1/realtime", self._sideband),
         ])
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        # The direct lane's protocol only for its abort(): a sideband cut without a close frame.
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off",
+                                ws=DirectWebSocketProtocol)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
@@ -301,8 +309,9 @@ class OpenAISipPeer:
 
     # --- OpenAI's REST API for calls ---
 
-    async def drop_sideband(self, call_id: str, code: int = 1011) -> None:
-        """Breaks the call's sideband connection (1011: the server failed) while the call goes on."""
+    async def drop_sideband(self, call_id: str, code: int | None = None) -> None:
+        """Breaks the call's sideband connection while the call goes on: cut (None), or closed with
+        ``code`` (1011: the server failed)."""
         await self._lines[call_id].drop_sideband(code)
 
     async def _rest(self, request: Request) -> Response:
