@@ -504,17 +504,16 @@ async def test_a_sip_call_is_listed_while_it_lasts_on_every_instance(profile, re
                 r = await client.get(f"http://{two}/calls", headers={"Authorization": "Bearer tok"})
             return r.json()["calls"]
 
+        async def none_listed() -> bool:
+            return not await listed()
+
         call = await peer.ring(f"http://{one}/openai/sip", SIP_HEADERS)
         await wait_until(listed, "the call listed on the other instance")
         (entry,) = await listed()
         await asyncio.wait_for(call.ended.wait(), 10)
-        await wait_until(lambda: _empty(listed()), "the call gone from the list")
+        await wait_until(none_listed, "the call gone from the list")
     assert entry["call_sid"] == call.call_id and entry["route"] == "openai_sip"
     assert entry["from"] == "sip:+15550100001@pstn.example.com" and entry["direction"] == "inbound"
-
-
-async def _empty(listing) -> bool:
-    return not await listing
 
 
 # --- A sideband that drops: reconnected once, else the call is hung up ---
