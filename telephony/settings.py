@@ -11,6 +11,7 @@ import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -21,6 +22,7 @@ DEFAULT_REALTIME_MODEL = "opeai/AudioLLM/Voice2"
 # μ-law passthrough (Twilio's own format, which Live accepts as is).
 LIVE_DEFAULTS = {"realtime_url": "wss://api.openai.com/v1/live/sessions", "realtime_model": "gpt-live-1",
                  "audio_codec": "g711_ulaw"}
+OPENAI_HOST = "api.openai.com"  # where REALTIME_API_KEY is OpenAI's own key (and may serve its SIP route)
 
 
 class SettingsError(ValueError):
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
     transcript_webhook_url: HttpUrl = None
     # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
     openai_webhook_secret: str = Field("", repr=False)
-    openai_api_key: str = Field("", repr=False)  # used when REALTIME_API_KEY is not set
+    openai_api_key: str = Field("", repr=False)  # OpenAI's key: never another provider's
     openai_base_url: HttpUrl = None  # default https://api.openai.com/v1; the sideband follows it
     openai_sip_model: str = "gpt-realtime"
     # Security: webhook signatures and stream tokens.
@@ -149,8 +151,28 @@ class Settings(BaseSettings):
                 if not f.repr and getattr(self, name)]
 
     def openai_key(self) -> str:
-        """The key for OpenAI's REST calls and sideband: REALTIME_API_KEY, else OPENAI_API_KEY."""
-        return self.realtime_api_key or self.openai_api_key
+        """The key for OpenAI's own endpoints (the SIP route's REST calls and sideband), "" if none:
+        OPENAI_API_KEY; REALTIME_API_KEY only when the Realtime provider is OpenAI itself, so that
+        another vendor's key (OPE.AI's, Azure's) is never sent to api.openai.com."""
+        if self.openai_api_key:
+            return self.openai_api_key
+        return self.realtime_api_key if self.realtime_provider_is_openai() else ""
+
+    def realtime_provider_is_openai(self) -> bool:
+        """REALTIME_URL is on api.openai.com (or a regional host under it: eu.api.openai.com)."""
+        host = urlsplit(self.realtime_url).hostname or ""
+        return host == OPENAI_HOST or host.endswith("." + OPENAI_HOST)
+
+    def require_openai_key(self) -> str:
+        """``openai_key()``, or a SettingsError naming OPENAI_API_KEY (never a key's value)."""
+        if key := self.openai_key():
+            return key
+        why = "it is not set"
+        if self.realtime_api_key:
+            provider = urlsplit(self.realtime_url).hostname or self.realtime_url
+            why += f" (REALTIME_API_KEY is the key of the Realtime provider {provider}, never sent to OpenAI)"
+        raise SettingsError(f"OPENAI_API_KEY: OpenAI's SIP route (OPENAI_WEBHOOK_SECRET is set) needs "
+                            f"OpenAI's API key; {why}")
 
     def profile_path(self) -> Path:
         """AGENT_PROFILE (a profile file, or a directory of them), else config/agent.toml here, else

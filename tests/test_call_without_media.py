@@ -92,8 +92,38 @@ def test_transfer_refers_and_a_closed_sideband_ends_the_call_normally(profile):
     assert not any(isinstance(a, Transfer) for a in actions + call.on_tick(2.0))
     actions = call.on_realtime(sideband.AgentAudioStopped("resp_3"), 2.5)
     assert Transfer("sip:desk@pbx.example.com") in actions and not any(isinstance(a, ToTwilio) for a in actions)
-    (end,) = [a for a in call.on_realtime_closed("closed by OpenAI (1000)") if isinstance(a, Record)]
+    (end,) = [a for a in call.on_realtime_closed("closed by OpenAI (1000)", call_over=True) if isinstance(a, Record)]
     assert end.kind == "end" and end.data["abnormal"] is False
+
+
+def test_a_dropped_sideband_is_reopened_once_then_the_call_is_hung_up(profile):
+    """The call goes on at OpenAI without our socket: reopen it (the server kept the session, so
+    no greeting again); a second loss, or a reopen refused, hangs the call up as abnormal."""
+    call = begun(profile)
+    call.on_realtime_open(0.0)
+    actions = call.on_realtime_closed("closed by the provider (1011)")
+    assert OpenRealtime() in actions and not any(isinstance(a, (EndStream, HangUp)) for a in actions)
+    assert not commands(call.on_realtime_open(1.0))  # no second greeting, no session.update
+    actions = call.on_realtime_closed("connection lost")
+    assert actions == [HangUp("connection lost", abnormal=True)] and not call.ended
+    (end, _) = call.on_hung_up("connection lost", abnormal=True)
+    assert end.kind == "end" and end.data["abnormal"] is True
+
+
+def test_a_tool_answered_after_a_sideband_reconnect_keeps_its_call_id(profile):
+    """The reopened sideband is the same session: the output goes back as the function's output."""
+    from telephony.core.function_tools import FunctionTool
+
+    tool = FunctionTool("python", "check_stock", "Units in stock", {"type": "object", "properties": {}},
+                        "tool_functions:check_stock")
+    call = begun(replace(profile, function_tools=(tool,)))
+    call.on_realtime_open(0.0)
+    (run,) = call.on_realtime(rt.FunctionCall("resp_1", "fc", "call_9", "check_stock", "{}"), 0.5)
+    assert run.tool is tool  # filled from the profile by begin(): run by the shell, not "unknown tool"
+    call.on_realtime_closed("connection lost")
+    call.on_realtime_open(1.0)
+    (output, *_) = commands(call.on_tool_result("call_9", {"units": 3}, 1.5))
+    assert output == rt.AddFunctionOutput("call_9", '{"units":3}')
 
 
 def test_sideband_decodes_the_sip_only_events():

@@ -162,14 +162,14 @@ async def test_simulate_sip_plays_openais_side_of_a_sip_call(tmp_path):
         w.setframerate(rate)
         w.writeframes(voice.astype("<i2").tobytes())
     record = tmp_path / "sip-call.wav"
-    settings = Settings(openai_webhook_secret=secret, realtime_api_key=key,
+    settings = Settings(openai_webhook_secret=secret, openai_api_key=key, twilio_validate_signatures=False,
                         openai_base_url=f"http://127.0.0.1:{peer_port}/v1")
     async with running_app(settings) as (app, host):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "telephony", "simulate", "--sip", "--url", f"http://{host}/openai/sip",
             "--play", str(played), "--record", str(record), "--listen", "4", "--voice", "synth",
             "--peer-port", str(peer_port), cwd=ROOT,
-            env={**env(), "OPENAI_WEBHOOK_SECRET": secret, "REALTIME_API_KEY": key},
+            env={**env(), "OPENAI_WEBHOOK_SECRET": secret, "OPENAI_API_KEY": key},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     out = stdout.decode()

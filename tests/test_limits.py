@@ -84,3 +84,23 @@ def test_limit_settings_from_env():
                         ("STREAM_TOKEN_TTL_SECONDS", "0")]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+async def test_a_place_held_for_a_starting_call_counts_until_given_back_or_filled():
+    """OpenAI's SIP route holds a place while it awaits the accept; filling or giving it back twice
+    must never free another call's place."""
+    from telephony.serve.limits import CallRegistry
+
+    registry = CallRegistry(max_calls=2)
+    first, second = registry.reserve(), registry.reserve()
+    assert first and second and registry.reserve() is None and "limit of 2" in registry.accepting()
+    call = object()
+    first.fill(call)
+    first.release()  # after filling: nothing to give back
+    assert registry.reserve() is None and len(registry) == 1
+    second.release()
+    second.release()
+    third = registry.reserve()
+    assert third is not None and registry.reserve() is None
+    registry.discard(call)
+    assert registry.reserve() is not None

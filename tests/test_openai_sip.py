@@ -12,7 +12,7 @@ from dataclasses import replace
 import httpx
 import pytest
 from conftest import running_app
-from helpers import ulaw_silence, ulaw_tone, validate_event
+from helpers import ulaw_silence, ulaw_tone, validate_event, wait_until
 from openai.types.realtime import RealtimeSessionCreateRequest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,8 +34,9 @@ def peer_for(script: Script, **kw) -> OpenAISipPeer:
 
 
 def app_settings(peer: OpenAISipPeer, **kw) -> Settings:
-    return Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url,
-                    realtime_api_key=peer.api_key, **kw)
+    """OpenAI's key for OpenAI (the peer); the Twilio routes are not what these tests are about."""
+    return Settings(**{"openai_webhook_secret": peer.secret, "openai_base_url": peer.base_url,
+                       "openai_api_key": peer.api_key, "twilio_validate_signatures": False, **kw})
 
 
 async def ring_and_wait(peer: OpenAISipPeer, host: str, timeout: float = 15.0, **kw) -> PeerCall:
@@ -146,6 +147,8 @@ async def test_keypad_digits_reach_the_model_as_one_message(profile):
     texts = [c["text"] for e in call.of_type("conversation.item.create") if e["item"]["type"] == "message"
              for c in e["item"]["content"]]
     assert texts == ["The caller pressed 42# on the keypad."]
+    # The caller hung up: OpenAI closed the sideband normally, which is the call's end, not a drop.
+    assert (call.sidebands, call.sidebands_refused, call.hung_up_at) == (1, 0, None)
 
 
 # --- Webhook verification, duplicates, rejection ---
@@ -203,7 +206,7 @@ async def test_calls_are_rejected_busy_while_draining_or_at_the_limit(profile):
 
 
 async def test_the_route_is_off_without_a_secret(profile):
-    async with running_app(Settings(), profile) as (app, host):
+    async with running_app(Settings(twilio_validate_signatures=False), profile) as (app, host):
         r = await post(host, b"{}", {"content-type": "application/json"})
     assert r.status_code == 503 and "OPENAI_WEBHOOK_SECRET" in r.text
 
@@ -355,3 +358,200 @@ async def test_transcripts_reach_the_sse_feed_and_the_webhook(profile):
     speakers = [t["speaker"] for t in fed]
     assert "caller" in speakers and "agent" in speakers and feed.text.rstrip().endswith("data: {}")
     assert [t["speaker"] for t in receiver.received] == speakers
+
+
+# --- Business tools: every kind runs on this route, through the same runner as a Twilio stream's ---
+
+
+async def test_http_python_and_mcp_tools_run_and_answer_the_model(tmp_path):
+    """The greeting calls the HTTP tool, the response about its answer the Python tool, the next
+    one the MCP tool: each real output goes back to the model as its function's output."""
+    import tool_functions
+    from test_tools import HTTP_TOOL, PYTHON_TOOLS, SECRET, mcp_server, mcp_table, tool_server, write_profile
+
+    from telephony.core.profile import load_profile
+
+    tool_functions.calls.clear()
+    script = Script(response_ms=300, speed=5.0, respond_to_turns=False, tool_calls={
+        0: ("lookup_order", '{"order": "A-17"}'), 1: ("book_table", '{"day": "friday", "people": 2}'),
+        2: ("check_stock", '{"item": "socks"}')})
+    async with tool_server() as business, mcp_server() as (mcp_url, mcp_seen):
+        book_table = "[[tools.python]]" + PYTHON_TOOLS.split("[[tools.python]]")[2]  # not its check_stock: MCP's
+        profile = load_profile(write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url=business.url, timeout=5)
+                                             + book_table + mcp_table(mcp_url)))
+        async with peer_for(script, listen_s=8.0) as peer, \
+                running_app(app_settings(peer, tools_secret=SECRET), profile) as (app, host):
+            call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+            await wait_until(lambda: len(function_outputs(call)) == 3, "three tool outputs")
+            peer._lines[call.call_id].end("test over")
+    for event in call.received:
+        validate_event(event, "ga", "client")
+    assert {t["name"] for t in call.accepted["tools"]} == {"end_call", "lookup_order", "book_table"}
+    # The MCP server's allowed tool, listed once the call started, is offered on the sideband.
+    (update,) = call.of_type("session.update")  # the tools alone: the voice cannot change once the agent spoke
+    assert set(update["session"]) == {"type", "tools", "tool_choice"}
+    assert {t["name"] for t in update["session"]["tools"]} == {"end_call", "lookup_order", "book_table",
+                                                               "check_stock"}
+    outputs = [json.loads(o["output"]) for o in function_outputs(call)]
+    assert outputs == [{"status": "shipped", "eta": "Tuesday"}, {"booked": True, "day": "friday"},
+                       {"item": "socks", "units": 7}]
+    ((_, body),) = business.requests
+    assert json.loads(body)["call"] == {"call_sid": call.call_id, "from": "sip:+15550100001@pstn.example.com",
+                                        "to": "sip:+15550100002@sip.api.openai.com;user=phone",
+                                        "direction": "inbound", "metadata": {}}
+    ((name, context, _),) = tool_functions.calls
+    assert name == "book_table" and context.call_sid == call.call_id
+    assert mcp_seen and all(h.get("authorization") == "Bearer mcp-token" for h in mcp_seen)
+
+
+def function_outputs(call: PeerCall) -> list[dict]:
+    return [e["item"] for e in call.of_type("conversation.item.create") if e["item"]["type"] == "function_call_output"]
+
+
+# --- Keys: OpenAI's key for OpenAI's endpoints, never the Realtime provider's ---
+
+PROVIDER_KEY = "sk-opeai-provider-key"
+
+
+async def test_only_openais_key_reaches_openai_when_the_provider_is_another(profile):
+    """The default provider (OPE.AI) with both keys set: the accept, the sideband and the hang-up
+    carry OPENAI_API_KEY; the provider's key is never sent to OpenAI."""
+    script = Script(response_ms=600, speed=5.0, tool_calls={1: ("end_call", "{}")})
+    async with peer_for(script, caller_audio=CALLER, listen_s=5.0) as peer, \
+            running_app(app_settings(peer, realtime_api_key=PROVIDER_KEY), profile) as (app, host):
+        call = await ring_and_wait(peer, host)
+    assert call.accepts == 1 and call.hung_up_at is not None
+    assert set(peer.authorizations) == {f"Bearer {peer.api_key}"} and len(peer.authorizations) >= 3
+    assert not any(PROVIDER_KEY in a for a in peer.authorizations)
+
+
+@pytest.mark.parametrize("realtime_url,keys,used", [
+    ("wss://api.openai.com/v1/realtime", {"realtime_api_key": "sk-openai-realtime"}, "sk-openai-realtime"),
+    ("wss://api.openai.com/v1/realtime", {"realtime_api_key": "sk-rt", "openai_api_key": "sk-oa"}, "sk-oa"),
+    ("wss://eu.api.openai.com/v1/realtime", {"realtime_api_key": "sk-eu"}, "sk-eu"),
+    ("wss://api.openai.com.example.net/v1/realtime", {"realtime_api_key": PROVIDER_KEY}, None),
+    (None, {"openai_api_key": "sk-oa"}, "sk-oa"),
+    (None, {"realtime_api_key": PROVIDER_KEY}, None),
+    ("wss://my-resource.openai.azure.com/openai/realtime", {"realtime_api_key": PROVIDER_KEY}, None),
+    (None, {}, None),
+])
+def test_the_route_takes_openais_key_or_refuses_to_start_naming_it(profile, realtime_url, keys, used):
+    from telephony.serve.app import create_app
+    from telephony.settings import SettingsError
+
+    settings = Settings(openai_webhook_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY",
+                        twilio_validate_signatures=False, **({"realtime_url": realtime_url} if realtime_url else {}),
+                        **keys)
+    if used is not None:
+        assert create_app(settings, profile).state.openai_sip.api_key == used
+        return
+    with pytest.raises(SettingsError, match="^OPENAI_API_KEY: ") as refused:
+        create_app(settings, profile)
+    assert PROVIDER_KEY not in str(refused.value)
+
+
+# --- Several instances, bursts, and the calls list ---
+
+
+async def test_a_webhook_delivered_to_two_instances_is_accepted_once(profile, redis_server):
+    """Two instances sharing Redis both get the same signed webhook at once: one accept."""
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=1.5) as peer, \
+            running_app(app_settings(peer, redis_url=redis_server.url), profile) as (_, one), \
+            running_app(app_settings(peer, redis_url=redis_server.url), profile) as (_, two):
+        body = incoming_call_event("rtc_twice", SIP_HEADERS, "evt_1")
+        headers = sign_webhook(peer.secret, body, "wh_1", int(time.time()))
+        peer.calls["rtc_twice"] = PeerCall("rtc_twice", SIP_HEADERS)
+        answers = await asyncio.gather(post(one, body, headers), post(two, body, headers))
+        call = peer.calls["rtc_twice"]
+        await asyncio.wait_for(call.ended.wait(), 10)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert call.accepts == 1 and call.sidebands == 1
+
+
+async def test_a_burst_of_calls_never_overshoots_the_limit(profile):
+    """Six webhooks at once against MAX_CONCURRENT_CALLS=2: two accepts, four rejected busy."""
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=3.0) as peer, \
+            running_app(app_settings(peer, max_concurrent_calls=2), profile) as (app, host):
+        calls = await asyncio.gather(*(peer.ring(f"http://{host}/openai/sip", SIP_HEADERS) for _ in range(6)))
+        for call in calls:
+            if call.accepts:
+                peer._lines[call.call_id].end("test over")
+    assert all(call.webhook_status == 200 for call in calls)
+    assert sorted(call.accepts for call in calls) == [0, 0, 0, 0, 1, 1]
+    assert [call.rejected for call in calls if not call.accepts] == [wire.BUSY_HERE] * 4
+
+
+async def test_max_total_calls_counts_sip_calls(profile):
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=3.0) as peer, \
+            running_app(app_settings(peer, max_total_calls=1), profile) as (app, host):
+        first = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        second = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        peer._lines[first.call_id].end("test over")
+    assert first.accepts == 1 and (second.accepts, second.rejected) == (0, wire.BUSY_HERE)
+
+
+async def test_a_sip_call_is_listed_while_it_lasts_on_every_instance(profile, redis_server):
+    script = Script(response_ms=300, speed=5.0)
+    async with peer_for(script, listen_s=3.0) as peer, \
+            running_app(app_settings(peer, redis_url=redis_server.url, calls_api_token="tok"), profile) as (_, one), \
+            running_app(app_settings(peer, redis_url=redis_server.url, calls_api_token="tok"), profile) as (_, two):
+
+        async def listed() -> list[dict]:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://{two}/calls", headers={"Authorization": "Bearer tok"})
+            return r.json()["calls"]
+
+        async def none_listed() -> bool:
+            return not await listed()
+
+        call = await peer.ring(f"http://{one}/openai/sip", SIP_HEADERS)
+        await wait_until(listed, "the call listed on the other instance")
+        (entry,) = await listed()
+        await asyncio.wait_for(call.ended.wait(), 10)
+        await wait_until(none_listed, "the call gone from the list")
+    assert entry["call_sid"] == call.call_id and entry["route"] == "openai_sip"
+    assert entry["from"] == "sip:+15550100001@pstn.example.com" and entry["direction"] == "inbound"
+
+
+# --- A sideband that drops: reconnected once, else the call is hung up ---
+
+
+async def test_a_dropped_sideband_is_reconnected_and_the_call_goes_on(profile, tmp_path):
+    """The peer cuts the sideband (no close frame) after the greeting; the caller then speaks and
+    the model calls end_call: the tool's output and the hang-up come through the second sideband."""
+    script = Script(response_ms=600, speed=5.0, tool_calls={1: ("end_call", "{}")})
+    caller = ulaw_silence(3.0) + ulaw_tone(500, 0.5)  # the caller speaks well after the drop
+    async with peer_for(script, caller_audio=caller, listen_s=5.0) as peer, \
+            running_app(app_settings(peer, call_records_dir=tmp_path), profile) as (app, host):
+        call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await wait_until(lambda: call.when("output_audio_buffer.stopped"), "the greeting heard")
+        await peer.drop_sideband(call.call_id)
+        await asyncio.wait_for(call.ended.wait(), 10)
+        await until(lambda: not app.state.calls._calls)
+    assert call.sidebands == 2 and not call.sidebands_refused
+    (output,) = function_outputs(call)
+    assert call.received_on[call.received.index(
+        next(e for e in call.received if e.get("item") == output))] == 2
+    assert call.end_reason == "hung up by the service" and call.hung_up_at is not None
+    assert len(call.of_type("response.create")) == 1  # greeted once: the session went on
+    records = read_records(record_path(tmp_path, call.call_id))
+    (dropped,) = [r for r in records if r["kind"] == "realtime_dropped"]
+    assert dropped["reason"] == "connection lost" and any(r["kind"] == "realtime_reconnected" for r in records)
+
+
+async def test_a_sideband_that_cannot_be_reopened_hangs_the_call_up(profile, tmp_path):
+    script = Script(response_ms=600, speed=5.0)
+    async with peer_for(script, listen_s=10.0, refuse_reconnect=True) as peer, \
+            running_app(app_settings(peer, call_records_dir=tmp_path), profile) as (app, host):
+        call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await wait_until(lambda: call.when("output_audio_buffer.stopped"), "the greeting heard")
+        await peer.drop_sideband(call.call_id, code=1011)  # the server failed: not the call's end
+        await asyncio.wait_for(call.ended.wait(), 10)
+        await until(lambda: not app.state.calls._calls)
+    assert (call.sidebands, call.sidebands_refused) == (1, 1)
+    assert call.hung_up_at is not None and call.end_reason == "hung up by the service"
+    end = [r for r in read_records(record_path(tmp_path, call.call_id)) if r["kind"] == "end"]
+    assert end and end[0]["abnormal"] is True and "sideband connect failed" in end[0]["reason"]

@@ -44,9 +44,10 @@ class Record:
 
 @dataclass(frozen=True)
 class HangUp:
-    """End the call through Twilio's REST API (no fallback speech: the call is over)."""
+    """End the call through the REST API of its carrier (Twilio, or OpenAI for its SIP route)."""
 
     reason: str
+    abnormal: bool = False  # a call ended because it could no longer be served (its record says so)
 
 
 @dataclass(frozen=True)

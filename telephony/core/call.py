@@ -89,6 +89,7 @@ class Call:
         self.carries_media = carries_media
         self._agent_audible = False  # without media: between output_audio_buffer.started and stopped
         self._function_tools: dict[str, FunctionTool] = {}  # business tools, by name
+        self._tools_unsent = False  # without media: tools found after the accept, for the next sideband
         self._tool_calls = PendingTools()
         self.capabilities = capabilities or rt.Capabilities()
         self.model, self.delegation_model = model, delegation_model
@@ -172,6 +173,7 @@ class Call:
         self.call_sid = call_id
         self.parameters = dict(parameters)
         self._started_at = now
+        self._function_tools = {t.name: t for t in self.profile.function_tools}  # declared in the accept
         return [Record("start", {"call_sid": call_id, "stream_sid": None}), OpenRealtime()]
 
     def _on_start(self, event: tw.Start) -> list[Action]:
@@ -244,8 +246,14 @@ class Call:
         self.realtime_open = True
         self._sessions += 1
         if not self.carries_media:  # the session came with the accept; the server keeps it
-            return self._greet() if self._sessions == 1 else []
-        actions: list[Action] = [ToRealtime(rt.ConfigureSession(self.session_config()))]
+            actions: list[Action] = []
+            if self._tools_unsent:  # before the greeting, so that it may already use them
+                self._tools_unsent = False
+                actions.append(ToRealtime(rt.ConfigureSession(self.session_config())))
+            if self._sessions == 1:
+                return actions + self._greet()
+            return actions + [Record("realtime_reconnected", {"items": len(self._history)})]
+        actions = [ToRealtime(rt.ConfigureSession(self.session_config()))]
         if not self._session_ready:
             self._opened_at = now
             return actions  # the rest once the session says it is ready
@@ -285,15 +293,15 @@ class Call:
             config = replace(config, model=self.model, delegation_model=self.delegation_model)
         return config
 
-    def on_realtime_closed(self, reason: str) -> list[Action]:
-        """The upstream socket closed, or never opened. A drop mid-call is retried once."""
+    def on_realtime_closed(self, reason: str, call_over: bool = False) -> list[Action]:
+        """The upstream socket closed, or never opened. A drop mid-call is retried once.
+        ``call_over``: a sideband the server closed cleanly, as it does when the call ends."""
         was_open, self.realtime_open = self.realtime_open, False
         self._session_ready = not self.capabilities.ready_first
         if self.ended:
             return []
-        if was_open and not self.carries_media:  # the server closes the sideband when the call ends
-            log.info("call %s: sideband closed: %s", self.call_sid, reason)
-            return self._end(f"sideband closed: {reason}")
+        if not self.carries_media:
+            return self._sideband_closed(reason, was_open, call_over)
         if was_open and self._reconnects_left > 0:
             self._reconnects_left -= 1
             log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
@@ -301,6 +309,20 @@ class Call:
             return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
         log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
         return self._end(f"Realtime closed: {reason}", abnormal=True)
+
+    def _sideband_closed(self, reason: str, was_open: bool, call_over: bool) -> list[Action]:
+        """The call goes on at OpenAI whatever happens to our socket: a drop is reconnected once
+        (the server keeps the session: nothing to restore); a call we cannot steer is hung up
+        rather than left running without tools or end_call."""
+        if call_over:
+            log.info("call %s: sideband closed: %s", self.call_sid, reason)
+            return self._end(f"sideband closed: {reason}")
+        if was_open and self._reconnects_left > 0:
+            self._reconnects_left -= 1
+            log.warning("call %s: sideband dropped (%s); reconnecting", self.call_sid, reason)
+            return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
+        log.error("call %s: no sideband (%s); hanging up", self.call_sid, reason)
+        return [HangUp(reason, abnormal=True)]
 
     def _restore_conversation(self) -> list[Action]:
         """The conversation so far, as text items, so the new session knows what was said."""
@@ -540,13 +562,22 @@ class Call:
 
     # --- Business tools: run by the shell, answered when their output comes back ---
 
-    def add_function_tools(self, found: list[FunctionTool]) -> None:
-        """Tools found at call time (an MCP server's), offered when the session is configured."""
+    def add_function_tools(self, found: list[FunctionTool]) -> list[Action]:
+        """Tools found at call time (an MCP server's), offered when the session is configured, or
+        at once if it already is (a call without media: its session came with the accept)."""
+        added = False
         for tool in found:
             if tool.name in self._function_tools or tool.name in tools.REGISTRY:
                 log.warning("call %s: tool %r is declared twice; the first one is kept", self.call_sid, tool.name)
                 continue
             self._function_tools[tool.name] = tool
+            added = True
+        if not added:
+            return []
+        if self.realtime_open and self._session_ready:
+            return [ToRealtime(rt.ConfigureSession(self.session_config()))]
+        self._tools_unsent = not self.carries_media  # a media session is configured with them as it opens
+        return []
 
     def _start_tool(self, call_id: str, tool: FunctionTool, arguments: str, now: float) -> list[Action]:
         args, problem = parse_arguments(arguments)
@@ -556,7 +587,7 @@ class Call:
             log.info("call %s: tool %s called with invalid arguments: %s", self.call_sid, tool.name, problem)
             output = {"error": f"invalid arguments: {problem}"}
             return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
-        self._tool_calls.start(ToolCall(call_id, tool, args, now, self._sessions))
+        self._tool_calls.start(ToolCall(call_id, tool, args, now, self._session_number()))
         return [RunTool(call_id, tool, args)]
 
     def on_tool_result(self, call_id: str, output: Any, now: float, outcome: str = "ok") -> list[Action]:
@@ -567,7 +598,12 @@ class Call:
         log.info("call %s: tool %s → %s (%.0f ms)", self.call_sid, running.tool.name, outcome,
                  (now - running.started) * 1000)
         return self._tool_answer(call_id, running.tool.name, running.arguments, output, outcome,
-                                 now - running.started, same_session=running.session == self._sessions)
+                                 now - running.started, same_session=running.session == self._session_number())
+
+    def _session_number(self) -> int:
+        """Which model session a tool call belongs to. A sideband reconnects to the same session
+        (the server keeps it), so its tool calls' ids stay valid across a reconnect."""
+        return self._sessions if self.carries_media else 1
 
     def _tool_answer(self, call_id: str, name: str, arguments: Any, output: Any, outcome: str,
                      latency_s: float, same_session: bool = True) -> list[Action]:
@@ -760,9 +796,9 @@ class Call:
 
     # --- Ending ---
 
-    def on_hung_up(self, reason: str) -> list[Action]:
-        """We hung the call up ourselves (a call without media, after end_call)."""
-        return self._end(reason)
+    def on_hung_up(self, reason: str, abnormal: bool = False) -> list[Action]:
+        """We hung the call up ourselves (a call without media: after end_call, or unsteerable)."""
+        return self._end(reason, abnormal)
 
     def end(self, reason: str) -> list[Action]:
         """Ends the call from outside (shutdown): Twilio then speaks the fallback."""

@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from telephony.offline.local_engine import EngineConfig, Persona, RealtimeEngine
 from telephony.offline.local_realtime import EngineRunner
+from telephony.serve.direct_lane import DIRECT_LANE, DirectWebSocketProtocol
 
 log = logging.getLogger("telephony.openai_sip_peer")
 
@@ -76,6 +77,9 @@ class PeerCall:
     referred_to: list[str] = field(default_factory=list)
     hung_up_at: float | None = None  # loop time of the hang-up request
     received: list[dict[str, Any]] = field(default_factory=list)  # client events on the sideband
+    received_on: list[int] = field(default_factory=list)  # which sideband (1, 2, …) each arrived on
+    sidebands: int = 0  # sideband connections accepted
+    sidebands_refused: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)  # server events on the sideband
     timeline: list[tuple[float, str, str]] = field(default_factory=list)  # (loop time, event, response)
     sideband_headers: dict[str, str] = field(default_factory=dict)
@@ -151,6 +155,9 @@ class PhoneLine:
     # --- The sideband ---
 
     async def attach(self, ws: WebSocket) -> None:
+        self.call.sidebands += 1
+        number = self.call.sidebands
+        self.call.timeline.append((self._loop.time(), "sideband_opened", ""))
         self._ws = ws
         for text in (*self.peer.inject, *self._outbox):
             await ws.send_text(text)
@@ -160,11 +167,27 @@ class PhoneLine:
                 text = await ws.receive_text()
                 with contextlib.suppress(ValueError):
                     self.call.received.append(json.loads(text))
+                    self.call.received_on.append(number)
                 self.runner.feed(text)
         except WebSocketDisconnect:
             pass
         finally:
-            self._ws = None
+            if self._ws is ws:
+                self._ws = None
+
+    async def drop_sideband(self, code: int | None) -> None:
+        """The sideband fails while the call goes on: the connection is cut without a close frame
+        (``code`` None), or closed with ``code`` (not 1000, which says the call ended). What the
+        line says meanwhile waits for the next sideband, as OpenAI's session does."""
+        ws, self._ws = self._ws, None
+        self.call.timeline.append((self._loop.time(), "sideband_dropped", ""))
+        if ws is None:
+            return
+        with contextlib.suppress(Exception):
+            if code is None:
+                ws.scope["extensions"][DIRECT_LANE].abort()
+            else:
+                await ws.close(code)
 
     # --- The line's clock: 20 ms frames each way ---
 
@@ -218,9 +241,12 @@ class OpenAISipPeer:
                  api_key: str = "sk-peer", secret: str | None = None, caller_audio: bytes = b"",
                  dtmf: tuple[tuple[float, str], ...] = (), listen_s: float = 4.0,
                  host: str = "127.0.0.1", port: int = 0, failing_accepts: int = 0,
-                 refuse_sideband: bool = False, inject: tuple[str, ...] = ()) -> None:
+                 refuse_sideband: bool = False, refuse_reconnect: bool = False,
+                 inject: tuple[str, ...] = ()) -> None:
         """Faults for the tests: ``failing_accepts`` accept requests fail with 500 first;
-        ``refuse_sideband`` refuses the sideband's handshake; ``inject`` is raw text sent first on it."""
+        ``refuse_sideband`` refuses the sideband's handshake, ``refuse_reconnect`` every one after a
+        call's first; ``inject`` is raw text sent first on it. ``authorizations`` keeps the
+        Authorization header of every request (REST and sideband), for the tests to check."""
         self.persona = persona
         self.engine_config = engine_config or EngineConfig()
         self.api_key = api_key
@@ -228,6 +254,8 @@ class OpenAISipPeer:
         self.caller_audio, self.dtmf, self.listen_s = caller_audio, dtmf, listen_s
         self.host, self.port = host, port
         self.failing_accepts, self.refuse_sideband, self.inject = failing_accepts, refuse_sideband, inject
+        self.refuse_reconnect = refuse_reconnect
+        self.authorizations: list[str] = []
         self.calls: dict[str, PeerCall] = {}
         self._lines: dict[str, PhoneLine] = {}
         self._server: uvicorn.Server | None = None
@@ -242,7 +270,9 @@ class OpenAISipPeer:
             Route("/v1/realtime/calls/{call_id}/{verb}", self._rest, methods=["POST"]),
             WebSocketRoute("/v1/realtime", self._sideband),
         ])
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        # The direct lane's protocol only for its abort(): a sideband cut without a close frame.
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off",
+                                ws=DirectWebSocketProtocol)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
@@ -279,7 +309,13 @@ class OpenAISipPeer:
 
     # --- OpenAI's REST API for calls ---
 
+    async def drop_sideband(self, call_id: str, code: int | None = None) -> None:
+        """Breaks the call's sideband connection while the call goes on: cut (None), or closed with
+        ``code`` (1011: the server failed)."""
+        await self._lines[call_id].drop_sideband(code)
+
     async def _rest(self, request: Request) -> Response:
+        self.authorizations.append(request.headers.get("authorization", ""))
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return JSONResponse({"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, 401)
         call = self.calls.get(request.path_params["call_id"])
@@ -311,9 +347,13 @@ class OpenAISipPeer:
         return Response(status_code=200)
 
     async def _sideband(self, ws: WebSocket) -> None:
+        self.authorizations.append(ws.headers.get("authorization", ""))
         line = self._lines.get(ws.query_params.get("call_id", ""))
         if (self.refuse_sideband or ws.headers.get("authorization") != f"Bearer {self.api_key}"
-                or line is None or line.call.ended.is_set()):
+                or line is None or line.call.ended.is_set()
+                or (self.refuse_reconnect and line.call.sidebands > 0)):
+            if line is not None:
+                line.call.sidebands_refused += 1
             await ws.close(1008)
             return
         line.call.sideband_headers = dict(ws.headers)

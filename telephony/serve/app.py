@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     if settings.openai_webhook_secret:
         from telephony.serve.openai_sip import OpenAISipRoute
 
-        openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts)
+        openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner)
 
     def default_connector(s: Settings) -> Connector:
         return upstream.connector(s, dialect, profile.greeting)

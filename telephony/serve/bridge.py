@@ -32,7 +32,7 @@ from telephony.core.actions import (
 from telephony.core.call import Call
 from telephony.serve.direct_lane import DIRECT_LANE, payload
 from telephony.serve.realtime_client import RealtimeTransport
-from telephony.serve.tools import CallContext, ToolRunner, ToolSession
+from telephony.serve.tools import CallTools, ToolRunner
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.wire import realtime as rt
@@ -77,9 +77,7 @@ class Bridge:
                  tools: ToolRunner | None = None,
                  prepare: Callable[[Call], Awaitable[None]] | None = None) -> None:
         self.ws = ws
-        self.tools = tools or ToolRunner()
-        self._tool_session: ToolSession | None = None  # opened by the call's first tool
-        self._mcp_listed = False
+        self.tools = CallTools(tools or ToolRunner(), call)
         # Run with the first Realtime connect, before the session is configured (a handed-over
         # call's saved state is fetched so, in parallel with the handshake).
         self.prepare = prepare
@@ -303,22 +301,12 @@ class Bridge:
     async def _connect(self) -> RealtimeTransport:
         """The upstream connection; the first time, the call's MCP servers are listed meanwhile, so
         the session is configured with their tools and the call waits for neither in turn."""
-        servers = [s for s in self.call.profile.mcp_servers if s.run_by == "bridge"]
-        if not servers or self._mcp_listed:
-            return await self.connector()
-        self._mcp_listed = True
-        found, upstream = await asyncio.gather(self.tools.discover(servers, self.sid), self.connector())
-        self.call.add_function_tools(found)
+        found, upstream = await asyncio.gather(self.tools.discover(), self.connector())
+        self.dispatch(self.call.add_function_tools(found))  # nothing to send: the session is not open yet
         return upstream
 
-    def _open_tool_session(self) -> ToolSession:
-        if self._tool_session is None:
-            context = CallContext.of(self.sid, self.call.parameters, self.call.profile.name)
-            self._tool_session = self.tools.session(context)
-        return self._tool_session
-
     async def _run_tool(self, action: RunTool) -> None:
-        output, outcome = await self.tools.run(self._open_tool_session(), action.tool, action.arguments)
+        output, outcome = await self.tools.run(action)
         self.dispatch(self.call.on_tool_result(action.call_id, output, self.now(), outcome))
 
     async def _call_control(self, action: HangUp | Transfer) -> None:
@@ -352,8 +340,7 @@ class Bridge:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._tool_session is not None:
-            await self._tool_session.aclose()
+        await self.tools.aclose()
 
     async def _close_twilio(self) -> None:
         if self._twilio_writer_task is not None:

@@ -25,6 +25,7 @@ class CallRegistry:
         self.max_calls = max_calls  # 0: no limit
         self.draining = False
         self._calls: set[Endable] = set()
+        self._reserved = 0  # places held for calls about to start (reserve())
         self._changed = asyncio.Event()
         # Set when calls can be moved to another instance at shutdown (serve/handoff.py): True if moved.
         self.hand_over: Callable[[Endable], Awaitable[bool]] | None = None
@@ -36,9 +37,18 @@ class CallRegistry:
         """None when a new call may start; else why not."""
         if self.draining:
             return "shutting down"
-        if self.max_calls and len(self._calls) >= self.max_calls:
+        if self.max_calls and len(self._calls) + self._reserved >= self.max_calls:
             return f"at the limit of {self.max_calls} concurrent calls"
         return None
+
+    def reserve(self) -> "Place | None":
+        """A place for a call about to start, held before anything is awaited for it (OpenAI's
+        accept) so that a burst of calls cannot overshoot the limit; None when there is none
+        (``accepting()`` says why)."""
+        if self.accepting() is not None:
+            return None
+        self._reserved += 1
+        return Place(self)
 
     def add(self, call: Endable) -> None:
         self._calls.add(call)
@@ -46,6 +56,9 @@ class CallRegistry:
     def discard(self, call: Endable) -> None:
         self._calls.discard(call)
         self._changed.set()
+
+    def _give_back(self) -> None:
+        self._reserved -= 1
 
     async def _until_empty_or(self, hurry: Callable[[], bool]) -> None:
         while self._calls and not hurry():
@@ -88,3 +101,23 @@ class CallRegistry:
             await asyncio.wait_for(self._until_empty(), END_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.error("shutting down: %d call(s) did not end in time", len(self._calls))
+
+
+class Place:
+    """A place held under the limit (``CallRegistry.reserve``): a call fills it, or it is given back."""
+
+    def __init__(self, registry: CallRegistry) -> None:
+        self._registry: CallRegistry | None = registry
+
+    def fill(self, call: Endable) -> None:
+        """The call takes the place: from now on it counts as a call in progress."""
+        registry = self._registry
+        self.release()
+        if registry is not None:
+            registry.add(call)
+
+    def release(self) -> None:
+        """Gives the place back; a no-op once filled or released."""
+        if self._registry is not None:
+            self._registry._give_back()
+            self._registry = None

@@ -4,8 +4,15 @@
 ``realtime.call.incoming`` it picks the profile from the SIP ``To`` header, then accepts the call
 with the profile's session (or rejects it with 486 while draining or at the call limit), and runs
 the call from the same Call core as a Twilio call, over the sideband websocket: greeting, tools
-(hang-up only once the goodbye has stopped playing, transfer by SIP REFER), keypad digits,
-transcripts. No audio passes through this process.
+(hang-up only once the goodbye has stopped playing, transfer by SIP REFER, and the business tools
+through the same runner as a Twilio stream's), keypad digits, transcripts. No audio passes
+through this process.
+
+Several instances may receive the same webhook (OpenAI redelivers until it sees a 2xx): the call
+id is claimed in the shared state, so one of them accepts it. A call's place under
+MAX_CONCURRENT_CALLS is held before the accept is awaited, and MAX_TOTAL_CALLS and GET /calls
+count these calls as they do Twilio's. A sideband that drops is reopened once; a call that can no
+longer be steered is hung up.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from typing import Callable
 
 import openai
@@ -25,16 +31,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from telephony.core import sip
-from telephony.core.actions import Action, EndStream, HangUp, OpenRealtime, Record, ToRealtime, Transfer
+from telephony.core.actions import Action, EndStream, HangUp, OpenRealtime, Record, RunTool, ToRealtime, Transfer
 from telephony.core.call import Call
 from telephony.core.profile import Profile
 from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.serve import realtime_client
-from telephony.serve.limits import CallRegistry
+from telephony.serve.limits import CallRegistry, Place
 from telephony.serve.realtime_client import RealtimeTransport
 from telephony.serve.security import read_capped_body
+from telephony.serve.shared_state import LocalState, RedisState, call_entry
 from telephony.serve.telemetry import CallObserver
+from telephony.serve.tools import CallTools, ToolRunner
 from telephony.serve.transcripts import TranscriptHub
 from telephony.settings import Settings
 from telephony.wire import openai_sip as wire
@@ -44,10 +52,14 @@ log = logging.getLogger("telephony.openai_sip")
 
 ROUTE = "openai_sip"  # the metrics label of these calls
 MAX_WEBHOOK_BYTES = 256 * 1024  # an incoming-call event is a few KB even with many SIP headers
-REMEMBERED_CALLS = 10_000  # call ids already handled, so a redelivered webhook is not accepted twice
+# A call id is claimed (across instances, with REDIS_URL) this long: OpenAI redelivers a webhook
+# it saw no 2xx for, and an accept later than this finds the call gone (404) anyway.
+CLAIM_TTL_S = 3600.0
 TICK_S = 0.1  # the core's clock: keypad bursts and the after-goodbye deadline
 CLOSE_TIMEOUT_S = 1.0
 REST_TIMEOUT_S = 10.0
+NORMAL_CLOSURE = 1000  # OpenAI closes the sideband so when the call ends; anything else is a drop
+HELD_LIMIT = 200  # sideband messages kept while it reconnects (tool outputs, keypad digits)
 
 # The profile for a call, from the URI of its SIP To header; None: no profile answers there.
 ProfileChooser = Callable[[str], Profile | None]
@@ -57,21 +69,23 @@ class OpenAISipRoute:
     """The webhook route and the calls it started. ``routes()`` is all the app adds."""
 
     def __init__(self, settings: Settings, choose_profile: ProfileChooser, calls: CallRegistry,
-                 metrics: Metrics, transcripts: TranscriptHub) -> None:
+                 metrics: Metrics, transcripts: TranscriptHub, state: LocalState | RedisState | None = None,
+                 tools: ToolRunner | None = None) -> None:
+        """``state``: where call ids are claimed and calls listed (the app's: shared with REDIS_URL).
+        Raises SettingsError naming OPENAI_API_KEY when there is no key of OpenAI's to send."""
+        self.api_key = settings.require_openai_key()
         self.settings = settings
         self.choose_profile = choose_profile
         self.calls = calls
         self.metrics = metrics
         self.transcripts = transcripts
+        self.state = state or LocalState()
+        self.tools = tools or ToolRunner(settings.tools_secret)
         self.base_url = settings.openai_base_url or wire.DEFAULT_BASE_URL
-        self.client = openai.AsyncOpenAI(api_key=settings.openai_key() or "unset", base_url=self.base_url,
+        self.client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url,
                                          webhook_secret=settings.openai_webhook_secret or None,
                                          max_retries=1, timeout=REST_TIMEOUT_S)
-        self._handled: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
-        if not settings.openai_key():
-            log.warning("OPENAI_WEBHOOK_SECRET is set but neither REALTIME_API_KEY nor OPENAI_API_KEY: "
-                        "OpenAI's SIP calls cannot be accepted")
 
     def routes(self) -> list[Route]:
         return [Route(wire.OPENAI_SIP_PATH, self.webhook, methods=["POST"])]
@@ -100,20 +114,33 @@ class OpenAISipRoute:
 
     async def _incoming(self, event: RealtimeCallIncomingWebhookEvent) -> Response:
         call_id = event.data.call_id
-        if call_id in self._handled:  # OpenAI redelivers until it sees a 2xx
-            log.info("call %s: webhook %s repeated; already handled", call_id, event.id)
+        if not await self.state.claim(_claim_key(call_id), CLAIM_TTL_S):  # OpenAI redelivers until it sees a 2xx
+            log.info("call %s: webhook %s repeated; already handled here or on another instance", call_id, event.id)
             return Response(status_code=200)
-        self._remember(call_id)
+        place = self.calls.reserve()  # before any await: a burst of webhooks cannot overshoot the limit
+        try:
+            return await self._answer(event, place)
+        finally:
+            if place is not None:
+                place.release()  # a no-op once the call took it
+
+    async def _answer(self, event: RealtimeCallIncomingWebhookEvent, place: Place | None) -> Response:
+        """Accepts the call into the place held for it, or rejects it (no place: busy)."""
+        call_id = event.data.call_id
         headers = [h.model_dump() for h in event.data.sip_headers]
         to = wire.address(wire.header(headers, "To"))
-        busy = self.calls.accepting()
+        busy = None if place is not None else self.calls.accepting() or "busy"
         profile = None if busy else self.choose_profile(to)
+        limit = self.settings.max_total_calls
+        if profile is not None and limit and not await self.state.admit(call_id, limit):
+            busy = f"at the limit of {limit} calls across instances"
         if busy or profile is None:
             log.warning("call %s: rejected (%s)", call_id, busy or f"no profile answers {to!r}")
             status = wire.BUSY_HERE if busy else wire.NOT_FOUND
             failed = await self._rest(call_id, "reject", self.client.realtime.calls.reject(call_id, status_code=status))
             return failed or Response(status_code=200)
         parameters = {"call_sid": call_id, "from": wire.address(wire.header(headers, "From")), "to": to,
+                      "direction": "inbound",
                       **sip.header_parameters(sip.select_headers(
                           profile.sip_headers, ((h["name"], h["value"]) for h in headers)))}
         call = Call(profile, carries_media=False)
@@ -123,14 +150,17 @@ class OpenAISipRoute:
         if failed is not None:
             return failed
         log.info("call %s: accepted for %s", call_id, to)
-        task = asyncio.create_task(SidebandCall(self, call, starting).run())
+        sideband = SidebandCall(self, call, starting)
+        place.fill(sideband)  # held since the webhook arrived
+        task = asyncio.create_task(sideband.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return Response(status_code=200)
 
     async def _rest(self, call_id: str, verb: str, request) -> Response | None:
         """One REST call about ``call_id``: None when it went through, else the webhook's answer.
-        On a failure the call is forgotten, so OpenAI's redelivery of the webhook tries again."""
+        On a failure the call id's claim is given up, so that OpenAI's redelivery of the webhook
+        tries again (here or on another instance)."""
         try:
             await request
         except openai.NotFoundError:  # the caller hung up while it rang: nothing to retry
@@ -138,18 +168,13 @@ class OpenAISipRoute:
             return Response(status_code=200)
         except openai.APIStatusError as exc:
             log.error("call %s: OpenAI refused %s: HTTP %s", call_id, verb, exc.status_code)
-            self._handled.pop(call_id, None)
+            await self.state.release(_claim_key(call_id))
             return _error(502, f"OpenAI refused {verb}: HTTP {exc.status_code}")
         except openai.APIError as exc:  # unreachable, timed out
             log.error("call %s: %s failed: %s", call_id, verb, type(exc).__name__)
-            self._handled.pop(call_id, None)
+            await self.state.release(_claim_key(call_id))
             return _error(502, f"{verb} failed: {type(exc).__name__}")
         return None
-
-    def _remember(self, call_id: str) -> None:
-        self._handled[call_id] = None
-        while len(self._handled) > REMEMBERED_CALLS:
-            self._handled.popitem(last=False)
 
     async def close(self) -> None:
         """Stops following the calls (they go on at OpenAI without tools); the REST client closes."""
@@ -160,15 +185,18 @@ class OpenAISipRoute:
 
 
 class SidebandCall:
-    """The shell around one call without media: the sideband socket, the clock, REST control."""
+    """The shell around one call without media: the sideband socket, the clock, REST control,
+    the business tools."""
 
     def __init__(self, route: OpenAISipRoute, call: Call, starting: list[Action]) -> None:
         self.route = route
         self.call = call
         self.call_id = call.call_sid or ""
+        self.tools = CallTools(route.tools, call)
         self._starting = starting
         self._loop = asyncio.get_running_loop()
-        self._sideband: RealtimeTransport | None = None
+        self._sideband: RealtimeTransport | None = None  # None while (re)connecting
+        self._held: list[str] = []  # what the core sent while the sideband was away
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._observer: CallObserver | None = None  # made in run(): the call's log context is its task's
@@ -177,14 +205,18 @@ class SidebandCall:
         return self._loop.time()
 
     async def run(self) -> None:
+        """Serves the call until it ends; the route has already registered it in its CallRegistry."""
         route = self.route
         self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE)
-        calls, transcripts = route.calls, route.transcripts
-        calls.add(self)
+        transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
+        # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.
+        listed = asyncio.create_task(state.put_call(self.call_id, {**call_entry(self.call.parameters),
+                                                                   "route": ROUTE}))
         try:
             self.dispatch(self._starting)
             self._spawn(self._ticker())
+            self._spawn(self._discover_tools())
             await self._done.wait()
         finally:
             if self._sideband is not None:
@@ -193,9 +225,13 @@ class SidebandCall:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            calls.discard(self)
+            route.calls.discard(self)
             transcripts.end(self.call_id)
             self._observer.close()
+            await self.tools.aclose()
+            await asyncio.gather(listed, return_exceptions=True)  # listed first, so that the drop is last
+            with contextlib.suppress(Exception):
+                await state.drop_call(self.call_id)
 
     def end(self, reason: str) -> None:
         """The service is shutting down: hang the call up rather than leave it without tools."""
@@ -207,12 +243,13 @@ class SidebandCall:
     def dispatch(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, ToRealtime):
-                if self._sideband is not None:
-                    self._sideband.send(wire.serialize(action.command))
+                self._send(wire.serialize(action.command))
             elif isinstance(action, Record):
                 self._observer.on_record(self.call, action)
                 if action.kind == "transcript":
                     self.route.transcripts.publish(self.call_id, action.data)
+            elif isinstance(action, RunTool):  # a task: the sideband never waits for a tool
+                self._spawn(self._run_tool(action))
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._pump())
             elif isinstance(action, (HangUp, Transfer)):
@@ -221,30 +258,44 @@ class SidebandCall:
                 self._done.set()
             # ToTwilio: a call without media sends nothing to play
 
+    def _send(self, text: str) -> None:
+        if self._sideband is not None:
+            self._sideband.send(text)
+        elif len(self._held) < HELD_LIMIT:  # the server keeps the session: these still apply
+            self._held.append(text)
+        else:
+            log.warning("call %s: sideband away; message dropped", self.call_id)
+
     def _spawn(self, coro) -> None:
         self._tasks.append(asyncio.create_task(coro))
 
     async def _pump(self) -> None:
         url = wire.sideband_url(self.route.base_url, self.call_id)
-        headers = {"Authorization": f"Bearer {self.route.settings.openai_key()}"}
+        headers = {"Authorization": f"Bearer {self.route.api_key}"}
         try:
-            self._sideband = await realtime_client.connect_to(url, headers, self.route.settings)
-        except Exception as exc:  # refused, timed out, rejected handshake
-            log.error("call %s: cannot open the sideband: %s; hanging up", self.call_id, exc)
-            with contextlib.suppress(openai.APIError):  # a call we cannot steer is not left running
-                await self.route.client.realtime.calls.hangup(self.call_id)
+            sideband = await realtime_client.connect_to(url, headers, self.route.settings)
+        except Exception as exc:  # refused, timed out, rejected handshake: the core hangs up
+            log.error("call %s: cannot open the sideband: %s", self.call_id, exc)
             self.dispatch(self.call.on_realtime_closed(f"sideband connect failed: {exc}"))
             return
+        self._sideband = sideband
         self.dispatch(self.call.on_realtime_open(self.now()))
+        held, self._held = self._held, []
+        for text in held:
+            sideband.send(text)
         reason = "closed by OpenAI"
         try:
             while True:
-                self._on_message(await self._sideband.recv())
+                self._on_message(await sideband.recv())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
-        self.dispatch(self.call.on_realtime_closed(reason))
+        self._sideband = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sideband.close(), CLOSE_TIMEOUT_S)
+        over = getattr(sideband, "close_code", None) == NORMAL_CLOSURE
+        self.dispatch(self.call.on_realtime_closed(reason, call_over=over))
 
     def _on_message(self, text: str) -> None:
         self._observer.received("realtime")
@@ -260,13 +311,23 @@ class SidebandCall:
             await asyncio.sleep(TICK_S)
             self.dispatch(self.call.on_tick(self.now()))
 
+    # --- Tools: the same runner as a Twilio stream's ---
+
+    async def _discover_tools(self) -> None:
+        """The tools of the call's MCP servers, offered once listed (the call never waits for them)."""
+        self.dispatch(self.call.add_function_tools(await self.tools.discover()))
+
+    async def _run_tool(self, action: RunTool) -> None:
+        output, outcome = await self.tools.run(action)
+        self.dispatch(self.call.on_tool_result(action.call_id, output, self.now(), outcome))
+
     async def _control(self, action: HangUp | Transfer) -> None:
         calls = self.route.client.realtime.calls
         try:
             if isinstance(action, HangUp):
                 log.info("call %s: hanging up: %s", self.call_id, action.reason)
                 await calls.hangup(self.call_id)
-                self.dispatch(self.call.on_hung_up(action.reason))
+                self.dispatch(self.call.on_hung_up(action.reason, action.abnormal))
             else:
                 target = sip.refer_uri(action.number)
                 log.info("call %s: transferring to %s (SIP REFER)", self.call_id, target)
@@ -277,7 +338,11 @@ class SidebandCall:
             log.error("call %s: OpenAI refused %s (%s): %s", self.call_id, type(action).__name__,
                       status or type(exc).__name__, getattr(exc, "message", ""))
             if isinstance(action, HangUp):
-                self.dispatch(self.call.on_hung_up(f"{action.reason} (hang-up refused)"))
+                self.dispatch(self.call.on_hung_up(f"{action.reason} (hang-up refused)", action.abnormal))
+
+
+def _claim_key(call_id: str) -> str:
+    return f"openai_sip:{call_id}"
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -64,6 +64,7 @@ class _Listener(picows.WSListener):
         self.messages: deque[str] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closed: str | None = None  # why, once the socket is gone or closing
+        self.close_code: int | None = None  # the provider's close frame's code; None: none came
         self.failed: BaseException | None = None  # what the consumer raised, which closed us
         self.consumer: Callable[[str], None] | None = None
         self.paused = False
@@ -82,6 +83,8 @@ class _Listener(picows.WSListener):
         elif kind == picows.WSMsgType.CLOSE:
             code = frame.get_close_code()
             reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
+            if self.closed is None:
+                self.close_code = int(code)
             self._end(f"closed by the provider ({int(code)}{': ' + reason if reason else ''})")
             # A close frame without a code reads as 0 (NO_INFO), which is not ours to send back.
             transport.send_close(code if int(code) >= 1000 else picows.WSCloseCode.OK)
@@ -177,6 +180,11 @@ class WebsocketTransport:
             # A provider that stopped reading never answers the close frame; the socket is
             # dropped rather than left open. Disconnecting a closed transport is a no-op.
             self._transport.disconnect(graceful=False)
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the provider's close frame (1000: a normal end), None if it sent none."""
+        return self._listener.close_code
 
     @property
     def is_closing(self) -> bool:

@@ -72,8 +72,14 @@ def decode(text: str | bytes) -> rt.Event | SidebandEvent:
     return realtime_ga.decode(text)
 
 
-encode = realtime_ga.encode
-serialize = realtime_ga.serialize
+def encode(command: rt.Command) -> dict[str, Any]:
+    if isinstance(command, rt.ConfigureSession):
+        return {"type": "session.update", "session": tools_update(command.config)}
+    return realtime_ga.encode(command)
+
+
+def serialize(command: rt.Command) -> str:
+    return rt.append_audio_text(encode, command)
 
 
 # --- REST and websocket addresses ---
@@ -89,6 +95,13 @@ def sideband_url(base_url: str, call_id: str) -> str:
 
 
 # --- The accept body ---
+
+
+def tools_update(config: rt.SessionConfig) -> dict[str, Any]:
+    """What a ``session.update`` on the sideband changes: the tools (found after the accept, on an
+    MCP server). The rest was set by the accept, and the voice cannot change once the agent spoke."""
+    session = realtime_ga.encode(rt.ConfigureSession(config))["session"]
+    return {"type": "realtime", **{k: session[k] for k in ("tools", "tool_choice") if k in session}}
 
 
 def accept_session(config: rt.SessionConfig, model: str) -> dict[str, Any]:

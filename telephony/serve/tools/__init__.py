@@ -18,9 +18,10 @@ from telephony.core.function_tools import FunctionTool, McpServer
 from telephony.core.profile import ProfileError
 from telephony.core.profile_choice import Profiles
 from telephony.serve.tools import http_tool, mcp_tool, python_tool
+from telephony.serve.tools.call_tools import CallTools
 from telephony.serve.tools.context import CallContext, ToolFailure, ToolSession
 
-__all__ = ["RUNNERS", "CallContext", "ToolFailure", "ToolRunner", "ToolSession"]
+__all__ = ["RUNNERS", "CallContext", "CallTools", "ToolFailure", "ToolRunner", "ToolSession"]
 
 log = logging.getLogger("telephony.tools")
 
