@@ -130,7 +130,7 @@ async def soak(sequential: int, concurrent: int, concurrent_call_s: float = 1.0,
     # No greeting response and no VAD turns: the calls measure the bridge, not the fake model.
     script = Script(respond_to_turns=False, response_ms=100)
     async with ScriptedRealtimeServer(script, keep_connections=False) as upstream:
-        settings = Settings(realtime_url=upstream.url, realtime_api_key="sk-soak",
+        settings = Settings(realtime_url=upstream.url, realtime_api_key="sk-soak", twilio_validate_signatures=False,
                             max_concurrent_calls=concurrent + 10)
         async with serving(settings) as (app, host):
             n = 0

@@ -27,14 +27,22 @@ def _serve(args: argparse.Namespace) -> int:
         # on SIGTERM (serve/workers.py). The listening socket is ours, not uvicorn's: uvicorn binds
         # with protocol 0, and asyncio then leaves Nagle on for every call's socket (a barge-in
         # `clear` waits for an ACK).
-        from telephony.serve.workers import Supervisor
+        from telephony.serve.app import check_configuration
+        from telephony.serve.workers import Supervisor, share_stream_key
 
+        check_configuration(settings)  # a bad setting stops the service here, before any worker starts
+        share_stream_key(settings)
         sock = tcp_socket(options["host"], options["port"])
         return Supervisor(settings.web_concurrency, options, sock, grace).run()
     else:
         from telephony.serve.app import create_app
 
-        app = create_app(settings)
+        try:
+            app = create_app(settings)
+        except (SettingsError, ProfileError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - as a worker does: not a crash to retry, a setting to fix
+            raise SettingsError(f"the app cannot be built: {type(exc).__name__}: {exc}") from None
         GracefulServer(uvicorn.Config(app, **options), app.state.calls, grace).run()  # SIGTERM: drain
     return 0
 

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if value:
+            # The client's own parser, so a URL it would refuse at the first call stops the service
+            # at start instead (its messages name the part, never the password).
+            from redis.connection import parse_url
+
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"not a URL the redis client accepts: {exc}") from None
         return value
 
     @field_validator("realtime_url")

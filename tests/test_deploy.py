@@ -115,10 +115,12 @@ async def test_doctor_fails_on_rejected_keys_and_a_bad_public_url():
 
 async def test_doctor_without_twilio_keys_still_passes():
     out = io.StringIO()
-    assert await run_doctor(Settings(realtime_api_key="k"), connect=False, out=out) == 0
+    assert await run_doctor(Settings(twilio_validate_signatures=False,
+                                     realtime_api_key="k"), connect=False, out=out) == 0
     assert "Twilio account:   not configured" in out.getvalue()
     out = io.StringIO()
-    assert await run_doctor(Settings(realtime_api_key="k", twilio_account_sid=SID), connect=False, out=out) == 1
+    assert await run_doctor(Settings(twilio_validate_signatures=False,
+                                     realtime_api_key="k", twilio_account_sid=SID), connect=False, out=out) == 1
     assert "TWILIO_AUTH_TOKEN is not set" in out.getvalue()
 
 
@@ -136,7 +138,8 @@ def test_serve_honours_port_workers_and_proxy_headers(workers):
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "WEB_CONCURRENCY": workers,
-           "REALTIME_API_KEY": "k", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_SECONDS": "1"}
+           "REALTIME_API_KEY": "k", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_SECONDS": "1",
+           "TWILIO_VALIDATE_SIGNATURES": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "telephony", "serve"], env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
@@ -187,9 +190,10 @@ def test_workers_that_cannot_start_stop_the_service_with_the_reason():
     from conftest import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": "0", "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2",
-           "REALTIME_API_KEY": "k", "AGENT_PROFILE": "/nonexistent/agent.toml"}
+           "REALTIME_API_KEY": "k", "AGENT_PROFILE": "/nonexistent/agent.toml",
+           "TWILIO_VALIDATE_SIGNATURES": "false"}
     done = subprocess.run([sys.executable, "-m", "telephony", "serve"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert "configuration error: agent profile /nonexistent/agent.toml does not exist" in done.stderr
-    assert "cannot start: the configuration is wrong" in done.stderr
+    assert done.stderr.count("configuration error") == 1  # found before any worker started: said once

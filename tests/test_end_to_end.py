@@ -26,7 +26,7 @@ API_KEY = "sk-test-secret-key-123"
 
 
 def settings_for(server: ScriptedRealtimeServer, **overrides) -> Settings:
-    return Settings(realtime_url=server.url, realtime_api_key=API_KEY, **overrides)
+    return Settings(twilio_validate_signatures=False, realtime_url=server.url, realtime_api_key=API_KEY, **overrides)
 
 
 async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
@@ -131,7 +131,8 @@ async def test_calls_in_one_process_are_independent(profile):
 async def test_realtime_refusing_connection_ends_stream_promptly(profile):
     async with ScriptedRealtimeServer() as server:
         url = server.url
-    settings = Settings(realtime_url=url, realtime_api_key=API_KEY)  # nothing listens there now
+    settings = Settings(twilio_validate_signatures=False,
+                        realtime_url=url, realtime_api_key=API_KEY)  # nothing listens there now
     async with running_app(settings) as (app, host):
         sim = simulated_call(app, host, caller_audio=ulaw_silence(5.0), hang_up=False)
         started = time.monotonic()
@@ -150,7 +151,7 @@ async def test_healthz():
 
 async def test_barge_in_end_to_end_with_the_local_engine(profile):
     """The same call against ``REALTIME_URL=local``: the app's own wiring, no socket upstream."""
-    settings = Settings.from_env({"REALTIME_URL": "local"})
+    settings = Settings.from_env({"REALTIME_URL": "local", "TWILIO_VALIDATE_SIGNATURES": "false"})
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(5.0)
     async with running_app(settings) as (app, host):
         sim = simulated_call(app, host, caller_audio=caller, hang_up_when_quiet_s=0.5)
@@ -172,7 +173,7 @@ async def test_local_engine_events_seen_by_the_bridge_are_valid_and_truncate_mat
 
     seen: list[tuple[str, dict]] = []
     caller = ulaw_silence(1.2) + ulaw_tone(500, 0.5) + ulaw_silence(1.0)
-    settings = Settings(realtime_url="local")
+    settings = Settings(twilio_validate_signatures=False, realtime_url="local")
     factory = lambda s: local_connector(observer=lambda d, e: seen.append((d, e)), greeting=profile.greeting)  # noqa: E731
     async with running_app(settings, connector_factory=factory) as (app, host):
         result = await simulated_call(app, host, caller_audio=caller).run()

@@ -55,7 +55,8 @@ def json_logs():
 async def barge_in_call(tmp_path, codec="pcm16"):
     script = Script(response_ms=3000, speed=2.0)
     caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.0)
-    settings = Settings(realtime_api_key=API_KEY, audio_codec=codec, call_records_dir=tmp_path / "records")
+    settings = Settings(twilio_validate_signatures=False,
+                        realtime_api_key=API_KEY, audio_codec=codec, call_records_dir=tmp_path / "records")
     async with ScriptedRealtimeServer(script) as server:
         settings = settings.model_copy(update={"realtime_url": server.url})
         async with running_app(settings) as (app, host):
@@ -113,10 +114,10 @@ async def test_metrics_records_and_json_logs_after_a_barge_in_call(tmp_path, jso
 
 async def test_no_call_records_when_the_directory_is_unset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written relative to the working directory would land here
-    settings = Settings(realtime_api_key=API_KEY)
+    settings = Settings(twilio_validate_signatures=False, realtime_api_key=API_KEY)
     assert settings.call_records_dir is None
     async with ScriptedRealtimeServer() as server:
-        settings = Settings(realtime_url=server.url, realtime_api_key=API_KEY)
+        settings = Settings(twilio_validate_signatures=False, realtime_url=server.url, realtime_api_key=API_KEY)
         async with running_app(settings) as (app, host):
             await simulated_call(app, host, caller_audio=ulaw_silence(0.3)).run()
     assert not list(tmp_path.iterdir())
@@ -156,7 +157,8 @@ def test_operations_settings_from_env(tmp_path):
 
 async def test_metrics_token_guards_metrics():
     async with ScriptedRealtimeServer() as server:
-        settings = Settings(realtime_url=server.url, realtime_api_key=API_KEY, metrics_token="m-token-1")
+        settings = Settings(twilio_validate_signatures=False,
+                            realtime_url=server.url, realtime_api_key=API_KEY, metrics_token="m-token-1")
         async with running_app(settings) as (app, host), httpx.AsyncClient() as client:
             assert (await client.get(f"http://{host}/metrics")).status_code == 401
             wrong = await client.get(f"http://{host}/metrics", headers={"Authorization": "Bearer nope"})
@@ -168,7 +170,8 @@ async def test_metrics_token_guards_metrics():
 
 async def test_status_callback_is_accepted():
     async with ScriptedRealtimeServer() as server:
-        async with running_app(Settings(realtime_url=server.url, realtime_api_key=API_KEY)) as (app, host):
+        async with running_app(Settings(twilio_validate_signatures=False,
+                                        realtime_url=server.url, realtime_api_key=API_KEY)) as (app, host):
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"http://{host}/twilio/status",
                                       data={"CallSid": "CA" + "1" * 32, "CallStatus": "completed",
@@ -177,7 +180,7 @@ async def test_status_callback_is_accepted():
 
 
 def test_configured_logs_mask_secrets_that_slip_into_a_message():
-    with captured_json_logs(Settings(realtime_api_key=API_KEY).secrets()) as stream:
+    with captured_json_logs(Settings(twilio_validate_signatures=False, realtime_api_key=API_KEY).secrets()) as stream:
         logging.getLogger("telephony.test").error("upstream said: bad key %s", API_KEY)
     line = json.loads(stream.getvalue())
     assert API_KEY not in stream.getvalue() and line["msg"] == "upstream said: bad key [redacted]"

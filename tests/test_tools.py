@@ -77,7 +77,8 @@ def write_profile(path: Path, tools: str, filler_after_ms: int = 1500) -> Path:
 
 
 def settings(server: ScriptedRealtimeServer, dialect: str = "beta", **kw) -> Settings:
-    return Settings(realtime_url=server.url, realtime_api_key="sk-x", realtime_dialect=dialect,
+    return Settings(twilio_validate_signatures=False,
+                    realtime_url=server.url, realtime_api_key="sk-x", realtime_dialect=dialect,
                     tools_secret=SECRET, **kw)
 
 
@@ -246,13 +247,13 @@ def test_a_python_tool_that_cannot_be_loaded_stops_the_app_at_startup(tmp_path):
     profile = write_profile(tmp_path / "agent.toml", PYTHON_TOOLS.replace("tool_functions:check_stock",
                                                                           "tool_functions:missing"))
     with pytest.raises(ProfileError, match="tool_functions:missing"):
-        create_app(Settings(realtime_api_key="sk-x"), load_profile(profile))
+        create_app(Settings(twilio_validate_signatures=False, realtime_api_key="sk-x"), load_profile(profile))
 
 
 def test_an_http_tool_without_tools_secret_stops_the_app_at_startup(tmp_path):
     profile = write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url="https://example.com/x", timeout=5))
     with pytest.raises(ProfileError, match="TOOLS_SECRET"):
-        create_app(Settings(realtime_api_key="sk-x"), load_profile(profile))
+        create_app(Settings(twilio_validate_signatures=False, realtime_api_key="sk-x"), load_profile(profile))
 
 
 # --- MCP ---
@@ -336,7 +337,7 @@ async def test_an_mcp_server_run_by_the_provider_is_passed_through_in_the_ga_ses
 def test_an_mcp_server_run_by_the_provider_needs_the_ga_dialect(tmp_path):
     profile = write_profile(tmp_path / "agent.toml", mcp_table("https://mcp.example.com/mcp", "provider"))
     with pytest.raises(ProfileError, match="GA dialect"):
-        create_app(Settings(realtime_api_key="sk-x"), load_profile(profile))
+        create_app(Settings(twilio_validate_signatures=False, realtime_api_key="sk-x"), load_profile(profile))
 
 
 async def test_an_mcp_server_that_is_down_leaves_the_call_going_without_its_tools(tmp_path):
@@ -416,6 +417,7 @@ def test_serve_with_an_unusable_tool_says_why_and_exits(tmp_path, monkeypatch, c
     profile = write_profile(tmp_path / "agent.toml", HTTP_TOOL.format(url="https://example.com/x", timeout=5))
     monkeypatch.setenv("AGENT_PROFILE", str(profile))
     monkeypatch.delenv("TOOLS_SECRET", raising=False)
+    monkeypatch.setenv("TWILIO_VALIDATE_SIGNATURES", "false")
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "configuration error: profile 'agent': HTTP tool 'lookup_order' needs TOOLS_SECRET" in err

@@ -85,7 +85,9 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
     started = time.monotonic()
     caller_pcm = read_pcm8k(caller_wav or demo_caller_wav())
     caller_audio = audioop.lin2ulaw(caller_pcm.astype("<i2").tobytes(), 2)
-    settings = Settings(realtime_url="local", host=LOOPBACK, realtime_dialect=dialect)
+    # Loopback only, no Twilio account: the demo's own simulated caller posts the webhook unsigned.
+    settings = Settings(realtime_url="local", host=LOOPBACK, realtime_dialect=dialect,
+                        twilio_validate_signatures=False)
     profile = load_profile(settings.profile_path())
     cue = None
     if tool:

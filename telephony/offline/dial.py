@@ -8,6 +8,7 @@ and run ``TwilioCallSimulator`` against that stream with those parameters.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -58,12 +59,28 @@ def parse_twiml(xml: str) -> StreamInstructions:
     return StreamInstructions(stream.get("url", ""), parameters)
 
 
+def signature_headers(url: str, form: dict[str, str]) -> dict[str, str]:
+    """X-Twilio-Signature as Twilio computes it, when TWILIO_AUTH_TOKEN is in our environment (the
+    service refuses unsigned webhooks unless it runs with TWILIO_VALIDATE_SIGNATURES=false). The
+    service checks the URL it is published at: PUBLIC_URL's, when set, else the one we call."""
+    token = os.environ.get("TWILIO_AUTH_TOKEN", "").strip()
+    if not token:
+        return {}
+    from twilio.request_validator import RequestValidator
+
+    public = os.environ.get("PUBLIC_URL", "").strip().rstrip("/")
+    signed = public + urllib.parse.urlsplit(url).path if public else url
+    return {"X-Twilio-Signature": RequestValidator(token).compute_signature(signed, form)}
+
+
 def fetch_twiml(url: str, call_sid: str, caller: str, callee: str) -> StreamInstructions:
-    """POSTs the call as Twilio would (form-encoded). Blocking: run it off the event loop."""
-    form = urllib.parse.urlencode({"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
-                                   "To": callee, "Direction": "inbound", "CallStatus": "ringing"})
-    request = urllib.request.Request(url, data=form.encode(), method="POST",
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    """POSTs the call as Twilio would (form-encoded, signed when we hold the auth token). Blocking:
+    run it off the event loop."""
+    fields = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller,
+              "To": callee, "Direction": "inbound", "CallStatus": "ringing"}
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(), method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded",
+                                              **signature_headers(url, fields)})
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return parse_twiml(response.read().decode("utf-8", "replace"))

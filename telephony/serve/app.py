@@ -52,7 +52,7 @@ from telephony.serve.tools import ToolRunner
 from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
-from telephony.settings import Settings
+from telephony.settings import Settings, SettingsError
 from telephony.wire.dialects import DIALECTS
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
 from telephony.wire.twiml import (
@@ -83,6 +83,28 @@ def public_base_url(request: Request, settings: Settings) -> str:
     return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
 
 
+def refuse_unprotected(settings: Settings) -> None:
+    """Safe by default: without TWILIO_AUTH_TOKEN no webhook can be verified, and anyone who found
+    the URL could open calls on the operator's model key and drive the business tools. The service
+    serves unsigned webhooks only when told so explicitly (development)."""
+    if settings.twilio_validate_signatures and not settings.twilio_auth_token:
+        raise SettingsError(
+            "TWILIO_AUTH_TOKEN: not set, so Twilio's webhook signatures cannot be checked and anyone "
+            "could place calls on your model key; set it to your Twilio auth token, or set "
+            "TWILIO_VALIDATE_SIGNATURES=false for local development only")
+
+
+def check_configuration(settings: Settings, profiles: Profiles | None = None) -> None:
+    """What create_app refuses, checked without building it (the supervisor calls it before any
+    worker starts, so a bad setting stops the service at once instead of a restart loop). Raises
+    SettingsError or ProfileError naming the variable or the profile."""
+    refuse_unprotected(settings)
+    profiles = profiles or load_profiles(settings.profile_path())
+    ToolRunner(settings.tools_secret).check(profiles, settings.realtime_dialect)
+    if settings.openai_webhook_secret:
+        settings.require_openai_key()
+
+
 def create_app(settings: Settings | None = None, profile: Profile | Profiles | None = None,
                connector_factory: Callable[[Settings], Connector] | None = None,
                claims: Claims | None = None) -> Starlette:
@@ -90,14 +112,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     ``claims``: where streams claim their token and call (default: the shared state, so with
     REDIS_URL a token opens one stream across all instances)."""
     settings = settings or Settings.from_env()
+    profiles = (Profiles.single(profile) if isinstance(profile, Profile)
+                else profile or load_profiles(settings.profile_path()))
+    check_configuration(settings, profiles)
     if not settings.public_url:
         log.warning("PUBLIC_URL is not set: webhook signatures and the URLs handed to Twilio follow "
                     "each request's Host header; set PUBLIC_URL to this service's public https URL")
-    profiles = (Profiles.single(profile) if isinstance(profile, Profile)
-                else profile or load_profiles(settings.profile_path()))
     profile = profiles.default
     tool_runner = ToolRunner(settings.tools_secret)
-    tool_runner.check(profiles, settings.realtime_dialect)
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
     metrics = Metrics()

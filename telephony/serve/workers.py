@@ -33,6 +33,7 @@ def serve_worker(options: dict, sock: socket.socket) -> None:
     from telephony.core.profile import ProfileError
     from telephony.ops import logs
     from telephony.serve.app import create_app
+    from telephony.serve.security import redact
     from telephony.serve.server import GracefulServer, http_protocol
     from telephony.settings import Settings, SettingsError
 
@@ -44,8 +45,36 @@ def serve_worker(options: dict, sock: socket.socket) -> None:
     except (SettingsError, ProfileError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         sys.exit(CONFIGURATION_ERROR)
+    except Exception as exc:  # noqa: BLE001 - anything else that stops the app being built is no better on retry
+        print(f"telephony: configuration error: the app cannot be built: {type(exc).__name__}: "
+              f"{redact(str(exc), settings_secrets())}", file=sys.stderr)
+        sys.exit(CONFIGURATION_ERROR)
     server = GracefulServer(uvicorn.Config(app, **options), app.state.calls, settings.shutdown_grace_seconds)
     server.run(sockets=[sock])
+
+
+def settings_secrets() -> list[str]:
+    """The environment's secrets, to scrub from an error that may quote one."""
+    from telephony.settings import Settings
+
+    try:
+        return Settings.from_env().secrets()
+    except Exception:  # noqa: BLE001 - settings that do not parse have been reported already
+        return []
+
+
+def share_stream_key(settings) -> None:
+    """Every worker must verify the stream URLs and tokens any worker signed: a webhook answered by
+    one worker opens its stream on another. Without STREAM_SECRET or TWILIO_AUTH_TOKEN to derive
+    it from, each worker would draw its own key (two calls in three refused with two workers), so
+    the supervisor draws one and hands it to all of them through the environment they inherit."""
+    if settings.stream_secret or settings.twilio_auth_token:
+        return
+    import secrets
+
+    os.environ["STREAM_SECRET"] = secrets.token_hex(32)
+    log.warning("neither STREAM_SECRET nor TWILIO_AUTH_TOKEN is set: the workers share a random stream "
+                "key for this run; with more than one instance set STREAM_SECRET")
 
 
 class Supervisor:
@@ -71,12 +100,16 @@ class Supervisor:
                 self._forward(signal.SIGTERM)
                 self._stop()
                 return 2
-        self._forward(self._signals[0])
+        # The first signal asks the workers to drain, always as SIGTERM: a Ctrl-C in a terminal has
+        # already sent SIGINT to every worker (the whole process group), and uvicorn takes a second
+        # SIGINT as "force exit", which would cut every call. A SIGTERM after a SIGINT only repeats
+        # "drain"; a worker that got nothing (a `kill -INT` of the supervisor alone) starts draining.
+        self._forward(signal.SIGTERM)
         self._stop()
         return 0
 
     def _on_signal(self, sig: int, frame) -> None:
-        if self._signals:  # a second signal (a second Ctrl-C): pass it on, the workers decide
+        if self._signals:  # a second signal (a second Ctrl-C): pass it on, the workers cut the drain short
             self._forward(sig)
         self._signals.append(sig)
         self._wake.set()
