@@ -84,13 +84,23 @@ def _configure_number(args: argparse.Namespace, http_client=None) -> int:
     return 0
 
 
+async def place_once(control, req, public_base: str, url: str):
+    from telephony.serve.outbound import place
+
+    try:
+        return await place(control, req, public_base, url)
+    finally:
+        await control.aclose()
+
+
 def _call(args: argparse.Namespace) -> int:
     """Places a call exactly as POST /calls does, from this machine's settings."""
+    import asyncio
     import json
     import time
 
     from telephony.serve.app import OUTBOUND_URL_TTL_S
-    from telephony.serve.outbound import RequestError, answer_url, parse_request, place
+    from telephony.serve.outbound import RequestError, answer_url, parse_request
     from telephony.serve.security import StreamTokens, stream_key
     from telephony.serve.twilio_rest import CallControl, TwilioError
 
@@ -106,7 +116,7 @@ def _call(args: argparse.Namespace) -> int:
         req = parse_request(json.dumps(body).encode(), settings.twilio_from_number)
         signer = StreamTokens(stream_key(settings), OUTBOUND_URL_TTL_S)
         url = answer_url(req, settings.public_url, signer, time.time())
-        placed = place(CallControl(settings), req, settings.public_url, url)
+        placed = asyncio.run(place_once(CallControl(settings), req, settings.public_url, url))
     except (RequestError, TwilioError) as exc:
         print(f"telephony call: {exc}", file=sys.stderr)
         return 1

@@ -21,3 +21,12 @@ def book_table(call, day: str, people: int) -> dict:
     if people > 8:
         raise ValueError("no table for more than 8")
     return {"booked": True, "day": day}
+
+
+stuck_release = threading.Event()
+
+
+def stuck(call) -> dict:
+    """A sync tool that hangs (a stuck database call) until the test lets it go."""
+    stuck_release.wait(30)
+    return {"late": True}

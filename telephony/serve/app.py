@@ -48,7 +48,7 @@ from telephony.serve.security import (
 from telephony.serve.shared_state import call_entry, make_state
 from telephony.serve.stream_paths import signed_stream_url
 from telephony.serve.telemetry import CallObserver
-from telephony.serve.tools import ToolRunner
+from telephony.serve.tools import ToolRunner, python_tool
 from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                     "each request's Host header; set PUBLIC_URL to this service's public https URL")
     profile = profiles.default
     tool_runner = ToolRunner(settings.tools_secret)
+    python_tool.THREADS.resize(settings.tool_threads)
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
     metrics = Metrics()
@@ -246,7 +247,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
         elif answered_by.startswith("machine_end") and (rest := call_control()) is not None:
             # The stream is served by another instance: Twilio speaks the voicemail itself.
-            await asyncio.to_thread(rest.redirect, sid, say_and_hang_up(profile.voicemail))
+            await rest.redirect(sid, say_and_hang_up(profile.voicemail))
         return Response(status_code=204)
 
     async def transcribe_and_forward(request: Request) -> Response:
@@ -369,7 +370,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if rest is None:
             return error(503, "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
         try:
-            placed = await asyncio.to_thread(outbound.place, rest, req, base, url)
+            placed = await outbound.place(rest, req, base, url)
         except TwilioError as exc:
             status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
             log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
@@ -414,6 +415,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def lifespan(app: Starlette):
         yield
         await state.close()
+        for rest in control:
+            await rest.aclose()
 
     app = Starlette(lifespan=lifespan, routes=[
         Route(VOICE_PATH, signed(voice), methods=["POST"]),

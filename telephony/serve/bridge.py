@@ -320,11 +320,11 @@ class Bridge:
         try:
             if isinstance(action, HangUp):
                 log.info("call %s: hanging up: %s", self.sid, action.reason)
-                await asyncio.to_thread(self.call_control.hang_up, sid)
+                await self.call_control.hang_up(sid)
             else:
                 log.info("call %s: transferring to %s%s", self.sid, action.number,
                          " (SIP REFER)" if action.refer else "")
-                await asyncio.to_thread(self.call_control.redirect, sid, transfer(action.number, action.refer))
+                await self.call_control.redirect(sid, transfer(action.number, action.refer))
         except TwilioError as exc:
             log.error("call %s: Twilio refused %s (%s): %s", self.sid, type(action).__name__,
                       exc.status, exc)

@@ -68,7 +68,7 @@ class Handoff:
         # The new stream (same call sid) usually opens before this one ends: let it claim the call.
         await self.state.release(stream_claim_key(AGENT_STREAM, sid))
         try:
-            await asyncio.to_thread(control.redirect, sid, twiml)
+            await control.redirect(sid, twiml)
         except TwilioError as exc:
             bridge.handed_over = False
             await self.state.take(handoff_key(sid))

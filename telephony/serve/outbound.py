@@ -120,7 +120,7 @@ def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now
     return url
 
 
-def place(control: CallControl, req: OutboundRequest, public_base: str, url: str) -> PlacedCall:
-    """Blocking (run it in a thread from async code). Raises TwilioError."""
-    return control.place(req.to, req.from_, url, f"{public_base}{STATUS_CALLBACK_PATH}",
+async def place(control: CallControl, req: OutboundRequest, public_base: str, url: str) -> PlacedCall:
+    """Raises TwilioError."""
+    return await control.place(req.to, req.from_, url, f"{public_base}{STATUS_CALLBACK_PATH}",
                          f"{public_base}{AMD_CALLBACK_PATH}" if req.machine_detection else None)

@@ -6,16 +6,20 @@ or the fake Twilio server the tests run on loopback) by rewriting the host of ea
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import AsyncHttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
 from telephony.settings import Settings
 
 REQUEST_TIMEOUT_S = 10.0
+TWILIO_API = "https://api.twilio.com"
 
 
 class TwilioError(Exception):
@@ -27,16 +31,30 @@ class TwilioError(Exception):
         self.code = code
 
 
-class _RebasedHttpClient(TwilioHttpClient):
-    def __init__(self, base_url: str) -> None:
-        super().__init__(timeout=REQUEST_TIMEOUT_S)
-        base = urlsplit(base_url)
-        self._scheme, self._netloc, self._prefix = base.scheme, base.netloc, base.path.rstrip("/")
+class HttpxTwilioClient(AsyncHttpClient):
+    """The twilio package's async HTTP client interface on httpx (pooled, with our deadline).
 
-    def request(self, method, url, *args, **kwargs):
-        parts = urlsplit(url)
+    Async, not the blocking requests client in a thread: threads are shared with everything else
+    that runs in asyncio's default pool (timed-out sync tools among them), and hang-up, transfer,
+    handoff and AMD redirects must never queue behind them. ``base_url`` sends every request to
+    another host (TWILIO_API_BASE_URL: a Twilio-compatible provider, or the tests' fake)."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        super().__init__(logging.getLogger("telephony.twilio_rest"), is_async=True, timeout=timeout)
+        base = urlsplit(base_url or TWILIO_API)
+        self._scheme, self._netloc, self._prefix = base.scheme, base.netloc, base.path.rstrip("/")
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+    async def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
+                      allow_redirects=False) -> TwilioResponse:
+        parts = urlsplit(uri)
         url = urlunsplit((self._scheme, self._netloc, self._prefix + parts.path, parts.query, ""))
-        return super().request(method, url, *args, **kwargs)
+        response = await self._http.request(method, url, params=params, data=data, headers=headers, auth=auth,
+                                            timeout=timeout or self.timeout)
+        return TwilioResponse(response.status_code, response.text, response.headers)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 @dataclass(frozen=True)
@@ -46,39 +64,43 @@ class PlacedCall:
 
 
 class CallControl:
-    """Blocking calls (the twilio package uses requests): run them in a thread from async code."""
+    """Twilio's REST API for calls, awaited on the event loop (no threads)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if not (settings.twilio_account_sid and settings.twilio_auth_token):
             raise TwilioError(503, "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set")
-        http = (_RebasedHttpClient(settings.twilio_api_base_url) if settings.twilio_api_base_url
-                else TwilioHttpClient(timeout=REQUEST_TIMEOUT_S))
-        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
+        self._http = HttpxTwilioClient(settings.twilio_api_base_url, timeout)
+        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=self._http)
 
-    def place(self, to: str, from_: str, answer_url: str, status_callback: str,
-              amd_callback: str | None) -> PlacedCall:
+    async def place(self, to: str, from_: str, answer_url: str, status_callback: str,
+                    amd_callback: str | None) -> PlacedCall:
         options: dict = {}
         if amd_callback:
             options = {"machine_detection": "DetectMessageEnd", "async_amd": "true",
                        "async_amd_status_callback": amd_callback,
                        "async_amd_status_callback_method": "POST"}
-        call = self._call(lambda: self._client.calls.create(
+        call = await self._call(self._client.calls.create_async(
             to=to, from_=from_, url=answer_url, method="POST", status_callback=status_callback,
             status_callback_event=["initiated", "ringing", "answered", "completed"],
             status_callback_method="POST", **options))
         return PlacedCall(call.sid, call.status)
 
-    def hang_up(self, call_sid: str) -> None:
-        self._call(lambda: self._client.calls(call_sid).update(status="completed"))
+    async def hang_up(self, call_sid: str) -> None:
+        await self._call(self._client.calls(call_sid).update_async(status="completed"))
 
-    def redirect(self, call_sid: str, twiml: str) -> None:
-        self._call(lambda: self._client.calls(call_sid).update(twiml=twiml))
+    async def redirect(self, call_sid: str, twiml: str) -> None:
+        await self._call(self._client.calls(call_sid).update_async(twiml=twiml))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     @staticmethod
-    def _call(request):
+    async def _call(request):
         try:
-            return request()
+            return await request
         except TwilioRestException as exc:
             raise TwilioError(exc.status, exc.msg or "Twilio refused the request", exc.code) from None
-        except OSError as exc:  # unreachable, reset, timed out (requests' errors are OSErrors)
+        except httpx.TimeoutException:
+            raise TwilioError(504, "Twilio did not answer in time") from None
+        except (httpx.TransportError, OSError) as exc:  # unreachable, reset
             raise TwilioError(502, f"Twilio is unreachable: {type(exc).__name__}") from None

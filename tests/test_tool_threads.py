@@ -1,0 +1,36 @@
+"""Issue 22 item 11 (tools): timed-out sync tools hold their own bounded threads, never asyncio's
+default pool, and when all of those are held a new call fails at once with a clear outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+import tool_functions
+from helpers import wait_until
+
+from telephony.core.function_tools import FunctionTool
+from telephony.serve.tools import CallContext, ToolRunner, python_tool
+
+STUCK = FunctionTool("python", "stuck", "hangs", {"type": "object", "properties": {}}, "tool_functions:stuck",
+                     timeout_s=0.2)
+
+
+async def test_timed_out_sync_tools_leave_the_default_pool_free_and_fail_fast_when_all_held():
+    python_tool.THREADS.resize(4)
+    tool_functions.stuck_release.clear()
+    runner = ToolRunner()
+    session = runner.session(CallContext.of("CA" + "7" * 32, {}, "agent"))
+    try:
+        # More timed-out calls than asyncio's default pool has threads on this machine (6 on 2 CPUs).
+        outcomes = [await runner.run(session, STUCK, {}) for _ in range(10)]
+        # Before: each held a default-pool thread, and this waited until one of them returned.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), 2) == 1
+        assert python_tool.THREADS.busy == 4
+    finally:
+        tool_functions.stuck_release.set()
+        await session.aclose()
+    assert [outcome for _, outcome in outcomes] == ["timeout"] * 4 + ["error"] * 6
+    assert outcomes[-1][0] == {"error": "busy: all 4 tool threads are still running earlier calls"}
+    # The threads are freed as their tools return, and the pool serves again.
+    await wait_until(lambda: python_tool.THREADS.busy == 0, "the stuck tools' threads to be freed")
+    assert (await runner.run(session, STUCK, {}))[1] == "ok"
