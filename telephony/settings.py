@@ -125,6 +125,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a URL the redis client accepts: {exc}") from None
         return value
 
+    @field_validator("tools_secret")
+    @classmethod
+    def _tools_secret(cls, value: str) -> str:
+        if value.startswith("whsec_"):  # Standard Webhooks' form: base64 after the prefix
+            import base64
+            import binascii
+
+            try:
+                base64.b64decode(value[len("whsec_"):], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+        return value
+
     @field_validator("realtime_url")
     @classmethod
     def _websocket_url(cls, value: str) -> str:

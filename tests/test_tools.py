@@ -4,9 +4,8 @@ tool, and the tool's own server (HTTP webhook, MCP server) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import socket
 import time
@@ -20,6 +19,8 @@ from helpers import active_spans, simulated_call, stream_parameters, stream_url,
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.routing import Route
 
 import tool_functions
@@ -28,7 +29,7 @@ from telephony.core.tool_calls import FILLER_INSTRUCTIONS
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.ops.records import read_records, record_path
 from telephony.serve.app import create_app
-from telephony.settings import Settings
+from telephony.settings import Settings, SettingsError
 
 SECRET = "tools-secret-for-tests"
 CALLER = {"from": "+15550100001", "to": "+15550100002", "direction": "inbound",
@@ -66,7 +67,12 @@ class ToolServer:
         self.app = Starlette(routes=[Route("/hooks/{name}", self._hook, methods=["POST"])])
 
     async def _hook(self, request: Request) -> Response:
-        self.requests.append((dict(request.headers), await request.body()))
+        body = await request.body()
+        self.requests.append((dict(request.headers), body))
+        try:  # as a business would: the Standard Webhooks package checks signature and freshness
+            Webhook(SECRET.encode()).verify(body, dict(request.headers))
+        except WebhookVerificationError as exc:
+            return Response(f"refused: {exc}", status_code=401)
         await asyncio.sleep(self.delay_s)
         return Response(self.body, status_code=self.status, media_type="application/json")
 
@@ -120,8 +126,7 @@ async def test_http_tool_is_signed_gets_arguments_and_call_and_answers_the_model
     declared = {t["name"]: t for t in conn.of_type("session.update")[0]["session"]["tools"]}
     assert declared["lookup_order"]["parameters"]["required"] == ["order"]
     ((headers, body),) = tools.requests
-    expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(headers["x-telephony-signature"], expected)
+    Webhook(SECRET.encode()).verify(body, headers)  # Standard Webhooks: id, timestamp and body signed
     assert json.loads(body) == {"tool": "lookup_order", "arguments": {"order": "A-17"}, "call": {
         "call_sid": sim.call_sid, "from": "+15550100001", "to": "+15550100002", "direction": "inbound",
         "metadata": {"customer": 7}}}
@@ -421,3 +426,23 @@ def test_serve_with_an_unusable_tool_says_why_and_exits(tmp_path, monkeypatch, c
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "configuration error: profile 'agent': HTTP tool 'lookup_order' needs TOOLS_SECRET" in err
+
+
+def test_tool_requests_signed_the_standard_webhooks_way_cannot_be_replayed_later():
+    """Only the body used to be signed: a captured request verified forever. The timestamp is
+    signed now, and the receiver's package refuses one older than its window (5 minutes)."""
+    from telephony.serve.tools.http_tool import signature_headers
+
+    body = b'{"tool":"lookup_order","arguments":{"order":"A-17"}}'
+    receiver = Webhook(SECRET.encode())
+    fresh = signature_headers(SECRET, body, time.time())
+    receiver.verify(body, fresh)
+    assert fresh["webhook-id"] != signature_headers(SECRET, body, time.time())["webhook-id"]
+    with pytest.raises(WebhookVerificationError, match="too old"):  # replayed ten minutes later
+        receiver.verify(body, signature_headers(SECRET, body, time.time() - 600))
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):  # a fresh stamp forged on
+        receiver.verify(body, {**fresh, "webhook-timestamp": str(int(time.time()) + 1)})
+    whsec = "whsec_" + base64.b64encode(b"sixteen byte key").decode()  # the standard's own secret form
+    Webhook(whsec).verify(body, signature_headers(whsec, body, time.time()))
+    with pytest.raises(SettingsError, match="^TOOLS_SECRET: a whsec_ secret must be base64"):
+        Settings.from_env({"TOOLS_SECRET": "whsec_not base64!"})
