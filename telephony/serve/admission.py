@@ -57,6 +57,7 @@ class StreamGate:
                  on_refused: Callable[[str, str], None] = lambda route, reason: None) -> None:
         self.tokens = tokens
         self.claims = claims
+        self._holders: dict[int, str] = {}  # id(start) → its claim on its call
         self.start_timeout_s = start_timeout_s
         self.max_pending = max_pending
         self.max_message_bytes = max_message_bytes
@@ -108,8 +109,12 @@ class StreamGate:
         return None
 
     async def release(self, start: tw.Start, purpose: str) -> None:
-        """The admitted stream is over: its call may be streamed again (with a new token)."""
-        await self.claims.release(stream_claim_key(purpose, start.call_sid))
+        """The admitted stream is over (or handed its call over): its call may be streamed again
+        (with a new token). Only this stream's own claim is freed, and only once: a successor that
+        claimed the call meanwhile keeps it."""
+        holder = self._holders.pop(id(start), None)
+        if holder:
+            await self.claims.release(stream_claim_key(purpose, start.call_sid), holder)
 
     async def _first_start(self, ws: WebSocket) -> tw.Start | None:
         deadline = asyncio.get_running_loop().time() + self.start_timeout_s
@@ -149,8 +154,10 @@ class StreamGate:
             return BAD_START, checked
         if not await self.claims.claim(f"token:{checked.mac}", checked.expires - now + 1.0):
             return TOKEN_REUSED, "stream token was already used"
-        if not await self.claims.claim(stream_claim_key(purpose, start.call_sid), STREAM_CLAIM_TTL_S):
+        holder = await self.claims.claim(stream_claim_key(purpose, start.call_sid), STREAM_CLAIM_TTL_S)
+        if not holder:
             return CALL_STREAMING, "another stream is already serving this call"
+        self._holders[id(start)] = holder  # the start is this stream's until release()
         return None
 
 

@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     key = stream_key(settings)
     tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
-    state = make_state(settings.redis_url)  # calls, feeds and limits: this process's, or all (Redis)
+    state = make_state(settings.redis_url, settings.redis_timeout_seconds)  # calls, feeds and limits: this process's, or all (Redis)
     # Streams claim their token and call where every instance sees them (Redis), or in this process.
 
     def stream_refused(route: str, reason: str) -> None:
@@ -285,6 +285,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
                         max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner,
                         prepare=handoff.resume if handoff else None)
+        bridge.release_stream = lambda: gate.release(start, AGENT_STREAM)  # a handoff gives the call up early
         active.add(call)
         calls.add(bridge)
         try:

@@ -71,6 +71,9 @@ class BridgeStats:
 class Bridge:
     handed_over = False  # the call went on in another stream (serve/handoff.py)
 
+    async def release_stream(self) -> None:
+        """Gives up this stream's claim on its call (set by the app: its admission's release)."""
+
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
                  on_record: RecordSink | None = None, call_control: CallControl | None = None,
                  max_message_bytes: int | None = None, observer: BridgeObserver | None = None,

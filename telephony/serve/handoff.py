@@ -18,7 +18,6 @@ from typing import Callable
 from telephony.core.actions import Record
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
-from telephony.serve.admission import stream_claim_key
 from telephony.serve.bridge import Bridge
 from telephony.serve.security import AGENT_STREAM, StreamTokens
 from telephony.serve.shared_state import LocalState, RedisState
@@ -66,7 +65,7 @@ class Handoff:
         twiml = connect_stream(url, self.tokens.with_token(parameters, now), self.fallback)
         bridge.handed_over = True  # before the update: Twilio may stop this stream before it answers
         # The new stream (same call sid) usually opens before this one ends: let it claim the call.
-        await self.state.release(stream_claim_key(AGENT_STREAM, sid))
+        await bridge.release_stream()
         try:
             await control.redirect(sid, twiml)
         except TwilioError as exc:

@@ -8,6 +8,12 @@ while Redis is down and feeds pick up where they were when it is back.
 
 Claims (``claim(key, ttl_s)`` → bool, ``release(key)``) give one holder per key across
 instances, with a TTL so a crashed holder's claim lapses: e.g. one stream per token or call sid.
+
+A Redis that hangs (a failover, a partition: connections accepted, nothing answered) must cost a
+call no more than a short wait: every operation has a deadline (REDIS_TIMEOUT_SECONDS), the first
+one that misses it marks Redis down, and while it is down operations are skipped at once (their
+default answer) while a background probe pings it and marks it up again. Claims are also taken in
+this process first, so replay protection holds on each instance while Redis is away.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ RESERVATION_TTL_S = 30.0  # a webhook's admission, until its stream starts
 STREAM_TTL_S = 4 * 3600  # a transcript stream is kept this long after its last item
 OUTBOX_LIMIT = 10_000
 RETRY_S = 1.0
+OPERATION_DEADLINE_S = 0.3  # REDIS_TIMEOUT_SECONDS' default: a webhook and a stream wait no longer
+PROBE_S = 1.0  # while Redis is down, how often it is pinged
 
 
 _apps = itertools.count(1)
@@ -87,11 +95,11 @@ class LocalState:
 
     # --- claims and values with a TTL ---
 
-    async def claim(self, key: str, ttl_s: float) -> bool:
+    async def claim(self, key: str, ttl_s: float) -> str:
         return await self._claims.claim(key, ttl_s)
 
-    async def release(self, key: str) -> None:
-        await self._claims.release(key)
+    async def release(self, key: str, token: str | None = None) -> None:
+        await self._claims.release(key, token)
 
     async def put(self, key: str, value: dict, ttl_s: float) -> bool:
         self._values[key] = (value, time.monotonic() + ttl_s)
@@ -138,7 +146,7 @@ class RedisState:
     shared = True
     PREFIX = "telephony:"
 
-    def __init__(self, url: str, instance: str | None = None) -> None:
+    def __init__(self, url: str, instance: str | None = None, deadline_s: float = OPERATION_DEADLINE_S) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
@@ -154,6 +162,9 @@ class RedisState:
         self.instance = instance or instance_name()
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         self._down = False
+        self._deadline_s = deadline_s
+        self._probe: asyncio.Task | None = None
+        self._local_claims = LocalClaims()  # this instance's claims (and their tokens), kept through an outage
         self._outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(OUTBOX_LIMIT)
         self._tasks: list[asyncio.Task] = []
         self._mine: dict[str, dict[str, Any]] = {}  # this instance's calls, refreshed
@@ -167,15 +178,25 @@ class RedisState:
             self._tasks = [asyncio.create_task(self._write_streams()), asyncio.create_task(self._refresh())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._probe] if self._probe else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._safely("close", self.redis.aclose())
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(*self._errors):
+            await asyncio.wait_for(self.redis.aclose(), self._deadline_s)
+
+    @property
+    def down(self) -> bool:
+        return self._down
 
     async def _safely(self, what: str, operation, default=None):
-        """Runs one Redis operation; on failure, one warning per outage and ``default``."""
+        """Runs one Redis operation within the deadline; on failure, one warning per outage and
+        ``default``. While Redis is marked down the operation is not even tried."""
+        if self._down:
+            operation.close()  # a coroutine never started: nothing to wait for
+            return default
         try:
-            result = await operation
+            result = await asyncio.wait_for(operation, self._deadline_s)
         except self._errors as exc:
             self._failed(what, exc)
             return default
@@ -185,8 +206,19 @@ class RedisState:
     def _failed(self, what: str, exc: BaseException) -> None:
         if not self._down:
             self._down = True
+            why = f"no answer within {self._deadline_s:g} s" if isinstance(exc, asyncio.TimeoutError) else exc
             log.warning("Redis unreachable (%s: %s: %s): calls go on, shared state and feeds wait",
-                        what, type(exc).__name__, exc)
+                        what, type(exc).__name__, why)
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        """While Redis is down nothing waits on it; this ping says when it is back."""
+        while self._down:
+            await asyncio.sleep(PROBE_S)
+            with contextlib.suppress(*self._errors):
+                await asyncio.wait_for(self.redis.ping(), self._deadline_s)
+                self._answered()
 
     def _answered(self) -> None:
         if self._down:
@@ -251,13 +283,34 @@ class RedisState:
 
     # --- claims and values with a TTL ---
 
-    async def claim(self, key: str, ttl_s: float) -> bool:
-        claimed = await self._safely("claim", self.redis.set(self._key("claim", key), self.instance, nx=True,
-                                                             px=int(ttl_s * 1000)), default=True)
-        return bool(claimed)  # Redis down: as with LocalState on each instance alone
+    _RELEASE = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """
 
-    async def release(self, key: str) -> None:
-        await self._safely("release", self.redis.delete(self._key("claim", key)))
+    async def claim(self, key: str, ttl_s: float) -> str:
+        # In this process first: a replay on this instance is refused even while Redis is away.
+        token = await self._local_claims.claim(key, ttl_s)
+        if not token:
+            return ""
+        holder = f"{self.instance}:{token}"
+        claimed = await self._safely("claim", self.redis.set(self._key("claim", key), holder, nx=True,
+                                                             px=int(ttl_s * 1000)), default=True)
+        if not claimed:
+            await self._local_claims.release(key, token)
+            return ""
+        return token  # Redis down (default True): the local claim holds alone
+
+    async def release(self, key: str, token: str | None = None) -> None:
+        """Releases a claim only while ``token`` (ours) holds it, here and in Redis (compare and
+        delete): a stream that ends after another took its key (a handoff's new stream) must not
+        delete the newcomer's claim."""
+        token = token or self._local_claims.holder(key)
+        if not token:
+            return
+        await self._local_claims.release(key, token)
+        await self._safely("release", self.redis.eval(self._RELEASE, 1, self._key("claim", key),
+                                                      f"{self.instance}:{token}"))
 
     async def put(self, key: str, value: dict, ttl_s: float) -> bool:
         return bool(await self._safely("put", self.redis.set(self._key("value", key), orjson.dumps(value),
@@ -339,5 +392,5 @@ def call_entry(parameters: dict[str, str], state: str = "in-progress") -> dict[s
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "state": state}
 
 
-def make_state(redis_url: str | None) -> LocalState | RedisState:
-    return RedisState(redis_url) if redis_url else LocalState()
+def make_state(redis_url: str | None, deadline_s: float = OPERATION_DEADLINE_S) -> LocalState | RedisState:
+    return RedisState(redis_url, deadline_s=deadline_s) if redis_url else LocalState()
