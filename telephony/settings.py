@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     twilio_validate_signatures: bool = True
     stream_secret: str = Field("", repr=False)
     stream_token_ttl_seconds: int = Field(60, gt=0)
-    tools_secret: str = Field("", repr=False)
-    tool_threads: int = Field(4, gt=0)  # sync Python tools' own threads (a timed-out one holds its thread)  # signs HTTP tool requests (X-Telephony-Signature)
+    tools_secret: str = Field("", repr=False)  # signs HTTP tool requests (Standard Webhooks)
+    tool_threads: int = Field(4, gt=0)  # sync Python tools' own threads (a timed-out one holds its thread)
     # Limits.
     max_concurrent_calls: int = Field(50, ge=0)
     max_message_bytes: int = Field(64 * 1024, gt=0)

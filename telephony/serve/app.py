@@ -129,7 +129,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     key = stream_key(settings)
     tokens = StreamTokens(key, settings.stream_token_ttl_seconds)
     outbound_signer = StreamTokens(key, OUTBOUND_URL_TTL_S)
-    state = make_state(settings.redis_url, settings.redis_timeout_seconds)  # calls, feeds and limits: this process's, or all (Redis)
+    # Calls, feeds and limits: this process's, or all instances' (Redis).
+    state = make_state(settings.redis_url, settings.redis_timeout_seconds)
     # Streams claim their token and call where every instance sees them (Redis), or in this process.
 
     def stream_refused(route: str, reason: str) -> None:

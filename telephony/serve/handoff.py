@@ -10,7 +10,6 @@ conversation instead of a greeting, as after a Realtime reconnect. The caller he
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Callable
