@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import time
@@ -23,6 +24,7 @@ class FakeTwilio:
     created: list[dict[str, str]] = field(default_factory=list)
     updates: list[tuple[str, dict[str, str], float]] = field(default_factory=list)  # sid, form, time
     fail_with: tuple[int, int, str] | None = None  # (status, twilio code, message)
+    update_delay_s: float = 0.0  # a slow Twilio: how long a call update takes to answer
     base_url: str = ""
 
     def app(self) -> Starlette:
@@ -54,6 +56,9 @@ class FakeTwilio:
             form = {k: v for k, v in (await request.form()).multi_items()}
             sid = request.path_params["sid"]
             self.updates.append((sid, form, time.monotonic()))
+            await asyncio.sleep(self.update_delay_s)
+            if self.fail_with:
+                return twilio_error(*self.fail_with)
             return JSONResponse(call_json(sid, form, form.get("Status", "in-progress")))
 
         return Starlette(routes=[

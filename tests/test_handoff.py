@@ -14,6 +14,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import httpx
+import pytest
 from conftest import ROOT, running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
 from helpers import active_spans, free_port, simulated_call, ulaw_silence, ulaw_tone
@@ -124,6 +125,11 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
     kinds = {side: [json.loads(line)["kind"] for line in (tmp_path / side / f"{sid}.jsonl").read_text().splitlines()]
              for side in ("a", "b")}
     assert "handed_over" in kinds["a"] and kinds["a"].index("handed_over") < kinds["a"].index("end"), kinds
+    records_a = [json.loads(line) for line in (tmp_path / "a" / f"{sid}.jsonl").read_text().splitlines()]
+    (end_a,) = [r for r in records_a if r["kind"] == "end"]
+    assert end_a["reason"] == "handed over", end_a  # not "caller hung up" when Twilio stopped it
+    (summary_a,) = [r for r in records_a if r["kind"] == "summary"]
+    assert summary_a["outcome"] == "handed_over"  # counted where the call ends: once, on B
     assert "resumed" in kinds["b"], kinds
 
 
@@ -133,3 +139,73 @@ async def _first(items):
 
 async def _later(check):
     return check()
+
+
+async def listed(app, expected: bool) -> bool:
+    return bool(await app.state.shared.list_calls()) == expected
+
+
+@pytest.mark.parametrize("twilio_fault", ["slow", "caller_hung_up"])
+async def test_a_handoff_that_twilio_does_not_take_ends_the_call_cleanly(redis_server, twilio_fault):
+    """Issue 22 item 13: the call used to be marked handed over before Twilio answered and undone
+    only on a TwilioError: a REST timeout (or a caller gone during the redirect) left its feed open
+    forever, its GET /calls entry listed, and neither outcome counted."""
+    async with ScriptedRealtimeServer(Script(respond_to_turns=False, response_ms=300)) as upstream, \
+            running_fake_twilio() as twilio:
+        if twilio_fault == "slow":
+            twilio.update_delay_s = 8.0  # past the drain's handoff budget
+        else:
+            twilio.fail_with = (400, 21220, "Call is not in-progress. Cannot redirect.")
+        settings = Settings(realtime_url=upstream.url, realtime_api_key=API_KEY, calls_api_token=TOKEN,
+                            stream_secret=SECRET, redis_url=redis_server.url, twilio_account_sid=ACCOUNT_SID,
+                            twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=twilio.base_url,
+                            public_url="https://bridge.example.com")
+        async with running_app(settings) as (app, host):
+            sim = simulated_call(app, host, caller_audio=ulaw_silence(20), duration_s=20,
+                                 parameters={"from": "+15550001111", "to": "+15550002222"})
+            call = asyncio.create_task(sim.run())
+            await until(lambda: app.state.transcripts.followable(sim.call_sid), what="the call's feed")
+            await until(lambda: listed(app, True), what="the call listed")
+            drained_at = time.monotonic()
+            await app.state.calls.drain(3.2)  # SIGTERM: the grace is all handoff budget
+            result = await asyncio.wait_for(call, 10)
+            drain_s = time.monotonic() - drained_at
+            await until(lambda: listed(app, False), what="the entry dropped")
+            feed_open = await app.state.transcripts.followable(sim.call_sid)
+            metrics = app.state.metrics.render().decode()
+    assert twilio.updates, "no handoff was tried"
+    assert result.closed_by_bridge_at is not None  # ended by us, so Twilio speaks the fallback
+    assert not feed_open  # the feed ended with the call
+    assert drain_s < 6.0
+    assert 'telephony_handoffs_total{outcome="failed"} 1.0' in metrics
+    assert 'telephony_handoffs_total{outcome="handed_over"}' not in metrics
+    assert 'telephony_calls_total{outcome="abnormal"} 1.0' in metrics
+
+
+def test_the_handoff_twiml_stays_small_at_the_largest_parameters(profile):
+    """Issue 22 item 12: the redirect used to inline every parameter; a long outbound call's made
+    5,033 characters, which Twilio refuses (32018) and the call ended at the deploy."""
+    from telephony.core.call import Call
+    from telephony.serve.handoff import Handoff
+    from telephony.serve.security import StreamTokens
+    from telephony.wire import twilio as tw
+
+    sid = "CA" + "4" * 32
+    largest = {"from": "+15550001111", "to": "+15550002222", "direction": "outbound-api", "profile": "agent",
+               "instructions": "Say <this> & that. " * 105, "greeting": "g" * 400, "voicemail": "v" * 400,
+               "voice": "v" * 40, "metadata": json.dumps({"k": '"' * 240})}
+    tokens = StreamTokens(SECRET.encode(), 60)
+    old = Call(profile)
+    old.on_twilio(tw.Start("MZ1", sid, custom_parameters=tokens.with_token({"call_sid": sid, **largest}, 0)), 0.0)
+    handoff = Handoff(None, lambda: None, "wss://bridge.example.com/twilio/media-stream", tokens, None, None,
+                      profile.fallback, 120)
+    twiml = handoff.redirect_twiml(old, time.time())
+    assert len(twiml) <= 4000, len(twiml)
+    stream = ET.fromstring(twiml).find("./Connect/Stream")
+    inline = {p.get("name"): p.get("value") for p in stream.iter("Parameter")}
+    assert set(inline) == {"call_sid", "resume", "token", "profile", "from", "to", "direction"}
+    # The new stream gets the rest from the snapshot saved in Redis.
+    new = Call(profile)
+    new.on_twilio(tw.Start("MZ2", sid, custom_parameters=inline), 0.0)
+    new.resume(json.loads(json.dumps(old.snapshot())))
+    assert {k: new.parameters.get(k) for k in largest} == largest

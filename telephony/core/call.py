@@ -800,6 +800,18 @@ class Call:
         """We hung the call up ourselves (a call without media: after end_call, or unsteerable)."""
         return self._end(reason, abnormal)
 
+    def on_handed_over(self, conversation_items: int) -> list[Action]:
+        """Twilio took the update that moves this call to a new stream (another instance's): this
+        stream's record ends here, "handed over", not as a hang-up when Twilio stops it. The
+        stream is not closed from our side: Twilio stops it as it acts on the update."""
+        if self.ended:
+            return []
+        self.ended = True
+        turns: list[Action] = [self._turn_record(turn, self._last_heard or self._started_at)
+                               for turn in self.turns.flush()]
+        return turns + [Record("handed_over", {"conversation_items": conversation_items}),
+                        Record("end", {"reason": "handed over", "abnormal": False, "handed_over": True})]
+
     def end(self, reason: str) -> list[Action]:
         """Ends the call from outside (shutdown): Twilio then speaks the fallback."""
         log.info("call %s: ending: %s", self.call_sid, reason)

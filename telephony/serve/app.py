@@ -298,9 +298,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             observer.close()
             if call.call_sid and by_sid.get(call.call_sid) is bridge:
                 del by_sid[call.call_sid]
+            handed_over = await bridge.handoff_settled()
             if call.call_sid:  # a handed-over call goes on elsewhere: its feed and entry stay
-                transcripts.end(call.call_sid, handed_over=bridge.handed_over)
-                later(state.drop_call(call.call_sid, handed_over=bridge.handed_over))
+                transcripts.end(call.call_sid, handed_over=handed_over)
+                later(state.drop_call(call.call_sid, handed_over=handed_over))
             await gate.release(start, AGENT_STREAM)
             logs.report_repeats()
 

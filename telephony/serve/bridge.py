@@ -69,7 +69,17 @@ class BridgeStats:
 
 
 class Bridge:
-    handed_over = False  # the call went on in another stream (serve/handoff.py)
+    handoff_outcome: "asyncio.Future[bool] | None" = None  # set while the call is handed over (serve/handoff.py)
+
+    async def handoff_settled(self, timeout_s: float = 5.0) -> bool:
+        """True once the call went on in another stream; a handoff under way is waited for (Twilio
+        stops this stream as it acts on the update, often before its REST answer arrives)."""
+        if self.handoff_outcome is None:
+            return False
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.handoff_outcome), timeout_s)
+        except asyncio.TimeoutError:
+            return False
 
     async def release_stream(self) -> None:
         """Gives up this stream's claim on its call (set by the app: its admission's release)."""

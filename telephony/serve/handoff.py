@@ -10,11 +10,11 @@ conversation instead of a greeting, as after a Realtime reconnect. The caller he
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
 
-from telephony.core.actions import Record
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
 from telephony.serve.bridge import Bridge
@@ -28,6 +28,13 @@ from telephony.wire.twiml import connect_stream
 log = logging.getLogger("telephony.handoff")
 
 RESUME = "resume"  # the stream parameter that says "this call was handed over"
+# Twilio's REST answer must come within the drain's handoff budget (limits.HANDOFF_BUDGET_S, 3 s),
+# with time left to act on it; its client's own timeout (10 s) would outlast the budget.
+REDIRECT_DEADLINE_S = 2.5
+# Inline in the redirect's TwiML: what picks the profile and lists the call; the rest (instructions,
+# greeting, metadata, …) is in the saved snapshot. Twilio refuses TwiML over 4,000 characters
+# (error 32018), which a long outbound call's parameters inlined used to pass.
+INLINE_PARAMETERS = ("profile", "from", "to", "direction")
 
 
 def handoff_key(call_sid: str) -> str:
@@ -58,23 +65,37 @@ class Handoff:
         saved = {**call.snapshot(), "transcript": self.transcripts.turns(sid)}
         if not await self.state.put(handoff_key(sid), saved, self.ttl_s):
             return self._failed(sid, "its state could not be saved")
-        parameters = {**call.parameters, "call_sid": sid, RESUME: "1"}
-        now = time.time()
-        url = signed_stream_url(self.stream_url, self.tokens, AGENT_STREAM, sid, now)  # the route's URL, this call's
-        twiml = connect_stream(url, self.tokens.with_token(parameters, now), self.fallback)
-        bridge.handed_over = True  # before the update: Twilio may stop this stream before it answers
-        # The new stream (same call sid) usually opens before this one ends: let it claim the call.
-        await bridge.release_stream()
+        twiml = self.redirect_twiml(call, time.time())
+        # Twilio may stop this stream before its REST answer arrives: the stream's cleanup waits for
+        # the outcome (Bridge.handoff_settled) instead of guessing it.
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        bridge.handoff_outcome = outcome
+        moved = False
         try:
-            await control.redirect(sid, twiml)
-        except TwilioError as exc:
-            bridge.handed_over = False
+            # The new stream (same call sid) usually opens before this one ends: let it claim the call.
+            await bridge.release_stream()
+            await asyncio.wait_for(control.redirect(sid, twiml), REDIRECT_DEADLINE_S)
+            moved = True
+        except TwilioError as exc:  # refused (the caller hung up meanwhile, say): the state is not needed
             await self.state.take(handoff_key(sid))
             return self._failed(sid, f"Twilio refused the update ({exc.status}): {exc}")
-        bridge.dispatch([Record("handed_over", {"conversation_items": len(saved["conversation"])})])  # its record
+        except asyncio.TimeoutError:  # unknown whether Twilio acted: the saved state lapses with its TTL
+            return self._failed(sid, f"Twilio did not answer within {REDIRECT_DEADLINE_S:g} s")
+        finally:
+            if not outcome.done():
+                outcome.set_result(moved)
+        bridge.dispatch(call.on_handed_over(len(saved["conversation"])))  # its record ends "handed over"
         log.info("call %s: handed over to a new stream (%d conversation items)", sid, len(saved["conversation"]))
         self.metrics.handoffs.labels("handed_over").inc()
         return True
+
+    def redirect_twiml(self, call: Call, now: float) -> str:
+        """The <Connect><Stream> that carries the call on: small, whatever the call's parameters."""
+        sid = call.call_sid
+        parameters = {"call_sid": sid, RESUME: "1",
+                      **{k: call.parameters[k] for k in INLINE_PARAMETERS if call.parameters.get(k)}}
+        url = signed_stream_url(self.stream_url, self.tokens, AGENT_STREAM, sid, now)  # the route's URL, this call's
+        return connect_stream(url, self.tokens.with_token(parameters, now), self.fallback)
 
     def _failed(self, sid: str, why: str) -> bool:
         log.warning("call %s: handoff failed: %s; the call ends as in a drain", sid, why)

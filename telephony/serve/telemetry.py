@@ -102,7 +102,8 @@ class CallObserver(BridgeObserver):
         elif kind == "tool_call":
             self._count_tool_call(data)
         elif kind == "end":
-            self.outcome = "abnormal" if data.get("abnormal") else "normal"
+            self.outcome = ("handed_over" if data.get("handed_over")
+                            else "abnormal" if data.get("abnormal") else "normal")
         self._write(kind, data)
         level = logging.INFO if kind in _INFO_KINDS else logging.DEBUG
         if log.isEnabledFor(level):
@@ -125,7 +126,8 @@ class CallObserver(BridgeObserver):
         self.metrics.active_calls.dec()
         self.metrics.active_calls_by_route.labels(self.route).dec()
         outcome = self.outcome or "no_start"  # the socket closed before Twilio's start
-        self.metrics.calls.labels(outcome).inc()
+        if outcome != "handed_over":  # counted once, where it ends: handoffs_total says it moved
+            self.metrics.calls.labels(outcome).inc()
         self._write("summary", {
             "outcome": outcome, "duration_s": round(self.clock() - self._started, 3),
             "added_latency": {"to_twilio": self._added["twilio"].summary(),
