@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, gt=0)
     media_timeout_seconds: float = Field(10.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
+    shutdown_flush_seconds: float = Field(3.0, ge=0)  # after the calls: transcripts still queued are sent
     max_total_calls: int = Field(0, ge=0)
     # Shared state across instances (Heroku Key-Value Store sets it).
     redis_url: str = Field("", repr=False)

@@ -417,6 +417,13 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
+        # The calls have ended (GracefulServer drained them first): what they left queued is sent
+        # now, bounded, inside the platform's kill timeout (Heroku: SIGKILL 30 s after SIGTERM,
+        # of which SHUTDOWN_GRACE_SECONDS is the calls' share).
+        budget_end = time.monotonic() + settings.shutdown_flush_seconds
+        await transcripts.drain(settings.shutdown_flush_seconds)
+        await state.flush(max(0.0, budget_end - time.monotonic()))
+        await transcripts.close()
         await state.close()
         for rest in control:
             await rest.aclose()

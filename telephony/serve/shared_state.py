@@ -69,6 +69,9 @@ class LocalState:
         self._streams: dict[str, list[dict[str, Any]]] = {}
         self._followers: dict[str, set[asyncio.Queue]] = defaultdict(set)
 
+    async def flush(self, timeout: float) -> int:
+        return 0  # nothing waits: feeds are in this process
+
     async def close(self) -> None:
         pass
 
@@ -167,6 +170,7 @@ class RedisState:
         self._local_claims = LocalClaims()  # this instance's claims (and their tokens), kept through an outage
         self._outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(OUTBOX_LIMIT)
         self._tasks: list[asyncio.Task] = []
+        self._writing = 0  # the item being written now (1), for flush()
         self._mine: dict[str, dict[str, Any]] = {}  # this instance's calls, refreshed
 
     def _key(self, *parts: str) -> str:
@@ -176,6 +180,17 @@ class RedisState:
         """Its writer and refresher run from the first use (the app may run without a lifespan)."""
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._write_streams()), asyncio.create_task(self._refresh())]
+
+    async def flush(self, timeout: float) -> int:
+        """Waits (bounded) for the transcript items queued for Redis, e.g. at shutdown; the number
+        left unwritten (logged)."""
+        deadline = time.monotonic() + timeout
+        while (self._outbox.qsize() or self._writing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        left = self._outbox.qsize() + self._writing
+        if left:
+            log.warning("transcript feeds: %d items not written to Redis at shutdown", left)
+        return left
 
     async def close(self) -> None:
         tasks = [*self._tasks, *([self._probe] if self._probe else [])]
@@ -339,8 +354,10 @@ class RedisState:
         """Writes queued items in order; while Redis is down the head waits, so nothing is lost."""
         while True:
             name, item = await self._outbox.get()
+            self._writing = 1
             while not await self._write_item(name, item):
                 await asyncio.sleep(RETRY_S)
+            self._writing = 0
 
     async def _write_item(self, name: str, item: dict[str, Any]) -> bool:
         items, channel, is_open = self._key("stream", name), self._key("feed", name), self._key("open", name)

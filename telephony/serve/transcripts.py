@@ -109,13 +109,16 @@ class TranscriptHub:
                 delay *= 2
         log.error("call %s: transcript turn %d not delivered: %s", turn["call_sid"], turn["seq"], problem)
 
-    async def drain(self, timeout: float) -> None:
-        """Waits (bounded) for queued webhook deliveries, e.g. at shutdown."""
+    async def drain(self, timeout: float) -> int:
+        """Waits (bounded) for queued webhook deliveries, e.g. at shutdown; the number left undelivered."""
         if self._outbox is not None:
             try:
                 await asyncio.wait_for(self._outbox.join(), timeout)
             except asyncio.TimeoutError:
-                log.warning("transcript webhook: %d turns undelivered at shutdown", self._outbox.qsize())
+                left = self._outbox.qsize() + 1  # and the one being posted
+                log.warning("transcript webhook: %d turns undelivered at shutdown", left)
+                return left
+        return 0
 
     async def close(self) -> None:
         if self._worker is not None:
