@@ -109,7 +109,7 @@ async def test_turns_queued_at_shutdown_are_delivered_before_the_service_exits(t
     # with call_sid and seq for the receiver to tell).
     assert sorted(set(receiver.delivered)) == list(range(1, turns + 1)), (receiver.delivered, log)
     # Within the calls' grace, the flush budget and a margin (uvicorn re-raises the signal it caught).
-    assert code in (0, -signal.SIGTERM) and exited_after < 1 + FLUSH_S + 2, log  # the grace, the flush budget, and a margin
+    assert code in (0, -signal.SIGTERM) and exited_after < 1 + FLUSH_S + 2, log  # grace, flush budget, margin
 
 
 async def test_a_receiver_that_hangs_costs_the_flush_budget_and_a_count_in_the_log(tmp_path):
