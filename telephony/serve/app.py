@@ -44,6 +44,7 @@ from telephony.serve.security import (
     StreamTokens,
     WebhookGuard,
     stream_key,
+    valid_call_sid,
 )
 from telephony.serve.shared_state import call_entry, make_state
 from telephony.serve.stream_paths import signed_stream_url
@@ -73,6 +74,11 @@ from telephony.wire.twiml import (
 log = logging.getLogger("telephony.app")
 
 OUTBOUND_URL_TTL_S = 600  # an outbound call's answer URL must outlive its ringing
+VOICEMAIL_TTL_S = 300  # Twilio's AMD verdict comes within seconds of the answer
+
+
+def voicemail_key(call_sid: str) -> str:
+    return f"voicemail:{call_sid}"
 
 
 def public_base_url(request: Request, settings: Settings) -> str:
@@ -247,8 +253,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if bridge is not None:
             bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
         elif answered_by.startswith("machine_end") and (rest := call_control()) is not None:
-            # The stream is served by another instance: Twilio speaks the voicemail itself.
-            await rest.redirect(sid, say_and_hang_up(profile.voicemail))
+            # The stream is served by another worker or instance: Twilio speaks the call's own
+            # voicemail (saved where every instance sees it when the call started), else the profile's.
+            saved = await state.take(voicemail_key(sid)) if valid_call_sid(sid) else None
+            message = saved["voicemail"] if saved is not None else profile.voicemail
+            try:
+                await rest.redirect(sid, say_and_hang_up(message))
+            except TwilioError as exc:  # the call is over already, say: nothing to do, nothing to retry
+                log.warning("call %s: voicemail redirect refused by Twilio (%s): %s", sid, exc.status, exc)
         return Response(status_code=204)
 
     async def transcribe_and_forward(request: Request) -> Response:
@@ -280,6 +292,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 by_sid[call.call_sid] = bridge
                 transcripts.begin(call.call_sid)
                 later(state.put_call(call.call_sid, call_entry(call.parameters)))
+                if state.shared and call.parameters.get("direction", "").startswith("outbound"):
+                    # Twilio's AMD verdict may reach another instance: it finds this call's voicemail.
+                    voicemail = call.parameters.get("voicemail") or call.profile.voicemail
+                    later(state.put(voicemail_key(call.call_sid), {"voicemail": voicemail}, VOICEMAIL_TTL_S))
             elif record.kind == "transcript":
                 transcripts.publish(call.call_sid, record.data)
 
