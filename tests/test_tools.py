@@ -264,8 +264,9 @@ def test_an_http_tool_without_tools_secret_stops_the_app_at_startup(tmp_path):
 # --- MCP ---
 
 @contextlib.asynccontextmanager
-async def mcp_server():
-    """The mcp package's own server over streamable HTTP on loopback; yields (url, headers seen)."""
+async def mcp_server(delay_s: float = 0.0):
+    """The mcp package's own server over streamable HTTP on loopback; yields (url, headers seen).
+    ``delay_s``: requests in its first seconds are answered only then (a server slow to start)."""
     from mcp.server.mcpserver import MCPServer
 
     server = MCPServer("shop")
@@ -283,9 +284,12 @@ async def mcp_server():
 
     inner = server.streamable_http_app()
 
+    ready_at = time.monotonic() + delay_s
+
     async def app(scope, receive, send):  # notes the headers each request brought
         if scope["type"] == "http":
             seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            await asyncio.sleep(max(0.0, ready_at - time.monotonic()))
         await inner(scope, receive, send)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -575,7 +575,11 @@ class Call:
         if not added:
             return []
         if self.realtime_open and self._session_ready:
-            return [ToRealtime(rt.ConfigureSession(self.session_config()))]
+            if self.carries_media and not self.capabilities.late_tools:
+                log.warning("call %s: tools found after the session opened cannot be added in this dialect",
+                            self.call_sid)
+                return []
+            return [ToRealtime(rt.UpdateTools(self.session_config()))]
         self._tools_unsent = not self.carries_media  # a media session is configured with them as it opens
         return []
 

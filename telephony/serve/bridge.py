@@ -40,6 +40,8 @@ from telephony.wire import twilio as tw
 from telephony.wire.twiml import transfer
 
 log = logging.getLogger("telephony.bridge")
+# How long the greeting may wait for a call's MCP servers to list their tools (the rest arrive later).
+MCP_DISCOVERY_DEADLINE_S = 1.0
 
 TICK_S = 0.05
 QUEUE_LIMIT = 2000  # plain-ASGI Twilio queue, messages (~40 s of audio): past it, drop
@@ -313,10 +315,28 @@ class Bridge:
 
     async def _connect(self) -> RealtimeTransport:
         """The upstream connection; the first time, the call's MCP servers are listed meanwhile, so
-        the session is configured with their tools and the call waits for neither in turn."""
-        found, upstream = await asyncio.gather(self.tools.discover(), self.connector())
+        the session is configured with their tools and the call waits for neither in turn. A
+        server slow to list them holds the greeting at most MCP_DISCOVERY_DEADLINE_S: the session
+        opens without its tools, and they are added when they come."""
+        started = self._loop.time()
+        discovery = asyncio.ensure_future(self.tools.discover())
+        upstream = await self.connector()
+        try:
+            left = max(0.0, started + MCP_DISCOVERY_DEADLINE_S - self._loop.time())
+            found = await asyncio.wait_for(asyncio.shield(discovery), left)
+        except asyncio.TimeoutError:
+            log.info("call %s: MCP tools not listed within %g s; the call starts without them",
+                     self.sid, MCP_DISCOVERY_DEADLINE_S)
+            self._spawn(self._add_late_tools(discovery))
+            found = []
         self.dispatch(self.call.add_function_tools(found))  # nothing to send: the session is not open yet
         return upstream
+
+    async def _add_late_tools(self, discovery: "asyncio.Future[list]") -> None:
+        found = await discovery
+        if found:  # the session is open by now: the core sends the tools (session.update)
+            log.info("call %s: %d MCP tools listed late; added to the session", self.sid, len(found))
+            self.dispatch(self.call.add_function_tools(found))
 
     async def _run_tool(self, action: RunTool) -> None:
         output, outcome = await self.tools.run(action)

@@ -20,7 +20,7 @@ from telephony.wire.realtime import int_at, str_at
 
 name = "live"
 headers: dict[str, str] = {}
-capabilities = rt.Capabilities(truncate=False, responses=False, ready_first=True)
+capabilities = rt.Capabilities(truncate=False, responses=False, ready_first=True, late_tools=False)
 
 PATH = "/v1/live/sessions"
 _FORMATS = {"pcm16": {"type": "audio/pcm", "rate": 24000}, "g711_ulaw": {"type": "audio/pcmu", "rate": 8000}}

@@ -73,7 +73,7 @@ def decode(text: str | bytes) -> rt.Event | SidebandEvent:
 
 
 def encode(command: rt.Command) -> dict[str, Any]:
-    if isinstance(command, rt.ConfigureSession):
+    if isinstance(command, (rt.ConfigureSession, rt.UpdateTools)):
         return {"type": "session.update", "session": tools_update(command.config)}
     return realtime_ga.encode(command)
 
@@ -100,8 +100,7 @@ def sideband_url(base_url: str, call_id: str) -> str:
 def tools_update(config: rt.SessionConfig) -> dict[str, Any]:
     """What a ``session.update`` on the sideband changes: the tools (found after the accept, on an
     MCP server). The rest was set by the accept, and the voice cannot change once the agent spoke."""
-    session = realtime_ga.encode(rt.ConfigureSession(config))["session"]
-    return {"type": "realtime", **{k: session[k] for k in ("tools", "tool_choice") if k in session}}
+    return realtime_ga.tools_session(config)
 
 
 def accept_session(config: rt.SessionConfig, model: str) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class Capabilities:
     truncate: bool = True  # the model can be told what was heard; else agent audio is paced
     responses: bool = True  # speech comes in responses with created/done events
     ready_first: bool = False  # nothing but the session config until the session is ready
+    late_tools: bool = True  # tools found after the session opened can be added to it
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class TranscriptionConfig:
 
 @dataclass(frozen=True)
 class ConfigureSession:
+    config: SessionConfig
+
+
+@dataclass(frozen=True)
+class UpdateTools:
+    """The tools of a session already configured (found late: an MCP server slow to list them).
+    Only the tools: the voice cannot change once the agent has spoken."""
+
     config: SessionConfig
 
 

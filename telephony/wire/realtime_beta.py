@@ -70,6 +70,10 @@ def encode(command: rt.Command) -> dict[str, Any]:
         return {"type": "input_audio_buffer.append", "audio": command.audio}
     if isinstance(command, rt.ConfigureSession):
         return {"type": "session.update", "session": _session(command.config)}
+    if isinstance(command, rt.UpdateTools):
+        session = _session(command.config)
+        return {"type": "session.update", "session": {k: session[k] for k in ("tools", "tool_choice")
+                                                      if k in session}}
     if isinstance(command, rt.CommitAudio):
         return {"type": "input_audio_buffer.commit"}
     if isinstance(command, rt.TruncateItem):

@@ -87,9 +87,17 @@ def _transcription_session(cfg: rt.TranscriptionConfig) -> dict[str, Any]:
         "turn_detection": server_vad(cfg.turn_detection)}}}
 
 
+def tools_session(config: rt.SessionConfig) -> dict[str, Any]:
+    """A session that says only its tools: what a later session.update changes."""
+    session = _session(config)
+    return {"type": "realtime", **{k: session[k] for k in ("tools", "tool_choice") if k in session}}
+
+
 def encode(command: rt.Command) -> dict[str, Any]:
     if isinstance(command, rt.ConfigureSession):
         return {"type": "session.update", "session": _session(command.config)}
+    if isinstance(command, rt.UpdateTools):
+        return {"type": "session.update", "session": tools_session(command.config)}
     if isinstance(command, rt.ConfigureTranscription):
         return {"type": "session.update", "session": _transcription_session(command.config)}
     if isinstance(command, rt.AddAssistantText):  # restoring the conversation after a reconnect

@@ -35,12 +35,19 @@ RUNNERS: dict[str, Runner] = {
 
 MAX_OUTPUT_BYTES = 64 * 1024
 DISCOVERY_TTL_S = 60.0  # an MCP server's tool list is fetched at most this often per instance
+# A server that could not list its tools is not asked again for this long: while it is down, calls
+# start without its tools instead of each waiting for it.
+DISCOVERY_FAILURE_TTL_S = 30.0
 
 
 @dataclass
 class _Listing:
     tools: list[FunctionTool]
     fetched: float
+    failed: bool = False
+
+    def fresh(self, now: float) -> bool:
+        return now - self.fetched < (DISCOVERY_FAILURE_TTL_S if self.failed else DISCOVERY_TTL_S)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ToolRunner:
 
     secret: str = field(default="", repr=False)
     _listings: dict[McpServer, _Listing] = field(default_factory=dict)
+    _listing_now: dict[McpServer, "asyncio.Task[list[FunctionTool]]"] = field(default_factory=dict)
 
     def check(self, profiles: Profiles, dialect: str) -> None:
         """Refuses, at startup, tools that could never run here (names the profile and the tool)."""
@@ -91,18 +99,28 @@ class ToolRunner:
     async def discover(self, servers: list[McpServer], call_sid: str) -> list[FunctionTool]:
         """The allowed tools of the MCP servers the bridge calls itself; a server that cannot be
         listed is logged and left out (the call goes on with the other tools)."""
-        async def listing(server: McpServer) -> list[FunctionTool]:
-            cached = self._listings.get(server)
-            if cached is not None and time.monotonic() - cached.fetched < DISCOVERY_TTL_S:
-                return cached.tools
+        async def fetch(server: McpServer) -> list[FunctionTool]:
             try:
                 found = await asyncio.wait_for(mcp_tool.list_tools(server), server.timeout_s)
             except Exception as exc:  # unreachable, refused, not MCP
-                log.warning("call %s: cannot list the tools of MCP server %s: %s", call_sid, server.url,
-                            _cause(exc))
+                log.warning("call %s: cannot list the tools of MCP server %s: %s; not asked again for %g s",
+                            call_sid, server.url, _cause(exc), DISCOVERY_FAILURE_TTL_S)
+                self._listings[server] = _Listing([], time.monotonic(), failed=True)
                 return []
+            finally:
+                self._listing_now.pop(server, None)
             self._listings[server] = _Listing(found, time.monotonic())
             return found
+
+        def listing(server: McpServer) -> "asyncio.Future[list[FunctionTool]]":
+            cached = self._listings.get(server)
+            if cached is not None and cached.fresh(time.monotonic()):
+                done: asyncio.Future[list[FunctionTool]] = asyncio.get_running_loop().create_future()
+                done.set_result(cached.tools)
+                return done
+            if server not in self._listing_now:  # calls starting together share one listing
+                self._listing_now[server] = asyncio.ensure_future(fetch(server))
+            return asyncio.shield(self._listing_now[server])
 
         results = await asyncio.gather(*(listing(s) for s in servers))
         return [tool for found in results for tool in found]
