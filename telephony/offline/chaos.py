@@ -533,7 +533,8 @@ class Chaos:
                 "CALL_RECORDS_DIR": str(workdir / "records"), "AGENT_PROFILE": str(profile),
                 "TOOLS_SECRET": TOOLS_SECRET, "CALLS_API_TOKEN": CALLS_TOKEN, "METRICS_TOKEN": METRICS_TOKEN,
                 "STREAM_SECRET": STREAM_SECRET, "SHUTDOWN_GRACE_SECONDS": "4", "LOG_LEVEL": "INFO",
-                "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+                "FORWARDED_ALLOW_IPS": "127.0.0.1",
+                "MAX_TOTAL_CALLS": "100"}  # the cross-instance limit puts Redis on the webhook's path
 
     async def run(self) -> Report:
         c = self.config
