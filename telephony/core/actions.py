@@ -46,7 +46,12 @@ class Record:
 class HangUp:
     """End the call through Twilio's REST API (no fallback speech: the call is over)."""
 
-    reason: str
+    reason: str  # "end_call: <the model's words>": only the part before the colon is ours to log
+
+    @property
+    def loggable(self) -> str:
+        """The reason without what the model said (it may repeat what the caller said)."""
+        return self.reason.split(":", 1)[0]
 
 
 @dataclass(frozen=True)

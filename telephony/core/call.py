@@ -519,8 +519,7 @@ class Call:
         if name in self._function_tools and name not in tools.REGISTRY:
             return self._start_tool(event.call_id, self._function_tools[name], event.arguments, now)
         result = tools.dispatch(name, event.arguments, self.profile)
-        log.info("call %s: tool %s(%s) → %s", self.call_sid, name, event.arguments[:200],
-                 result.output)
+        log.info("call %s: tool %s → %s", self.call_sid, name, "error" if result.failed else "ok")
         actions: list[Action] = [
             ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
             Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
@@ -553,7 +552,8 @@ class Call:
         if problem is None:
             problem = tool.check_arguments(args)
         if problem is not None:  # the model is told and may try again; nothing reaches the business
-            log.info("call %s: tool %s called with invalid arguments: %s", self.call_sid, tool.name, problem)
+            # Not the problem itself: a validator's message quotes the value (a card number, say).
+            log.info("call %s: tool %s called with invalid arguments", self.call_sid, tool.name)
             output = {"error": f"invalid arguments: {problem}"}
             return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
         self._tool_calls.start(ToolCall(call_id, tool, args, now, self._sessions))

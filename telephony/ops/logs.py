@@ -109,6 +109,28 @@ class CallContextFilter(logging.Filter):
         return True
 
 
+# The one rule for what a log line may carry: ids, event names, counts, durations and outcomes.
+# What callers said or keyed, their call's instructions and metadata, and what tools were given
+# and gave stay in the call record: these ``extra=`` keys never reach a log line, whoever logs them
+# (CallerDataFilter), and messages name them only by kind (see core/call.py's tool lines).
+CALLER_DATA = frozenset({"text", "parameters", "arguments", "output", "error", "digits", "instructions",
+                         "metadata", "transcript", "to", "from"})
+
+
+class CallerDataFilter(logging.Filter):
+    """Enforces ``CALLER_DATA`` on every record, and keeps query strings out of uvicorn's access log
+    (an outbound call's answer URL carries its number, instructions and metadata there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key in CALLER_DATA.intersection(vars(record)):
+            delattr(record, key)
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) >= 3:
+            path = str(record.args[2])
+            if "?" in path:
+                record.args = (*record.args[:2], path.split("?", 1)[0], *record.args[3:])
+        return True
+
+
 class StreamUrlFilter(logging.Filter):
     """uvicorn logs every websocket's path (``"WebSocket /twilio/media-stream/…" [accepted]``): the
     MAC of a stream URL's signed segment is masked there (the rest, call sid included, stays)."""
@@ -179,6 +201,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None, secrets: list
     handler.setFormatter(_Redacting(formatter, list(secrets)) if secrets else formatter)
     handler.addFilter(CallContextFilter())
     handler.addFilter(RepeatLimiter())
+    handler.addFilter(CallerDataFilter())
     handler.addFilter(StreamUrlFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -352,7 +352,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
             log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
             return error(status, f"Twilio: {exc}")
-        log.info("call %s placed to %s", placed.sid, req.to)
+        log.info("call %s placed", placed.sid)  # not its number: README, Logs
         return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
 
     async def list_calls(request: Request) -> Response:

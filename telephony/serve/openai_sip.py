@@ -264,7 +264,7 @@ class SidebandCall:
         calls = self.route.client.realtime.calls
         try:
             if isinstance(action, HangUp):
-                log.info("call %s: hanging up: %s", self.call_id, action.reason)
+                log.info("call %s: hanging up: %s", self.call_id, action.loggable)
                 await calls.hangup(self.call_id)
                 self.dispatch(self.call.on_hung_up(action.reason))
             else:
