@@ -89,13 +89,17 @@ def report_repeats() -> None:
     ids.repeats.clear()
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
-    0x2028: "\\u2028", 0x2029: "\\u2029"}
+def _escaped(c: str) -> str:
+    if c.isprintable():
+        return c
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def escape(text: str) -> str:
-    """``text`` on one line: control characters (newlines included) as ``\\xNN``."""
-    return text if text.isprintable() else text.translate(_CONTROL)
+    """``text`` on one line, as it reads: every character that is not printable (controls and
+    newlines, line separators, and format characters such as bidi overrides) as ``\\xNN``/``\\uNNNN``."""
+    return text if text.isprintable() else "".join(map(_escaped, text))
 
 
 class CallContextFilter(logging.Filter):

@@ -120,9 +120,10 @@ _ADDRESS = re.compile(r"<([^>]*)>")
 
 
 def header(sip_headers: Iterable[Mapping[str, str]], wanted: str) -> str:
-    """The first value of header ``wanted`` (case-insensitive), or ""."""
+    """The first value of header ``wanted`` (case-insensitive over ASCII only: no Unicode folding), or ""."""
     for h in sip_headers:
-        if str(h.get("name", "")).lower() == wanted.lower():
+        name = str(h.get("name", ""))
+        if name.isascii() and name.lower() == wanted.lower():
             return str(h.get("value", ""))
     return ""
 
