@@ -7,6 +7,8 @@ stay hermetic). Secrets are kept out of ``repr`` and out of every error message.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from importlib import resources
 from pathlib import Path
@@ -111,6 +113,19 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("openai_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str) -> str:
+        # The openai SDK base64-decodes what follows whsec_ on every webhook: a bad one would make
+        # every genuine webhook a 400 that blames the request, so it is refused here, at start.
+        if value.startswith("whsec_"):
+            try:
+                base64.b64decode(value[len("whsec_"):])
+            except (binascii.Error, ValueError):
+                raise ValueError("the part after whsec_ is not base64 (copy the whole secret from "
+                                 "OpenAI's dashboard)") from None
         return value
 
     @field_validator("realtime_url")

@@ -335,6 +335,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def place_call(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
             return refusal
+        if not settings.public_url:  # else the request's Host would name where the account's calls go
+            return error(503, "outbound calls need PUBLIC_URL (this service's public https URL)")
         try:
             req = outbound.parse_request(await request.body(), settings.twilio_from_number, profiles.by_name)
             if not req.profile and len(profiles.by_name) > 1:  # our number's profile answers for it
