@@ -54,7 +54,8 @@ async def test_no_caller_data_in_logs_at_info(profile):
             running_app(Settings(realtime_url=server.url, realtime_api_key="sk-x", twilio_account_sid=ACCOUNT_SID,
                                  twilio_auth_token=AUTH_TOKEN, twilio_from_number="+15550001111",
                                  twilio_api_base_url=fake.base_url, calls_api_token=TOKEN,
-                                 tools_secret="t" * 32, public_url="https://bridge.example.com"), profile) as (app, host):
+                                 tools_secret="t" * 32, public_url="https://bridge.example.com"),
+                        profile) as (app, host):
         handler, saved = capture_logs(buf)
         try:
             async with httpx.AsyncClient() as client:
