@@ -7,6 +7,8 @@ stay hermetic). Secrets are kept out of ``repr`` and out of every error message.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from importlib import resources
 from pathlib import Path
@@ -138,6 +140,19 @@ class Settings(BaseSettings):
                 base64.b64decode(value[len("whsec_"):], validate=True)
             except (binascii.Error, ValueError):
                 raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+        return value
+
+    @field_validator("openai_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str) -> str:
+        # The openai SDK base64-decodes what follows whsec_ on every webhook: a bad one would make
+        # every genuine webhook a 400 that blames the request, so it is refused here, at start.
+        if value.startswith("whsec_"):
+            try:
+                base64.b64decode(value[len("whsec_"):])
+            except (binascii.Error, ValueError):
+                raise ValueError("the part after whsec_ is not base64 (copy the whole secret from "
+                                 "OpenAI's dashboard)") from None
         return value
 
     @field_validator("realtime_url")

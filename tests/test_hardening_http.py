@@ -165,7 +165,8 @@ async def test_x_forwarded_proto_counts_only_from_forwarded_allow_ips():
     assert 'url="ws://bridge.example.com/twilio/media-stream/' in r.text  # not wss: 127.0.0.1 is not a proxy
 
 
-@pytest.mark.parametrize("public_url, host_header", [(PUBLIC, "evil.example"), (None, "bridge.example.com")])
+# (Without PUBLIC_URL the calls API refuses outright: tests/test_settings_that_failed_silently.py.)
+@pytest.mark.parametrize("public_url, host_header", [(PUBLIC, "evil.example"), (PUBLIC, "bridge.example.com")])
 async def test_the_calls_api_hands_twilio_urls_on_public_url_or_host_never_x_forwarded_host(public_url, host_header):
     from fake_twilio import ACCOUNT_SID, running_fake_twilio
     from fake_twilio import AUTH_TOKEN as FAKE_AUTH_TOKEN

@@ -33,7 +33,8 @@ TOKEN = "calls-api-token-xyz"
 def settings(fake, realtime_url="ws://127.0.0.1:9/v1/realtime", **kw) -> Settings:
     return Settings(realtime_url=realtime_url, realtime_api_key="sk-x", twilio_account_sid=ACCOUNT_SID,
                     twilio_auth_token=AUTH_TOKEN, twilio_from_number="+15550001111",
-                    twilio_api_base_url=fake.base_url, calls_api_token=TOKEN, **kw)
+                    twilio_api_base_url=fake.base_url, calls_api_token=TOKEN,
+                    **{"public_url": "https://bridge.example.com", **kw})  # outbound calls need it
 
 
 async def post_call(host, body, token=TOKEN):

@@ -46,8 +46,13 @@ class Record:
 class HangUp:
     """End the call through the REST API of its carrier (Twilio, or OpenAI for its SIP route)."""
 
-    reason: str
+    reason: str  # "end_call: <the model's words>": only the part before the colon is ours to log
     abnormal: bool = False  # a call ended because it could no longer be served (its record says so)
+
+    @property
+    def loggable(self) -> str:
+        """The reason without what the model said (it may repeat what the caller said)."""
+        return self.reason.split(":", 1)[0]
 
 
 @dataclass(frozen=True)

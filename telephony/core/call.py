@@ -44,6 +44,8 @@ log = logging.getLogger("telephony.call")
 # once it is: the caller's first words are not lost while the upstream handshake runs.
 EARLY_AUDIO_FRAMES = 100  # 2 s of 20 ms frames
 DTMF_GAP_S = 1.0  # digits closer together than this are one burst, one message
+DTMF_BURST_MAX = 64  # keys kept per burst (a card number is 19)
+MARK_NAME_LOGGED = 24  # characters of a stranger's mark name in a log line (ours are a counter)
 # Hang-up/transfer waits for the agent's last words to be heard, but never longer than this.
 AFTER_PLAYOUT_TIMEOUT_S = 20.0
 MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
@@ -151,14 +153,15 @@ class Call:
                     log.debug("call %s: mark %r echoed after a clear", self.call_sid, event.name)
                 else:
                     log.warning("call %s: Twilio echoed mark %r, which we never sent; ignored",
-                                self.call_sid, event.name)
+                                self.call_sid, event.name[:MARK_NAME_LOGGED])
                 return []
             return self._check_after_playout(now)
         if isinstance(event, tw.Start):
             self._started_at = now
             return self._on_start(event)
         if isinstance(event, tw.Dtmf):
-            self._dtmf.append(event.digit)
+            if len(self._dtmf) < DTMF_BURST_MAX:  # a burst is a PIN or a card, not a flood to pass on
+                self._dtmf.append(event.digit)
             self._dtmf_last = now
             return []
         if isinstance(event, tw.Stop):
@@ -541,8 +544,7 @@ class Call:
         if name in self._function_tools and name not in tools.REGISTRY:
             return self._start_tool(event.call_id, self._function_tools[name], event.arguments, now)
         result = tools.dispatch(name, event.arguments, self.profile)
-        log.info("call %s: tool %s(%s) → %s", self.call_sid, name, event.arguments[:200],
-                 result.output)
+        log.info("call %s: tool %s → %s", self.call_sid, name, "error" if result.failed else "ok")
         actions: list[Action] = [
             ToRealtime(rt.AddFunctionOutput(event.call_id, json.dumps(result.output))),
             Record("tool_call", {"name": name, "arguments": event.arguments, "output": result.output,
@@ -588,7 +590,8 @@ class Call:
         if problem is None:
             problem = tool.check_arguments(args)
         if problem is not None:  # the model is told and may try again; nothing reaches the business
-            log.info("call %s: tool %s called with invalid arguments: %s", self.call_sid, tool.name, problem)
+            # Not the problem itself: a validator's message quotes the value (a card number, say).
+            log.info("call %s: tool %s called with invalid arguments", self.call_sid, tool.name)
             output = {"error": f"invalid arguments: {problem}"}
             return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
         self._tool_calls.start(ToolCall(call_id, tool, args, now, self._session_number()))

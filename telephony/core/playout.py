@@ -74,7 +74,9 @@ class PlayoutLedger:
 
     def issued(self, name: str) -> bool:
         """Whether ``name`` is a mark this ledger handed out (pending or not)."""
-        return name.isascii() and name.isdigit() and 0 < int(name) <= self._seq  # not '²' (int() raises)
+        # ASCII digits only ('²' makes int() raise), and no longer than ours: int() refuses 4,300+ digits.
+        return (name.isascii() and name.isdigit() and len(name) <= len(str(self._seq))
+                and 0 < int(name) <= self._seq)
 
     def echoed(self, name: str, now: float) -> bool:
         """A mark came back. False if it is not one we are waiting for."""

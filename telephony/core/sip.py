@@ -8,6 +8,7 @@ characters, and the model is told they are unverified data.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable, Mapping
 
 from telephony.core.tools import E164
@@ -17,7 +18,6 @@ HEADER_PARAMETER_PREFIX = "SipHeader_"
 MAX_HEADERS = 8
 MAX_VALUE_CHARS = 200
 HEADER_NAME = re.compile(r"^[Xx]-[A-Za-z0-9-]{1,64}$")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
 # A SIP URI a call may be transferred to: sip:user@host, optional ;params, optional ?x-headers.
 _SIP_TARGET = re.compile(r"^sips?:[^\s?<>\"]+@[A-Za-z0-9.\-\[\]:]+(;[^\s?<>\"]*)?(\?[^\s<>\"]*)?$")
 
@@ -26,14 +26,46 @@ def is_sip_uri(value: str) -> bool:
     return value.lower().startswith(("sip:", "sips:"))
 
 
+# Unicode categories a header value loses: separators and controls become a space; format
+# characters (bidi overrides, zero-width, tags: invisible text for the model), private use,
+# surrogates and unassigned code points are dropped.
+_AS_SPACE = frozenset({"Cc", "Zl", "Zp"})
+_DROPPED = frozenset({"Cf", "Co", "Cs", "Cn"})
+
+
+def ascii_folded(name: str) -> str | None:
+    """``name`` lower-cased over ASCII only; None when it is not ASCII (str.lower() folds the
+    Kelvin sign U+212A to 'k', so 'X-Tic\u212aet-Id' would pass as 'x-ticket-id')."""
+    return name.lower() if name.isascii() else None
+
+
+def printable(value: str) -> str:
+    """``value`` with only printable characters, bounded to ``MAX_VALUE_CHARS``."""
+    value = value[:MAX_VALUE_CHARS * 4]  # what follows is per character: bound it first
+    if not value.isprintable():
+        kept: list[str] = []
+        spaced = False  # a run of separators is one space
+        for c in value:
+            category = unicodedata.category(c)
+            if category in _AS_SPACE:
+                if not spaced:
+                    kept.append(" ")
+                spaced = True
+            elif category not in _DROPPED:
+                kept.append(c)
+                spaced = False
+        value = "".join(kept)
+    return value.strip()[:MAX_VALUE_CHARS]
+
+
 def select_headers(wanted: Iterable[str], offered: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The offered (name, value) pairs the profile lists, bounded; names in the profile's spelling."""
     by_lower = {name.lower(): name for name in list(wanted)[:MAX_HEADERS]}
     selected: dict[str, str] = {}
     for name, value in offered:
-        key = by_lower.get(name.lower())
+        key = by_lower.get(ascii_folded(name) or "")
         if key is not None and key not in selected:  # the first of repeated headers wins
-            selected[key] = _UNPRINTABLE.sub(" ", value).strip()[:MAX_VALUE_CHARS]
+            selected[key] = printable(value)
     return selected
 
 

@@ -75,13 +75,21 @@ def _twilio_account(settings: Settings, out: TextIO, http_client: HttpClient | N
     return True
 
 
+def _api_key(settings: Settings) -> str:
+    if settings.realtime_api_key:
+        return "set"
+    if settings.openai_api_key:  # what OpenAI's SIP route uses when REALTIME_API_KEY is unset
+        return "OPENAI_API_KEY set (OpenAI's SIP route; Twilio calls need REALTIME_API_KEY)"
+    return "NOT SET"
+
+
 async def run_doctor(settings: Settings, connect: bool, out: TextIO,
                      twilio_http: HttpClient | None = None) -> int:
     dialect = DIALECTS[settings.realtime_dialect]
     print(f"Realtime URL:     {realtime_client.realtime_url(settings, dialect=dialect)}", file=out)
     print(f"Realtime dialect: {settings.realtime_dialect}", file=out)
     print(f"Audio codec:      {settings.audio_codec}", file=out)
-    print(f"API key:          {'set' if settings.realtime_api_key else 'NOT SET'}", file=out)
+    print(f"API key:          {_api_key(settings)}", file=out)
     ok = _public_url(settings, out)
     ok = await asyncio.to_thread(_twilio_account, settings, out, twilio_http) and ok
     if not connect:

@@ -89,13 +89,17 @@ def report_repeats() -> None:
     ids.repeats.clear()
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
-    0x2028: "\\u2028", 0x2029: "\\u2029"}
+def _escaped(c: str) -> str:
+    if c.isprintable():
+        return c
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def escape(text: str) -> str:
-    """``text`` on one line: control characters (newlines included) as ``\\xNN``."""
-    return text if text.isprintable() else text.translate(_CONTROL)
+    """``text`` on one line, as it reads: every character that is not printable (controls and
+    newlines, line separators, and format characters such as bidi overrides) as ``\\xNN``/``\\uNNNN``."""
+    return text if text.isprintable() else "".join(map(_escaped, text))
 
 
 class CallContextFilter(logging.Filter):
@@ -106,6 +110,28 @@ class CallContextFilter(logging.Filter):
         for name in CALL_FIELDS:
             if getattr(record, name, None) is None:
                 setattr(record, name, ids.get(name))
+        return True
+
+
+# The one rule for what a log line may carry: ids, event names, counts, durations and outcomes.
+# What callers said or keyed, their call's instructions and metadata, and what tools were given
+# and gave stay in the call record: these ``extra=`` keys never reach a log line, whoever logs them
+# (CallerDataFilter), and messages name them only by kind (see core/call.py's tool lines).
+CALLER_DATA = frozenset({"text", "parameters", "arguments", "output", "error", "digits", "instructions",
+                         "metadata", "transcript", "to", "from"})
+
+
+class CallerDataFilter(logging.Filter):
+    """Enforces ``CALLER_DATA`` on every record, and keeps query strings out of uvicorn's access log
+    (an outbound call's answer URL carries its number, instructions and metadata there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key in CALLER_DATA.intersection(vars(record)):
+            delattr(record, key)
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) >= 3:
+            path = str(record.args[2])
+            if "?" in path:
+                record.args = (*record.args[:2], path.split("?", 1)[0], *record.args[3:])
         return True
 
 
@@ -179,6 +205,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None, secrets: list
     handler.setFormatter(_Redacting(formatter, list(secrets)) if secrets else formatter)
     handler.addFilter(CallContextFilter())
     handler.addFilter(RepeatLimiter())
+    handler.addFilter(CallerDataFilter())
     handler.addFilter(StreamUrlFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -42,7 +42,7 @@ STREAM_CLAIM_TTL_S = 24 * 3600.0
 CALL_PENDING = "call_pending"  # another socket on this call's URL is already waiting for its start
 PENDING_LIMIT = "pending_limit"
 NO_START = "no_start"
-BAD_START = "bad_start"  # not Twilio's call sid, a bad token, or a start for another call than the URL's
+BAD_START = "bad_start"  # malformed, not Twilio's call sid, a bad token, or for another call than the URL's
 TOKEN_REUSED = "token_reused"
 CALL_STREAMING = "call_streaming"  # another stream is serving the call
 BUSY = "busy"  # a transcription stream at MAX_CONCURRENT_CALLS
@@ -87,7 +87,13 @@ class StreamGate:
         self.waiting.add(waiting)
         try:
             await ws.accept()
-            start = await self._first_start(ws)
+            try:
+                start = await self._first_start(ws)
+            except tw.BadStart as exc:  # names no call we could serve: refused like a bad token
+                log.warning("stream %s: stream refused: bad start: %s", path.call_sid, exc)
+                self.on_refused(purpose, BAD_START)
+                await _close(ws, POLICY_VIOLATION, "stream refused")
+                return None
             if start is None:
                 self.on_refused(purpose, NO_START)
                 return None
@@ -134,6 +140,8 @@ class StreamGate:
                 continue
             try:
                 event = tw.parse(raw)
+            except tw.BadStart:
+                raise
             except tw.TwilioProtocolError as exc:
                 log.warning("stream ?: bad Twilio message before start: %s", exc)
                 continue

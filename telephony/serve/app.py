@@ -377,6 +377,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def place_call(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
             return refusal
+        if not settings.public_url:  # else the request's Host would name where the account's calls go
+            return error(503, "outbound calls need PUBLIC_URL (this service's public https URL)")
         try:
             req = outbound.parse_request(await request.body(), settings.twilio_from_number, profiles.by_name)
             if not req.profile and len(profiles.by_name) > 1:  # our number's profile answers for it
@@ -394,7 +396,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
             log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
             return error(status, f"Twilio: {exc}")
-        log.info("call %s placed to %s", placed.sid, req.to)
+        log.info("call %s placed", placed.sid)  # not its number: README, Logs
         return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
 
     async def list_calls(request: Request) -> Response:

@@ -352,7 +352,7 @@ class Bridge:
             return
         try:
             if isinstance(action, HangUp):
-                log.info("call %s: hanging up: %s", self.sid, action.reason)
+                log.info("call %s: hanging up: %s", self.sid, action.loggable)
                 await self.call_control.hang_up(sid)
             else:
                 log.info("call %s: transferring to %s%s", self.sid, action.number,

@@ -94,6 +94,9 @@ class OpenAISipRoute:
         body = await read_capped_body(request, MAX_WEBHOOK_BYTES)  # before verification: never buffered whole
         if isinstance(body, Response):
             return body
+        if (bad := wire.unverifiable_header(request.headers)) is not None:
+            log.warning("OpenAI webhook refused: %s is not printable ASCII", bad)
+            return _error(400, f"webhook signature refused: {bad} is not printable ASCII")
         try:
             event = self.client.webhooks.unwrap(body, request.headers)
         except openai.InvalidWebhookSignatureError as exc:
@@ -325,7 +328,7 @@ class SidebandCall:
         calls = self.route.client.realtime.calls
         try:
             if isinstance(action, HangUp):
-                log.info("call %s: hanging up: %s", self.call_id, action.reason)
+                log.info("call %s: hanging up: %s", self.call_id, action.loggable)
                 await calls.hangup(self.call_id)
                 self.dispatch(self.call.on_hung_up(action.reason, action.abnormal))
             else:

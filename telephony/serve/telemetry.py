@@ -20,8 +20,6 @@ log = logging.getLogger("telephony.call_events")
 
 # Facts logged at INFO; the rest (transcripts, speech_stopped) only at DEBUG.
 _INFO_KINDS = frozenset({"start", "end", "barge_in", "response_done", "realtime_error", "dtmf", "tool_call"})
-# What callers said, their numbers and what tools were given and gave stay in the call record.
-_NOT_LOGGED = frozenset({"text", "parameters", "arguments", "output", "error"})
 
 
 @dataclass
@@ -108,7 +106,7 @@ class CallObserver(BridgeObserver):
         level = logging.INFO if kind in _INFO_KINDS else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "call event %s", kind, extra=logs.safe_extra({
-                "event": kind, **{k: v for k, v in data.items() if k not in _NOT_LOGGED}}))
+                "event": kind, **{k: v for k, v in data.items() if k not in logs.CALLER_DATA}}))
 
     def _count_tool_call(self, data: dict[str, Any]) -> None:
         outcome = data.get("outcome", "ok")

@@ -85,6 +85,19 @@ def serialize(command: rt.Command) -> str:
 # --- REST and websocket addresses ---
 
 
+WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def unverifiable_header(headers: Mapping[str, str]) -> str | None:
+    """The standard-webhooks header that is not printable ASCII, if any: the SDK's verifier
+    compares it with ``hmac.compare_digest``, which raises TypeError on non-ASCII text."""
+    for key in WEBHOOK_HEADERS:
+        value = headers.get(key)
+        if value is not None and not (value.isascii() and value.isprintable()):
+            return key
+    return None
+
+
 def sideband_url(base_url: str, call_id: str) -> str:
     """``https://api.openai.com/v1`` → ``wss://api.openai.com/v1/realtime?call_id=…``, as the
     openai package derives its websocket URL from its base URL."""
@@ -119,9 +132,10 @@ _ADDRESS = re.compile(r"<([^>]*)>")
 
 
 def header(sip_headers: Iterable[Mapping[str, str]], wanted: str) -> str:
-    """The first value of header ``wanted`` (case-insensitive), or ""."""
+    """The first value of header ``wanted`` (case-insensitive over ASCII only: no Unicode folding), or ""."""
     for h in sip_headers:
-        if str(h.get("name", "")).lower() == wanted.lower():
+        name = str(h.get("name", ""))
+        if name.isascii() and name.lower() == wanted.lower():
             return str(h.get("value", ""))
     return ""
 

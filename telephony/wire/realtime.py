@@ -334,6 +334,17 @@ def int_at(msg: dict, key: str) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
+def obj_at(msg: dict, key: str) -> dict:
+    """``msg[key]`` when it is an object, else {} (so a number or a list there never raises)."""
+    value = msg.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _usage(response: dict) -> dict | None:
+    usage = response.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 def _decode_error(msg: dict) -> RealtimeError:
     err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
     return RealtimeError(type=str_at(err, "type") or "error", code=str_at(err, "code") or None,
@@ -348,7 +359,7 @@ _BUILDERS = {
     "input_audio_buffer.speech_stopped": lambda m: SpeechStopped(str_at(m, "item_id"), int_at(m, "audio_end_ms")),
     "conversation.item.input_audio_transcription.completed":
         lambda m: InputTranscript(str_at(m, "item_id"), str_at(m, "transcript")),
-    "response.created": lambda m: ResponseCreated(str_at(m.get("response") or {}, "id")),
+    "response.created": lambda m: ResponseCreated(str_at(obj_at(m, "response"), "id")),
     "audio.delta": lambda m: AudioDelta(str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "delta")),
     "audio.done": lambda m: AudioDone(str_at(m, "response_id"), str_at(m, "item_id")),
     "transcript.delta": lambda m: TranscriptDelta(str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "delta")),
@@ -358,12 +369,12 @@ _BUILDERS = {
         str_at(m, "response_id"), str_at(m, "item_id"), str_at(m, "call_id"), str_at(m, "name"),
         str_at(m, "arguments")),
     "response.done": lambda m: ResponseDone(
-        str_at(m.get("response") or {}, "id"), str_at(m.get("response") or {}, "status") or "completed",
-        (m.get("response") or {}).get("usage")),
+        str_at(obj_at(m, "response"), "id"), str_at(obj_at(m, "response"), "status") or "completed",
+        _usage(obj_at(m, "response"))),
     "conversation.item.truncated": lambda m: ItemTruncated(str_at(m, "item_id"), int_at(m, "audio_end_ms")),
     "response.output_item.added": lambda m: OutputItemAdded(
-        str_at(m, "response_id"), str_at(m.get("item") or {}, "id"), str_at(m.get("item") or {}, "type"),
-        str_at(m.get("item") or {}, "name"), str_at(m.get("item") or {}, "call_id")),
+        str_at(m, "response_id"), str_at(obj_at(m, "item"), "id"), str_at(obj_at(m, "item"), "type"),
+        str_at(obj_at(m, "item"), "name"), str_at(obj_at(m, "item"), "call_id")),
     "error": _decode_error,
 }
 

@@ -15,7 +15,15 @@ import orjson
 
 
 class TwilioProtocolError(ValueError):
-    """A Media Streams message we cannot use; the text says why."""
+    """A Media Streams message we cannot use; the text says why (never quoting the peer's values)."""
+
+
+class BadStart(TwilioProtocolError):
+    """A ``start`` we cannot use: the stream is refused (it names no call we could serve)."""
+
+
+# Twilio's ``digit`` is one keypad key; anything else is not a keypress (and may be megabytes).
+KEYPAD = frozenset("0123456789*#ABCD")
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,51 @@ def _str(obj: dict, key: str, where: str) -> str:
 def _int(obj: dict, key: str, default: int) -> int:
     try:
         return int(obj.get(key) or default)
-    except (TypeError, ValueError):
-        raise TwilioProtocolError(f"start with a non-numeric mediaFormat {key!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise BadStart(f"start with a non-numeric mediaFormat {key!r}") from None
+
+
+def _tracks(start: dict) -> tuple[str, ...]:
+    tracks = start.get("tracks", ["inbound"])
+    if isinstance(tracks, str):
+        tracks = [tracks]
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise BadStart("start whose 'tracks' is not a list of names")
+    return tuple(tracks) or ("inbound",)
+
+
+def _start(msg: dict) -> Start:
+    start = msg.get("start")
+    if not isinstance(start, dict):
+        raise BadStart("'start' message without a 'start' object")
+    fmt = start.get("mediaFormat") or {}
+    params = start.get("customParameters") or {}
+    if not isinstance(params, dict):
+        raise BadStart("start with customParameters that are not an object")
+    if not isinstance(fmt, dict):
+        raise BadStart("start with a mediaFormat that is not an object")
+    try:
+        stream_sid = _str(start, "streamSid", "start") if "streamSid" in start else _str(msg, "streamSid", "start")
+        call_sid = _str(start, "callSid", "start")
+    except TwilioProtocolError as exc:
+        raise BadStart(str(exc)) from None
+    return Start(
+        stream_sid=stream_sid,
+        call_sid=call_sid,
+        account_sid=str(start.get("accountSid") or ""),
+        tracks=_tracks(start),
+        custom_parameters={str(k): str(v) for k, v in params.items()},
+        encoding=str(fmt.get("encoding") or "audio/x-mulaw"),
+        sample_rate=_int(fmt, "sampleRate", 8000),
+        channels=_int(fmt, "channels", 1),
+    )
+
+
+def _digit(msg: dict) -> Dtmf:
+    digit = _str(_obj(msg, "dtmf"), "digit", "dtmf")
+    if len(digit) != 1 or digit not in KEYPAD:
+        raise TwilioProtocolError(f"dtmf whose digit is not one keypad key ({len(digit)} characters)")
+    return Dtmf(digit)
 
 
 def parse(text: str | bytes) -> TwilioEvent | None:
@@ -101,32 +152,15 @@ def parse(text: str | bytes) -> TwilioEvent | None:
             raise TwilioProtocolError("media without a 'payload' string")
         try:
             timestamp = int(media.get("timestamp") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             timestamp = 0
         return Media(payload, timestamp, str(media.get("track") or "inbound"), stream_sid)
     if event == "mark":
         return Mark(_str(_obj(msg, "mark"), "name", "mark"))
     if event == "start":
-        start = _obj(msg, "start")
-        fmt = start.get("mediaFormat") or {}
-        params = start.get("customParameters") or {}
-        if not isinstance(params, dict):
-            raise TwilioProtocolError("start with customParameters that are not an object")
-        if not isinstance(fmt, dict):
-            raise TwilioProtocolError("start with a mediaFormat that is not an object")
-        return Start(
-            stream_sid=_str(start, "streamSid", "start") if "streamSid" in start
-            else _str(msg, "streamSid", "start"),
-            call_sid=_str(start, "callSid", "start"),
-            account_sid=str(start.get("accountSid") or ""),
-            tracks=tuple(start.get("tracks") or ("inbound",)),
-            custom_parameters={str(k): str(v) for k, v in params.items()},
-            encoding=str(fmt.get("encoding") or "audio/x-mulaw"),
-            sample_rate=_int(fmt, "sampleRate", 8000),
-            channels=_int(fmt, "channels", 1),
-        )
+        return _start(msg)
     if event == "dtmf":
-        return Dtmf(_str(_obj(msg, "dtmf"), "digit", "dtmf"))
+        return _digit(msg)
     if event == "stop":
         stop = msg.get("stop") if isinstance(msg.get("stop"), dict) else {}
         return Stop(str(stop.get("callSid") or ""))
