@@ -209,3 +209,22 @@ def test_the_handoff_twiml_stays_small_at_the_largest_parameters(profile):
     new.on_twilio(tw.Start("MZ2", sid, custom_parameters=inline), 0.0)
     new.resume(json.loads(json.dumps(old.snapshot())))
     assert {k: new.parameters.get(k) for k in largest} == largest
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_twilio_stopping_the_stream_before_its_rest_answer_ends_the_record_as_twilio_answers(profile, moved):
+    """Twilio stops the old stream as it acts on the update, often before its REST answer: the
+    record used to end "caller hung up (Twilio stop)" for a call that went on elsewhere."""
+    from telephony.core.actions import EndStream, Record
+    from telephony.core.call import Call
+    from telephony.wire import twilio as tw
+
+    call = Call(profile)
+    call.on_twilio(tw.Start("MZ1", "CA" + "3" * 32), 0.0)
+    call.on_realtime_open(0.0)
+    assert call.on_handing_over() == []
+    stopped = call.on_twilio(tw.Stop(), 1.0)
+    assert any(isinstance(a, EndStream) for a in stopped)
+    assert not [a for a in stopped if isinstance(a, Record) and a.kind == "end"]  # held
+    (end,) = [a for a in call.on_handoff_result(moved, 2) if isinstance(a, Record) and a.kind == "end"]
+    assert end.data["reason"] == ("handed over" if moved else "caller hung up (Twilio stop)")

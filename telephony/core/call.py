@@ -116,6 +116,8 @@ class Call:
         self.parameters: dict[str, str] = {}
         self.realtime_open = False
         self.ended = False
+        self._handing_over = False  # a handoff under way: an end is held until Twilio answers
+        self._held_end: tuple[str, bool] | None = None
         self._early_audio: list[str] = []
         self._response: _Response | None = None  # the response in progress, if any
         self._dropped_responses: set[str] = set()
@@ -807,17 +809,28 @@ class Call:
         """We hung the call up ourselves (a call without media: after end_call, or unsteerable)."""
         return self._end(reason, abnormal)
 
-    def on_handed_over(self, conversation_items: int) -> list[Action]:
-        """Twilio took the update that moves this call to a new stream (another instance's): this
-        stream's record ends here, "handed over", not as a hang-up when Twilio stops it. The
-        stream is not closed from our side: Twilio stops it as it acts on the update."""
-        if self.ended:
-            return []
-        self.ended = True
-        turns: list[Action] = [self._turn_record(turn, self._last_heard or self._started_at)
-                               for turn in self.turns.flush()]
-        return turns + [Record("handed_over", {"conversation_items": conversation_items}),
-                        Record("end", {"reason": "handed over", "abnormal": False, "handed_over": True})]
+    def on_handing_over(self) -> list[Action]:
+        """The call is being moved to a new stream (a deploy): until Twilio answers the update, an
+        end of this stream is held, since Twilio stops it as it acts on the update, often before
+        its REST answer arrives; ``on_handoff_result`` then says how it really ended."""
+        self._handing_over = True
+        return []
+
+    def on_handoff_result(self, moved: bool, conversation_items: int) -> list[Action]:
+        """Twilio's answer to the handoff: ``moved``, the record ends "handed over" (the call goes on
+        elsewhere, and is counted there); not moved, as it would have without the handoff."""
+        self._handing_over = False
+        held, self._held_end = self._held_end, None
+        if moved:
+            turns: list[Action] = [] if self.ended else [
+                self._turn_record(turn, self._last_heard or self._started_at) for turn in self.turns.flush()]
+            self.ended = True
+            return turns + [Record("handed_over", {"conversation_items": conversation_items}),
+                            Record("end", {"reason": "handed over", "abnormal": False, "handed_over": True})]
+        if held is not None:
+            reason, abnormal = held
+            return [Record("end", {"reason": reason, "abnormal": abnormal})]
+        return []
 
     def end(self, reason: str) -> list[Action]:
         """Ends the call from outside (shutdown): Twilio then speaks the fallback."""
@@ -830,6 +843,9 @@ class Call:
         self.ended = True
         turns: list[Action] = [self._turn_record(turn, self._last_heard or self._started_at)
                                for turn in self.turns.flush()]
+        if self._handing_over:  # how it ended is known once Twilio answers the handoff
+            self._held_end = (reason, abnormal)
+            return turns + [EndStream(reason, abnormal)]
         return turns + [Record("end", {"reason": reason, "abnormal": abnormal}), EndStream(reason, abnormal)]
 
     def _note_agent_item(self, item_id: str) -> None:

@@ -309,12 +309,13 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             bridge.dispatch(call.on_twilio(start, bridge.now()))
             await bridge.run()
         finally:
+            # A handoff under way decides how this stream's record ends: wait for it (bounded).
+            handed_over = await bridge.handoff_settled()
             active.discard(call)
             calls.discard(bridge)
             observer.close()
             if call.call_sid and by_sid.get(call.call_sid) is bridge:
                 del by_sid[call.call_sid]
-            handed_over = await bridge.handoff_settled()
             if call.call_sid:  # a handed-over call goes on elsewhere: its feed and entry stay
                 transcripts.end(call.call_sid, handed_over=handed_over)
                 later(state.drop_call(call.call_sid, handed_over=handed_over))

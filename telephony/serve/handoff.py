@@ -70,6 +70,7 @@ class Handoff:
         # the outcome (Bridge.handoff_settled) instead of guessing it.
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         bridge.handoff_outcome = outcome
+        bridge.dispatch(call.on_handing_over())
         moved = False
         try:
             # The new stream (same call sid) usually opens before this one ends: let it claim the call.
@@ -81,10 +82,10 @@ class Handoff:
             return self._failed(sid, f"Twilio refused the update ({exc.status}): {exc}")
         except asyncio.TimeoutError:  # unknown whether Twilio acted: the saved state lapses with its TTL
             return self._failed(sid, f"Twilio did not answer within {REDIRECT_DEADLINE_S:g} s")
-        finally:
+        finally:  # the record first, then the stream's cleanup may go on (it waits for the outcome)
+            bridge.dispatch(call.on_handoff_result(moved, len(saved["conversation"])))
             if not outcome.done():
                 outcome.set_result(moved)
-        bridge.dispatch(call.on_handed_over(len(saved["conversation"])))  # its record ends "handed over"
         log.info("call %s: handed over to a new stream (%d conversation items)", sid, len(saved["conversation"]))
         self.metrics.handoffs.labels("handed_over").inc()
         return True

@@ -35,8 +35,9 @@ from telephony.serve.claims import LocalClaims
 log = logging.getLogger("telephony.shared_state")
 
 END = {"end": True}  # a stream's last item: its call is over
-CALL_TTL_S = 60.0  # a call's entry lapses this long after its instance stops refreshing it
-REFRESH_S = 20.0
+CALL_TTL_S = 15.0  # a call's entry lapses this long after its instance stops refreshing it
+REFRESH_S = 5.0
+FEED_CHECK_S = 5.0  # a follower re-reads its feed and checks its call is still somewhere this often
 RESERVATION_TTL_S = 30.0  # a webhook's admission, until its stream starts
 STREAM_TTL_S = 4 * 3600  # a transcript stream is kept this long after its last item
 OUTBOX_LIMIT = 10_000
@@ -171,6 +172,8 @@ class RedisState:
         self._outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(OUTBOX_LIMIT)
         self._tasks: list[asyncio.Task] = []
         self._writing = 0  # the item being written now (1), for flush()
+        self._wakers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)  # feed → its followers here
+        self._listener: asyncio.Task | None = None
         self._mine: dict[str, dict[str, Any]] = {}  # this instance's calls, refreshed
 
     def _key(self, *parts: str) -> str:
@@ -193,7 +196,7 @@ class RedisState:
         return left
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *([self._probe] if self._probe else [])]
+        tasks = [*self._tasks, *(t for t in (self._probe, self._listener) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -377,29 +380,66 @@ class RedisState:
     async def follow(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """The items so far, then each new one, until END. Items carry ``seq``, which is how a
         follower knows what it has had: across a Redis outage (or a restart that lost the list)
-        it resumes after the last one it delivered. The channel only says "there is more"."""
-        items, channel = self._key("stream", name), self._key("feed", name)
-        last = 0
-        while True:
+        it resumes after the last one it delivered. This instance's one pub/sub connection only
+        says "there is more" (Heroku's smallest Key-Value Store allows 20 connections in all).
+
+        A feed whose END never comes (its instance died, or the marker was lost) ends once its
+        call's entry has lapsed on two checks in a row with nothing new between them."""
+        items = self._key("stream", name)
+        waker = asyncio.Event()
+        self._wakers[name].add(waker)
+        self._listen()
+        last, gone_since = 0, None
+        try:
+            while True:
+                waker.clear()  # a wake-up from here on is seen by the wait below
+                raw_items = await self._safely("transcript feed", self.redis.lrange(items, 0, -1))
+                fresh = False
+                for raw in raw_items or ():
+                    item = orjson.loads(raw)
+                    if item == END:
+                        return
+                    if item.get("seq", 0) > last:
+                        last, fresh = item["seq"], True
+                        yield item
+                alive = await self._safely("feed liveness", self.redis.exists(self._key("call", name)))
+                if alive == 0 and not fresh:  # None (Redis away) says nothing either way
+                    if gone_since is not None:
+                        log.warning("transcript feed %s ended: its call is on no instance any more", name)
+                        return
+                    gone_since = time.monotonic()
+                else:
+                    gone_since = None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(waker.wait(), FEED_CHECK_S)
+        finally:
+            self._wakers[name].discard(waker)
+            if not self._wakers[name]:
+                del self._wakers[name]
+
+    def _listen(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._wake_followers())
+
+    async def _wake_followers(self) -> None:
+        """One pub/sub connection per instance, whatever the number of followers: a message on a
+        feed's channel wakes that feed's followers here, who then read its list."""
+        prefix = self._key("feed", "")
+        while self._wakers:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(channel)  # before reading the list: nothing falls in between
-                self._answered()
-                while True:
-                    for raw in await self.redis.lrange(items, 0, -1):
-                        item = orjson.loads(raw)
-                        if item == END:
-                            return
-                        if item.get("seq", 0) > last:
-                            last = item["seq"]
-                            yield item
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=REFRESH_S)
+                await asyncio.wait_for(pubsub.psubscribe(prefix + "*"), self._deadline_s * 4)
+                while self._wakers:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=FEED_CHECK_S)
+                    if message is not None:
+                        for waker in self._wakers.get(message["channel"].decode()[len(prefix):], ()):
+                            waker.set()
             except self._errors as exc:
-                self._failed("transcript feed", exc)
+                self._failed("transcript feeds", exc)
                 await asyncio.sleep(RETRY_S)
             finally:
                 with contextlib.suppress(*self._errors):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), self._deadline_s)
 
 
 def call_entry(parameters: dict[str, str], state: str = "in-progress") -> dict[str, Any]:
