@@ -42,7 +42,8 @@ async def running_app(settings: Settings, profile: Profile | None = None, ws: ty
         async with serve_app(app, ws_max_size(settings), ws) as host:
             yield app, host
     finally:
-        await app.state.shared.close()  # what the lifespan does (off here)
+        await app.state.tools.aclose()  # what the lifespan does (off here)
+        await app.state.shared.close()
 
 
 @contextlib.asynccontextmanager

@@ -443,6 +443,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         await transcripts.drain(settings.shutdown_flush_seconds)
         await state.flush(max(0.0, budget_end - time.monotonic()))
         await transcripts.close()
+        await tool_runner.aclose()
         await state.close()
         for rest in control:
             await rest.aclose()
@@ -472,6 +473,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.gate = gate
     app.state.transcripts = transcripts
     app.state.shared = state
+    app.state.tools = tool_runner
     app.state.metrics = metrics
     app.state.profiles = profiles
     app.state.openai_sip = openai_sip

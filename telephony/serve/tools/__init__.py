@@ -96,6 +96,14 @@ class ToolRunner:
             return {"error": f"the tool failed ({_cause(exc)})"}, "error"
         return output, "ok"
 
+    async def aclose(self) -> None:
+        """Stops listings still under way (a slow server's, which calls stopped waiting for), so
+        their HTTP clients close on this event loop, not in a finalizer after it."""
+        tasks = list(self._listing_now.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def discover(self, servers: list[McpServer], call_sid: str) -> list[FunctionTool]:
         """The allowed tools of the MCP servers the bridge calls itself; a server that cannot be
         listed is logged and left out (the call goes on with the other tools)."""
