@@ -34,3 +34,25 @@ async def test_timed_out_sync_tools_leave_the_default_pool_free_and_fail_fast_wh
     # The threads are freed as their tools return, and the pool serves again.
     await wait_until(lambda: python_tool.THREADS.busy == 0, "the stuck tools' threads to be freed")
     assert (await runner.run(session, STUCK, {}))[1] == "ok"
+
+
+def test_a_process_with_a_hung_sync_tool_still_exits():
+    """A worker that stops must not wait for a tool that will never return: the tools' threads are
+    daemons (a pool's threads are joined at interpreter exit)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import asyncio, threading\n"
+        "from telephony.serve.tools import python_tool\n"
+        "async def main():\n"
+        "    hang = threading.Event()\n"
+        "    try:\n"
+        "        await asyncio.wait_for(python_tool.THREADS.run(hang.wait), 0.2)\n"
+        "    except TimeoutError:\n"
+        "        print('timed out', flush=True)\n"
+        "asyncio.run(main())\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and "timed out" in done.stdout, done.stderr

@@ -7,12 +7,11 @@ It is called as ``function(call, **arguments)``: ``call`` is the ``CallContext``
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import importlib
 import inspect
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -24,39 +23,56 @@ log = logging.getLogger("telephony.tools")
 
 
 class ToolThreads:
-    """Sync tools' own bounded pool, apart from asyncio's default one.
+    """Sync tools' own threads, at most ``size`` at once, apart from asyncio's default pool.
 
     A sync tool that times out keeps running in its thread (Python cannot stop a thread). In the
     default pool that thread would starve everything else run there; here it only holds one of the
     tools' own threads until it returns, and when every one is held a new call fails at once
-    ("busy") instead of queueing behind them past its own timeout."""
+    ("busy") instead of queueing behind them past its own timeout. The threads are daemons: a
+    pool's threads are joined at interpreter exit, so one hung tool would keep a stopping worker
+    alive past its drain."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
         self.busy = 0  # threads running a tool, timed out or not
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
 
     def resize(self, size: int) -> None:
         with self._lock:
-            if size != self.size:
-                self.size, self._pool = size, None  # running threads finish in the old pool
+            self.size = size  # threads running now finish as they are
 
     async def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             if self.busy >= self.size:
                 raise ToolFailure(f"busy: all {self.size} tool threads are still running earlier calls")
             self.busy += 1
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="tool")
-            pool = self._pool
-        future = pool.submit(functools.partial(function, *args, **kwargs))
-        future.add_done_callback(self._freed)
-        return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        threading.Thread(target=self._work, args=(loop, answer, function, args, kwargs), name="tool",
+                         daemon=True).start()
+        return await answer
 
-    def _freed(self, _: Future) -> None:
-        with self._lock:
-            self.busy -= 1
+    def _work(self, loop: asyncio.AbstractEventLoop, answer: "asyncio.Future[Any]",
+              function: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (function(*args, **kwargs), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting call, as a pool would
+            outcome = (None, exc)
+        finally:
+            with self._lock:
+                self.busy -= 1
+        with contextlib.suppress(RuntimeError):  # the loop is gone (the call's process is stopping)
+            loop.call_soon_threadsafe(_settle, answer, outcome)
+
+
+def _settle(answer: "asyncio.Future[Any]", outcome: tuple[Any, BaseException | None]) -> None:
+    if answer.done():  # the call stopped waiting (its timeout)
+        return
+    result, error = outcome
+    if error is None:
+        answer.set_result(result)
+    else:
+        answer.set_exception(error)
 
 
 THREADS = ToolThreads()  # sized by TOOL_THREADS when the app is built
