@@ -11,18 +11,12 @@ import threading
 import httpx
 from conftest import running_app
 from fake_twilio import ACCOUNT_SID, AUTH_TOKEN, running_fake_twilio
+from test_outbound import TOKEN, settings
 
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.settings import Settings
 
-TOKEN = "calls-api-token-threads"
 SID = "CA" + "5" * 32
-
-
-def settings(fake) -> Settings:
-    return Settings(realtime_url="ws://127.0.0.1:9/v1/realtime", realtime_api_key="sk-x",
-                    twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN, twilio_from_number="+15550001111",
-                    twilio_api_base_url=fake.base_url, calls_api_token=TOKEN, public_url="https://bridge.example.com")
 
 
 def saturate_default_pool(release: threading.Event) -> list[asyncio.Future]:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, stream_from_twiml, ulaw_silence, wait_until
-from test_shutdown import calls_per_process, worker_pids
-from twilio.request_validator import RequestValidator
+from helpers import free_port, twilio_post, wait_until
+from test_shutdown import caller, serving, until_both_workers_carry_calls
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
-from telephony.offline.simulator import TwilioCallSimulator
 from telephony.serve.app import create_app
 from telephony.settings import Settings, SettingsError
 
@@ -81,26 +79,13 @@ def test_a_malformed_redis_url_stops_the_service_naming_it(workers):
 # --- Calls through the real service ---
 
 
-async def answer(client: httpx.AsyncClient, base: str, call_sid: str, signed: bool) -> str:
+async def answer(base: str, call_sid: str, signed: bool) -> str:
+    """The voice webhook as Twilio posts it (signed with the auth token, or not: development)."""
     form = {"CallSid": call_sid, "From": "+15551230000", "To": "+15559870000"}
-    headers = ({"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(base + "/twilio/voice", form)}
-               if signed else {})
-    r = await client.post(base + "/twilio/voice", data=form, headers=headers)
+    r = await twilio_post(base.split("://", 1)[1], "/twilio/voice", form, AUTH_TOKEN if signed else None,
+                          public_base=base)
     assert r.status_code == 200, r.text
     return r.text
-
-
-async def serving(client: httpx.AsyncClient, base: str) -> bool:
-    try:
-        return (await client.get(base + "/healthz")).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def caller(base: str, call_sid: str, twiml: str, seconds: float) -> TwilioCallSimulator:
-    url, params = stream_from_twiml(twiml, base.split("://", 1)[1])
-    return TwilioCallSimulator(url, call_sid=call_sid, custom_parameters=params,
-                               caller_audio=ulaw_silence(seconds), duration_s=seconds, hang_up=True)
 
 
 def greeted(result) -> bool:
@@ -126,13 +111,11 @@ async def test_two_workers_without_stream_secret_admit_every_call():
                 await wait_until(lambda: serving(client, base), "the server to start", timeout=30)
                 # Calls one after another, each kept open, until both workers carry streams (the
                 # kernel picks the worker for the webhook and for the stream, independently).
-                calls, per_worker = [], {}
-                while len(calls) < 12 and sum(1 for n in per_worker.values() if n) < 2:
-                    sid = f"CA{0x3000 + len(calls):032x}"
-                    twiml = await answer(client, base, sid, signed=False)
-                    calls.append(asyncio.create_task(caller(base, sid, twiml, 6.0).run()))
-                    await asyncio.sleep(0.4)
-                    per_worker = calls_per_process(worker_pids(proc.pid), port)
+                async def place(n: int):
+                    sid = f"CA{0x3000 + n:032x}"
+                    return caller(base, sid, await answer(base, sid, signed=False), 6.0)
+
+                calls, per_worker = await until_both_workers_carry_calls(proc.pid, port, place, limit=12)
                 results = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -166,7 +149,7 @@ async def test_one_ctrl_c_drains_and_a_second_cuts_it_short(workers):
                 sims = []
                 for i in range(4):
                     sid = f"CA{0x4000 + i:032x}"
-                    sims.append(caller(base, sid, await answer(client, base, sid, signed=True), 20.0))
+                    sims.append(caller(base, sid, await answer(base, sid, signed=True), 20.0))
                 calls = [asyncio.create_task(sim.run()) for sim in sims]
                 await wait_until(lambda: all(sim._received for sim in sims), "every call to be served", timeout=15)
                 os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C

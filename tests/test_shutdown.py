@@ -102,6 +102,20 @@ def worker_pids(parent: int) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
+async def until_both_workers_carry_calls(pid: int, port: int, place, limit: int
+                                         ) -> tuple[list[asyncio.Task], dict[int, int]]:
+    """Calls placed one after another (``place(n)`` → a simulated caller), each kept open, until
+    both workers of the service ``pid`` carry some: the kernel picks the worker for each connection,
+    and calls placed in a row often all land on one. Returns the calls' tasks and calls per worker."""
+    calls: list[asyncio.Task] = []
+    per_worker: dict[int, int] = {}
+    while len(calls) < limit and sum(1 for n in per_worker.values() if n) < 2:
+        calls.append(asyncio.create_task((await place(len(calls))).run()))
+        await asyncio.sleep(0.4)
+        per_worker = calls_per_process(worker_pids(pid), port)
+    return calls, per_worker
+
+
 def calls_per_process(pids: list[int], port: int) -> dict[int, int]:
     """Established connections to ``port`` each process holds, from Linux's /proc (the test's own
     HTTP client keeps none open): which worker carries which share of the calls."""
@@ -138,13 +152,12 @@ async def test_sigterm_drains_every_worker_with_web_concurrency_2():
             fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
             async with httpx.AsyncClient(limits=fresh) as client:
                 await wait_until(lambda: serving(client, base), "the server to start", timeout=20)
-                # Long calls until both workers carry some (the kernel picks the worker), and a short one.
-                calls, per_worker = [], {}
-                while len(calls) < 10 and sum(1 for n in per_worker.values() if n) < 2:
-                    sid = f"CA{len(calls):032x}"  # Twilio's shape: the Twilio routes refuse any other
-                    calls.append(asyncio.create_task(caller(base, sid, await answer(client, base, sid), 6.0).run()))
-                    await asyncio.sleep(0.4)
-                    per_worker = calls_per_process(worker_pids(proc.pid), port)
+                # Long calls until both workers carry some, and a short one.
+                async def place(n: int) -> TwilioCallSimulator:
+                    sid = f"CA{n:032x}"  # Twilio's shape: the Twilio routes refuse any other
+                    return caller(base, sid, await answer(client, base, sid), 6.0)
+
+                calls, per_worker = await until_both_workers_carry_calls(proc.pid, port, place, limit=10)
                 assert sum(1 for n in per_worker.values() if n) == 2, per_worker
                 short = asyncio.create_task(caller(base, SHORT, await answer(client, base, SHORT), 1.0).run())
                 await asyncio.sleep(0.3)

@@ -37,6 +37,7 @@ def serve_worker(options: dict, sock: socket.socket) -> None:
     from telephony.serve.server import GracefulServer, http_protocol
     from telephony.settings import Settings, SettingsError
 
+    settings = None
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
@@ -46,21 +47,12 @@ def serve_worker(options: dict, sock: socket.socket) -> None:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         sys.exit(CONFIGURATION_ERROR)
     except Exception as exc:  # noqa: BLE001 - anything else that stops the app being built is no better on retry
+        secrets = settings.secrets() if settings is not None else []  # an error may quote one
         print(f"telephony: configuration error: the app cannot be built: {type(exc).__name__}: "
-              f"{redact(str(exc), settings_secrets())}", file=sys.stderr)
+              f"{redact(str(exc), secrets)}", file=sys.stderr)
         sys.exit(CONFIGURATION_ERROR)
     server = GracefulServer(uvicorn.Config(app, **options), app.state.calls, settings.shutdown_grace_seconds)
     server.run(sockets=[sock])
-
-
-def settings_secrets() -> list[str]:
-    """The environment's secrets, to scrub from an error that may quote one."""
-    from telephony.settings import Settings
-
-    try:
-        return Settings.from_env().secrets()
-    except Exception:  # noqa: BLE001 - settings that do not parse have been reported already
-        return []
 
 
 def share_stream_key(settings) -> None:
