@@ -186,11 +186,15 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     def xml(text: str) -> Response:
         return Response(text, media_type="application/xml")
 
+    def stream_url(request: Request, path: str, purpose: str, call_sid: str, now: float) -> str:
+        """The URL of the stream route ``path`` Twilio is to open for this call, signed for it."""
+        return signed_stream_url(websocket_url(public_base_url(request, settings), path), tokens, purpose,
+                                 call_sid, now)
+
     def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
         """<Connect><Stream> to this call's signed URL, whose parameters carry a token bound to the call."""
         now = time.time()
-        url = signed_stream_url(websocket_url(public_base_url(request, settings), MEDIA_STREAM_PATH), tokens,
-                                AGENT_STREAM, parameters.get("call_sid", ""), now)
+        url = stream_url(request, MEDIA_STREAM_PATH, AGENT_STREAM, parameters.get("call_sid", ""), now)
         fallback = profiles.named(parameters.get("profile", "")).fallback
         return xml(connect_stream(url, tokens.with_token(parameters, now), fallback))
 
@@ -270,8 +274,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         parameters = {"call_sid": str(form.get("CallSid", "")), "from": str(form.get("From", "")),
                       "to": str(form.get("To", ""))}
         now = time.time()
-        url = signed_stream_url(websocket_url(public_base_url(request, settings), TRANSCRIBE_STREAM_PATH), tokens,
-                                TRANSCRIPTION_STREAM, parameters["call_sid"], now)
+        url = stream_url(request, TRANSCRIBE_STREAM_PATH, TRANSCRIPTION_STREAM, parameters["call_sid"], now)
         signed = tokens.with_token(parameters, now, TRANSCRIPTION_STREAM)
         return xml(fork_and_dial(url, signed, settings.forward_to_number))
 
@@ -301,8 +304,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
                         max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner,
-                        prepare=handoff.resume if handoff else None)
-        bridge.release_stream = lambda: gate.release(start, AGENT_STREAM)  # a handoff gives the call up early
+                        prepare=handoff.resume if handoff else None,
+                        release_stream=lambda: gate.release(start, AGENT_STREAM))
         active.add(call)
         calls.add(bridge)
         try:

@@ -83,15 +83,16 @@ class Bridge:
         except asyncio.TimeoutError:
             return False
 
-    async def release_stream(self) -> None:
-        """Gives up this stream's claim on its call (set by the app: its admission's release)."""
-
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
                  on_record: RecordSink | None = None, call_control: CallControl | None = None,
                  max_message_bytes: int | None = None, observer: BridgeObserver | None = None,
                  tools: ToolRunner | None = None,
-                 prepare: Callable[[Call], Awaitable[None]] | None = None) -> None:
+                 prepare: Callable[[Call], Awaitable[None]] | None = None,
+                 release_stream: Callable[[], Awaitable[None]] | None = None) -> None:
         self.ws = ws
+        # Gives up this stream's claim on its call (its admission's release): a handoff does so
+        # before its new stream opens.
+        self.release_stream = release_stream or _nothing
         self.tools = CallTools(tools or ToolRunner(), call)
         # Run with the first Realtime connect, before the session is configured (a handed-over
         # call's saved state is fetched so, in parallel with the handshake).
@@ -407,3 +408,7 @@ _KINDS = {tw.SendMedia: "media", tw.SendMark: "mark", tw.SendClear: "clear"}
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+async def _nothing() -> None:
+    return None
