@@ -389,7 +389,8 @@ class RedisState:
         waker = asyncio.Event()
         self._wakers[name].add(waker)
         self._listen()
-        last, gone_since = 0, None
+        last = 0
+        woken, gone = True, False  # gone: its call's entry was missing at the last quiet check
         try:
             while True:
                 waker.clear()  # a wake-up from here on is seen by the wait below
@@ -402,16 +403,19 @@ class RedisState:
                     if item.get("seq", 0) > last:
                         last, fresh = item["seq"], True
                         yield item
-                alive = await self._safely("feed liveness", self.redis.exists(self._key("call", name)))
-                if alive == 0 and not fresh:  # None (Redis away) says nothing either way
-                    if gone_since is not None:
+                if woken or fresh:  # the feed is moving: its call is somewhere
+                    gone = False
+                else:  # a quiet FEED_CHECK_S: is its call still on some instance?
+                    alive = await self._safely("feed liveness", self.redis.exists(self._key("call", name)))
+                    if alive == 0 and gone:  # None (Redis away) says nothing either way
                         log.warning("transcript feed %s ended: its call is on no instance any more", name)
                         return
-                    gone_since = time.monotonic()
-                else:
-                    gone_since = None
-                with contextlib.suppress(asyncio.TimeoutError):
+                    gone = alive == 0
+                try:
                     await asyncio.wait_for(waker.wait(), FEED_CHECK_S)
+                    woken = True
+                except asyncio.TimeoutError:
+                    woken = False
         finally:
             self._wakers[name].discard(waker)
             if not self._wakers[name]:
