@@ -22,6 +22,10 @@ def _serve(args: argparse.Namespace) -> int:
                    log_config=None,  # uvicorn's loggers go through ours (JSON when asked)
                    log_level=settings.log_level.lower(), **uvicorn_options(settings))
     grace = settings.shutdown_grace_seconds
+    if settings.call_history:  # the schema once, before any worker (each checks it is current)
+        from telephony.history.database import database_for, migrate_at_start
+
+        migrate_at_start(database_for(settings.database_url))
     if settings.web_concurrency > 1:
         # Workers are separate processes: each builds its own app from the environment and drains
         # on SIGTERM (serve/workers.py). The listening socket is ours, not uvicorn's: uvicorn binds

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # where only the platform's router can reach the service, as on Heroku).
     forwarded_allow_ips: str = "127.0.0.1"
     call_records_dir: Path | None = None
+    # Call history: no URL is SQLite in ./telephony.sqlite3; sqlite:///path, postgresql:// or postgres://.
+    database_url: str = Field("", repr=False)
+    call_history: bool = True  # false: no database at all (GET /calls/{sid} answers 503)
     metrics_token: str = Field("", repr=False)
     # Twilio.
     twilio_account_sid: str = ""
@@ -129,6 +132,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a URL the redis client accepts: {exc}") from None
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        from telephony.history.database import DatabaseUrlError, database_for
+
+        try:
+            database_for(value)  # a URL the service could not use stops it at start, not at the first call
+        except DatabaseUrlError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("tools_secret")
     @classmethod
     def _tools_secret(cls, value: str) -> str:
@@ -187,8 +201,12 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never be printed (used to scrub logs)."""
-        return [getattr(self, name) for name, f in type(self).model_fields.items()
-                if not f.repr and getattr(self, name)]
+        from telephony.history.database import url_password
+
+        values = [getattr(self, name) for name, f in type(self).model_fields.items()
+                  if not f.repr and getattr(self, name)]
+        # A driver's message may quote the URL's parts without the whole of it.
+        return values + [password for password in [url_password(self.database_url)] if password]
 
     def openai_key(self) -> str:
         """The key for OpenAI's own endpoints (the SIP route's REST calls and sideband), "" if none:

@@ -27,6 +27,15 @@ def twilio_checks_what_it_receives(monkeypatch):
     monkeypatch.setattr(TwilioCallSimulator, "default_validate", staticmethod(validate_to_twilio))
 
 
+@pytest.fixture(autouse=True)
+def history_in_a_temporary_file(monkeypatch, tmp_path):
+    """Apps built without DATABASE_URL keep their call history in the test's own directory, not
+    in ./telephony.sqlite3 (the service's default) shared by every test and worker."""
+    from telephony.history import database
+
+    monkeypatch.setattr(database, "DEFAULT_SQLITE_FILE", str(tmp_path / "telephony.sqlite3"))
+
+
 @pytest.fixture
 def profile() -> Profile:
     return load_profile(ROOT / "config" / "agent.toml")
@@ -44,6 +53,8 @@ async def running_app(settings: Settings, profile: Profile | None = None, ws: ty
     finally:
         await app.state.tools.aclose()  # what the lifespan does (off here)
         await app.state.shared.close()
+        if app.state.history is not None:
+            await app.state.history.close()
 
 
 @contextlib.asynccontextmanager

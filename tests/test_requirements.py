@@ -39,12 +39,15 @@ def closure(requirements: list[Requirement]) -> set[str]:
     """Every distribution these need, on any platform (markers ignored, but for the extras asked
     for), as far as the installed metadata tells."""
     seen: set[str] = set()
+    walked: set[tuple[str, frozenset[str]]] = set()
     todo = [r for r in requirements]
     while todo:
         req = todo.pop()
         name = canonicalize_name(req.name)
-        if name in seen:
+        key = (name, frozenset(req.extras))  # sqlalchemy[asyncio] needs more than alembic's plain sqlalchemy
+        if key in walked:
             continue
+        walked.add(key)
         seen.add(name)
         try:
             requires = metadata.requires(req.name) or []

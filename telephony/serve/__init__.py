@@ -4,6 +4,6 @@ Here: the Starlette app and its routes (``app``), the call's asyncio shell (``br
 transcription fork's (``fork``), uvicorn's direct lane, the Realtime websocket client, the server
 with its graceful drain, webhook signatures and stream tokens, call limits, outbound calls, Twilio's
 REST API, transcript feeds, and the per-call telemetry that feeds ``ops``.
-May import: ``core``, ``wire``, ``ops`` and ``telephony.settings``. Reaches ``offline`` only through
+May import: ``core``, ``wire``, ``ops``, ``history`` and ``telephony.settings``. Reaches ``offline`` only through
 ``upstream.connector``, the one place that picks the Realtime connection.
 """

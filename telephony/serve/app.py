@@ -26,6 +26,10 @@ from telephony.core.call import Call
 from telephony.core.profile import Profile
 from telephony.core.profile_choice import Profiles, load_profiles
 from telephony.core.transcription import ForkTranscription
+from telephony.history.api import HistoryApi
+from telephony.history.database import database_for
+from telephony.history.recorder import CallHistory
+from telephony.history.writer import HistoryWriter
 from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
@@ -149,6 +153,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                       max_message_bytes=settings.max_message_bytes, on_refused=stream_refused)
     by_sid: dict[str, Bridge] = {}  # calls streaming through this instance, for AMD verdicts
     transcripts = TranscriptHub(settings.transcript_webhook_url, state)
+    # Every call's history, written by one background task (never awaited by a call).
+    history = HistoryWriter(database_for(settings.database_url)) if settings.call_history else None
+    history_api = HistoryApi(history)
+
+    def call_history(route: str, dialect: str | None) -> CallHistory | None:
+        return CallHistory(history, route, dialect) if history is not None else None
     pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
 
     def later(coro) -> None:
@@ -161,7 +171,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     if settings.openai_webhook_secret:
         from telephony.serve.openai_sip import OpenAISipRoute
 
-        openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner)
+        openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner,
+                                    history=lambda: call_history("openai_sip", "ga"))
 
     def default_connector(s: Settings) -> Connector:
         return upstream.connector(s, dialect, profile.greeting)
@@ -287,7 +298,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
-        observer = CallObserver(metrics, settings.call_records_dir, log_ids)
+        observer = CallObserver(metrics, settings.call_records_dir, log_ids,
+                                history=call_history("twilio", settings.realtime_dialect))
 
         def on_record(call: Call, record: Record) -> None:
             observer.on_record(call, record)  # metrics, call record file, structured log
@@ -341,14 +353,21 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return
         core = ForkTranscription(profile, settings.audio_codec)
         record_file: list[CallRecordFile] = []  # opened once the call sid is known
+        fork_history = call_history("transcription", settings.realtime_dialect)
 
         def on_record(record: Record) -> None:
             if record.kind == "start":
                 transcripts.begin(core.call_sid)
                 if settings.call_records_dir is not None:
                     record_file.append(CallRecordFile(settings.call_records_dir, core.call_sid))
-            elif record.kind == "transcript":
-                transcripts.publish(core.call_sid, record.data)
+                if fork_history is not None:
+                    fork_history.start(core.call_sid, record.data.get("stream_sid"), start.custom_parameters,
+                                       profile.name)
+            else:
+                if record.kind == "transcript":
+                    transcripts.publish(core.call_sid, record.data)
+                if fork_history is not None:
+                    fork_history.record(record.kind, record.data)
             for file in record_file:
                 file.write(record.kind, record.data)
 
@@ -363,6 +382,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             for file in record_file:
                 file.write("end", {"kind": "transcription"})
                 file.close()
+            if fork_history is not None:
+                fork_history.record("end", {"reason": "transcription stream ended", "abnormal": False})
             await gate.release(start, TRANSCRIPTION_STREAM)
             logs.report_repeats()
 
@@ -406,7 +427,17 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     async def list_calls(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
             return refusal
+        wanted = request.query_params.get("state", "live")
+        if wanted == "ended":  # the history, newest first, paged
+            return await history_api.ended(request)
+        if wanted != "live":
+            return error(400, "state must be live (the calls in progress, the default) or ended (the history)")
         return JSONResponse({"calls": await state.list_calls()})
+
+    async def call_detail(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        return await history_api.call(request)
 
     async def transcript_feed(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
@@ -445,6 +476,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         budget_end = time.monotonic() + settings.shutdown_flush_seconds
         await transcripts.drain(settings.shutdown_flush_seconds)
         await state.flush(max(0.0, budget_end - time.monotonic()))
+        if history is not None:
+            await history.flush(max(0.0, budget_end - time.monotonic()))
+            await history.close()
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
@@ -464,6 +498,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),
+        Route("/calls/{call_sid}", call_detail, methods=["GET"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
         *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -475,6 +510,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.stream_tokens = tokens
     app.state.gate = gate
     app.state.transcripts = transcripts
+    app.state.history = history
     app.state.shared = state
     app.state.tools = tool_runner
     app.state.metrics = metrics

@@ -34,6 +34,7 @@ from telephony.core import sip
 from telephony.core.actions import Action, EndStream, HangUp, OpenRealtime, Record, RunTool, ToRealtime, Transfer
 from telephony.core.call import Call
 from telephony.core.profile import Profile
+from telephony.history.recorder import CallHistory
 from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.serve import realtime_client
@@ -70,8 +71,10 @@ class OpenAISipRoute:
 
     def __init__(self, settings: Settings, choose_profile: ProfileChooser, calls: CallRegistry,
                  metrics: Metrics, transcripts: TranscriptHub, state: LocalState | RedisState | None = None,
-                 tools: ToolRunner | None = None) -> None:
+                 tools: ToolRunner | None = None,
+                 history: Callable[[], CallHistory | None] = lambda: None) -> None:
         """``state``: where call ids are claimed and calls listed (the app's: shared with REDIS_URL).
+        ``history``: a new call's history recorder (None: the history is off).
         Raises SettingsError naming OPENAI_API_KEY when there is no key of OpenAI's to send."""
         self.api_key = settings.require_openai_key()
         self.settings = settings
@@ -81,6 +84,7 @@ class OpenAISipRoute:
         self.transcripts = transcripts
         self.state = state or LocalState()
         self.tools = tools or ToolRunner(settings.tools_secret)
+        self.history = history
         self.base_url = settings.openai_base_url or wire.DEFAULT_BASE_URL
         self.client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url,
                                          webhook_secret=settings.openai_webhook_secret or None,
@@ -210,7 +214,8 @@ class SidebandCall:
     async def run(self) -> None:
         """Serves the call until it ends; the route has already registered it in its CallRegistry."""
         route = self.route
-        self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE)
+        self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE,
+                                      history=route.history())
         transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
         # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from telephony.core.call import Call, Record
+from telephony.history.recorder import CallHistory
 from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.ops.records import CallRecordFile
@@ -43,7 +44,7 @@ class _Running:
 
 class CallObserver(BridgeObserver):
     def __init__(self, metrics: Metrics, records_dir: Path | None, log_ids: dict[str, str | None],
-                 clock=time.monotonic, route: str = "twilio") -> None:
+                 clock=time.monotonic, route: str = "twilio", history: CallHistory | None = None) -> None:
         self.metrics = metrics
         self.records_dir = records_dir
         self.log_ids = log_ids
@@ -55,6 +56,7 @@ class CallObserver(BridgeObserver):
         self._clear_pending = False
         self._added = {"twilio": _Running(), "realtime": _Running()}
         self.route = route
+        self.history = history  # the call's rows for the history database, if it is on
         metrics.active_calls.inc()
         metrics.active_calls_by_route.labels(route).inc()
 
@@ -73,11 +75,14 @@ class CallObserver(BridgeObserver):
             return
         m.out_twilio.inc()
         m.to_twilio.observe(added)
-        if kind == "media" and self._stopped_at is not None:
-            turn = now - self._stopped_at
-            self._stopped_at = None
-            m.response_latency.observe(turn)
-            self._write("response_latency", {"ms": round(turn * 1000, 1)})
+        if kind == "media":
+            if self._stopped_at is not None:
+                turn = now - self._stopped_at
+                self._stopped_at = None
+                m.response_latency.observe(turn)
+                self._write("response_latency", {"ms": round(turn * 1000, 1)})
+            if self.history is not None and self.history.awaiting_audio:
+                self.history.audio_sent(arrived, now)
         elif kind == "clear":
             m.barge_in_latency.observe(added)
             self._write("clear_sent", {"ms_after_speech_started": round(added * 1000, 3)})
@@ -103,6 +108,11 @@ class CallObserver(BridgeObserver):
             self.outcome = ("handed_over" if data.get("handed_over")
                             else "abnormal" if data.get("abnormal") else "normal")
         self._write(kind, data)
+        if self.history is not None:
+            if kind == "start":
+                self.history.start(call.call_sid or "", call.stream_sid, call.parameters, call.profile.name)
+            else:
+                self.history.record(kind, data)
         level = logging.INFO if kind in _INFO_KINDS else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "call event %s", kind, extra=logs.safe_extra({
@@ -132,3 +142,5 @@ class CallObserver(BridgeObserver):
                               "to_realtime": self._added["realtime"].summary()}})
         if self.file is not None:
             self.file.close()
+        if self.history is not None:
+            self.history.close()
