@@ -84,7 +84,7 @@ class HistoryWriter:
         self._ready = False
         self._in_flight = 0
         self._outage = False  # a failure was logged; the next success says it is over
-        self._dropping = False  # rows were dropped since the last success: say so less often
+        self._dropped_in_outage = 0  # rows dropped since the last success: said once it is over
 
     # --- The calls' side: never blocks, never raises ---
 
@@ -133,20 +133,21 @@ class HistoryWriter:
                 delay *= 2
             else:
                 self.stats.written += len(batch)
-                self._dropping = False
-                if self._outage:
-                    self._outage = False
-                    log.info("call history: %s writable again", self.database.describe())
+                if self._outage or self._dropped_in_outage:
+                    log.warning("call history: %s writable again; %d rows were dropped meanwhile "
+                                "(%d since start)", self.database.describe(), self._dropped_in_outage,
+                                self.stats.dropped)
+                self._outage, self._dropped_in_outage = False, 0
                 return
 
     def _drop(self, count: int, why: str) -> None:
-        """Counts dropped rows; logged at the first of a run of drops and then every power of ten
-        (a queue full for minutes is a few lines, each with the running count)."""
+        """Counts dropped rows; logged at the first drop of an outage, at every power of ten of the
+        total, and when the database is writable again (an outage of minutes is a few lines)."""
         self.stats.dropped += count
         total = self.stats.dropped
-        if not self._dropping or _crossed_power_of_ten(total - count, total):
+        if not self._dropped_in_outage or _crossed_power_of_ten(total - count, total):
             log.error("call history: %d rows not written (%s); %d dropped since start", count, why, total)
-        self._dropping = True
+        self._dropped_in_outage += count
 
     async def _write(self, batch: list[Row]) -> None:
         from telephony.history import models
