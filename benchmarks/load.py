@@ -5,6 +5,8 @@
     python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --profile prof   # needs py-spy
     python benchmarks/load.py --calls 20 --seconds 10 --codec g711_ulaw --instances 2 --redis
         # two instances sharing a redis-server, against the same two without it (CPU per call)
+    python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --dialect beta --history off sqlite postgres
+        # what writing the call history costs: none, the default SQLite file, a real PostgreSQL
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
 Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
@@ -28,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 import urllib.request
@@ -224,8 +227,55 @@ def start_redis() -> tuple[subprocess.Popen, str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def start_postgres(workdir: str) -> tuple[subprocess.Popen, str]:
+    """A throwaway PostgreSQL cluster (Debian's package); as root, run by the `postgres` user."""
+    import glob
+    import pwd
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        sys.exit("--history postgres needs PostgreSQL (apt-get install postgresql)")
+    bindir = os.path.dirname(found[-1])
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(workdir, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(workdir, "data"), free_port()
+    subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "bench", "--auth=trust", "--no-sync"],
+                   check=True, stdout=subprocess.DEVNULL, cwd=workdir)
+    # Durable as in production (fsync on): what a commit costs is part of the measure.
+    proc = subprocess.Popen([*as_user, f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", workdir,
+                             "-c", "listen_addresses=127.0.0.1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=workdir)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None, 20, "postgres")
+    time.sleep(0.5)  # accepting connections before it has finished starting up
+    return proc, f"postgresql://bench@127.0.0.1:{port}/postgres"
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and all its descendants (runuser → postmaster → PostgreSQL's backends)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += sum(cpu_seconds(current))
+        except (OSError, ValueError, IndexError):
+            continue
+        todo += children.get(current, [])
+    return total
+
+
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
-            dialect: str = "beta", instances: int = 1, redis: bool = False) -> dict:
+            dialect: str = "beta", instances: int = 1, redis: bool = False, history: str = "sqlite") -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0",
@@ -236,12 +286,23 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
     port_file.unlink(missing_ok=True)
     # --pin: the server alone on CPU 0, the load generators on the others, so they do not compete.
     server_cpus, helper_cpus = ({0}, set(range(1, os.cpu_count() or 2))) if pin else (None, None)
+    scratch = tempfile.mkdtemp(prefix="telephony-bench-")
     try:
         procs.append(subprocess.Popen([sys.executable, str(here), "--role", "realtime", "--port-file",
                                        str(port_file), "--dialect", dialect], env=env, cwd=ROOT,
                                       preexec_fn=pinned(helper_cpus)))
         wait_for(lambda: port_file.exists() and port_file.read_text(), 10, "the scripted Realtime server")
         rt_port = int(port_file.read_text())
+        # The call history: off, the default SQLite file (in a scratch directory, not the checkout),
+        # or a PostgreSQL of its own.
+        db_proc = None
+        if history == "off":
+            env["CALL_HISTORY"] = "false"
+        elif history == "sqlite":
+            env["DATABASE_URL"] = f"sqlite:///{scratch}/telephony.sqlite3"
+        else:
+            db_proc, env["DATABASE_URL"] = start_postgres(scratch)
+            procs.append(db_proc)
         redis_proc = None
         if redis:
             redis_proc, redis_url = start_redis()
@@ -277,6 +338,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         helpers = (procs[0].pid, *(c.pid for c in callers))  # the load generators, to judge contention
         h0 = [sum(cpu_seconds(pid)) for pid in helpers]
         r0 = sum(cpu_seconds(redis_proc.pid)) if redis_proc else 0.0
+        d0 = tree_cpu_seconds(db_proc.pid) if db_proc else 0.0
         m0, c0, t0 = scrape_all(ports), server_cpu(), time.monotonic()
         w0 = sum(runqueue_wait_s(server.pid) for server in servers)
         window = max(seconds - 2.0, 1.0)
@@ -285,6 +347,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         m1, c1, t1 = scrape_all(ports), server_cpu(), time.monotonic()
         h1 = [sum(cpu_seconds(pid)) for pid in helpers]
         r1 = sum(cpu_seconds(redis_proc.pid)) if redis_proc else 0.0
+        d1 = tree_cpu_seconds(db_proc.pid) if db_proc else 0.0
         w1 = sum(runqueue_wait_s(server.pid) for server in servers)
         rss_loaded = sum(rss_kb(server.pid) for server in servers)
         active = m1[("telephony_active_calls", ())]
@@ -301,8 +364,9 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
             "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
-                     + (" +redis" if redis else ""),
+                     + (" +redis" if redis else "") + f" db:{history}",
             "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
+            "database_cpu_pct": 100 * (d1 - d0) / (t1 - t0),
             "held": sum(r["ok"] for r in results), "active": int(active),
             "clears": sum(r.get("clears", 0) for r in results),
             "cpu_pct_per_call": 100 * cpu_share / max(active, 1),
@@ -334,6 +398,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
             except subprocess.TimeoutExpired:
                 proc.kill()
         port_file.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 ROWS = [
@@ -344,6 +409,7 @@ ROWS = [
     ("server waiting for a CPU, ms per s", lambda f: f"{f['runqueue_wait_ms_per_s']:.0f}"),
     ("CPU per call, % of a core", lambda f: f"{f['cpu_pct_per_call']:.2f}"),
     ("redis-server CPU, % of a core", lambda f: f"{f['redis_cpu_pct']:.2f}"),
+    ("PostgreSQL CPU, % of a core", lambda f: f"{f['database_cpu_pct']:.2f}"),
     ("⇒ calls per core (CPU-bound)", lambda f: f"{f['calls_per_core']:.0f}"),
     ("  kernel share of that CPU, %", lambda f: f"{f['system_share_pct']:.0f}"),
     ("websocket messages per call per s", lambda f: f"{f['messages_per_call_s']:.0f}"),
@@ -382,6 +448,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1, help="server processes, the calls shared out")
     parser.add_argument("--redis", action="store_true",
                         help="also run the instances sharing a redis-server (REDIS_URL), side by side")
+    parser.add_argument("--history", nargs="+", default=["sqlite"], choices=["off", "sqlite", "postgres"],
+                        help="where the call history goes (default: SQLite, the service's default); several: "
+                             "side by side")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -399,12 +468,13 @@ def main() -> None:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
     medians = []
     sharing = (False, True) if args.redis else (False,)
-    for dialect, codec, redis in [(d, c, r) for d in args.dialect for c in args.codec for r in sharing]:
+    for dialect, codec, redis, history in [(d, c, r, h) for d in args.dialect for c in args.codec
+                                           for r in sharing for h in args.history]:
         runs = []
         for _ in range(args.runs):
             runs.append(run_one(codec, args.calls, args.seconds,
                                 f"{args.profile}.{dialect}.{codec}" if args.profile else None, args.pin, dialect,
-                                args.instances, redis))
+                                args.instances, redis, history))
             # Measured with the other processes gone, so they do not compete for the CPU.
             runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
             if args.json:

@@ -28,12 +28,14 @@ def twilio_checks_what_it_receives(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def history_in_a_temporary_file(monkeypatch, tmp_path):
-    """Apps built without DATABASE_URL keep their call history in the test's own directory, not
-    in ./telephony.sqlite3 (the service's default) shared by every test and worker."""
+def history_in_a_temporary_file(monkeypatch, tmp_path_factory):
+    """Apps built without DATABASE_URL keep their call history in a directory of the test's own,
+    not in ./telephony.sqlite3 (the service's default) shared by every test and worker; nor in
+    tmp_path, which tests expect to hold only what they wrote."""
     from telephony.history import database
 
-    monkeypatch.setattr(database, "DEFAULT_SQLITE_FILE", str(tmp_path / "telephony.sqlite3"))
+    monkeypatch.setattr(database, "DEFAULT_SQLITE_FILE",
+                        str(tmp_path_factory.mktemp("history") / "telephony.sqlite3"))
 
 
 @pytest.fixture

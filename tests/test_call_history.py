@@ -55,7 +55,7 @@ def the_call_script() -> Script:
     return Script(response_ms=1500, speed=5.0, tool_calls={1: ("end_call", '{"reason": "done"}')})
 
 
-async def test_a_call_is_in_the_history_with_its_turns_events_and_latency(tmp_path):
+async def test_a_call_is_in_the_history_with_its_turns_events_and_latency():
     async with ScriptedRealtimeServer(the_call_script()) as server, \
             running_app(settings_for(server)) as (app, host), api(host) as client:
         sim = simulated_call(app, host, caller_audio=CALLER, parameters=PARAMETERS)
@@ -68,7 +68,7 @@ async def test_a_call_is_in_the_history_with_its_turns_events_and_latency(tmp_pa
         live = (await client.get("/calls")).json()
 
     assert result.agent and result.clears  # the call itself went as ever
-    assert (tmp_path / "telephony.sqlite3").is_file()  # the default: SQLite in the working directory
+    assert Path(database.DEFAULT_SQLITE_FILE).is_file()  # the default: SQLite (here, in the test's directory)
     assert {k: call[k] for k in ("call_sid", "stream_sid", "route", "dialect", "profile", "from", "to",
                                  "direction", "outcome", "end_reason", "handoffs")} == {
         "call_sid": sim.call_sid, "stream_sid": sim.stream_sid, "route": "twilio", "dialect": "beta",
@@ -149,7 +149,7 @@ async def test_the_history_api_wants_the_token_and_says_what_is_wrong_with_a_req
         assert r.status_code == 503 and "CALLS_API_TOKEN" in r.json()["error"]
 
 
-async def test_call_history_off_opens_no_database_and_says_so(tmp_path):
+async def test_call_history_off_opens_no_database_and_says_so():
     async with ScriptedRealtimeServer(Script(response_ms=300, speed=5.0)) as server, \
             running_app(settings_for(server, call_history=False)) as (app, host), api(host) as client:
         sim = simulated_call(app, host, caller_audio=ulaw_silence(0.5))
@@ -157,7 +157,7 @@ async def test_call_history_off_opens_no_database_and_says_so(tmp_path):
         r = await client.get(f"/calls/{sim.call_sid}")
     assert result.agent and app.state.history is None
     assert r.status_code == 503 and "CALL_HISTORY=false" in r.json()["error"]
-    assert not (tmp_path / "telephony.sqlite3").exists()
+    assert not Path(database.DEFAULT_SQLITE_FILE).exists()
 
 
 # --- The database locked or stopped mid-call ---
@@ -280,6 +280,23 @@ async def test_a_call_on_openai_sip_route_is_in_the_history(profile):
     assert call["from"] == "sip:+15550100001@pstn.example.com" and call["outcome"] == "normal"
     assert {"caller", "agent"} <= {t["speaker"] for t in call["turns"]}
     assert any(e["kind"] == "tool_call" and e["name"] == "end_call" for e in call["events"])
+
+
+async def test_a_transfer_on_openai_sip_route_is_in_the_history(profile):
+    from test_openai_sip import CALLER as SIP_CALLER
+    from test_openai_sip import app_settings, peer_for, ring_and_wait
+
+    profile = replace(profile, transfer_targets={"desk": "sip:desk@pbx.example.com"})
+    script = Script(response_ms=600, speed=5.0, tool_calls={1: ("transfer_call", '{"destination": "desk"}')})
+    async with peer_for(script, caller_audio=SIP_CALLER, listen_s=5.0) as peer, \
+            running_app(app_settings(peer, calls_api_token=TOKEN), profile) as (app, host), api(host) as client:
+        sip_call = await ring_and_wait(peer, host)
+        call = await ended(client, sip_call.call_id)
+    events = {e["kind"]: e for e in call["events"]}
+    assert events["tool_call"]["name"] == "transfer_call" and events["tool_call"]["outcome"] == "ok"
+    assert events["transfer"]["data"] == {"timed_out": False}  # once the agent's words were heard…
+    assert events["transferred"]["data"] == {"target": "sip:desk@pbx.example.com"}  # …referred
+    assert events["transfer"]["at_ms"] <= events["transferred"]["at_ms"]
 
 
 async def test_a_forked_call_is_in_the_history():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ DEFAULT_SQLITE_FILE = "telephony.sqlite3"  # in the working directory (tests poi
 MIGRATIONS = "telephony.history:migrations"
 CONNECT_TIMEOUT_S = 5.0
 SQLITE_BUSY_TIMEOUT_MS = 2000  # a lock held elsewhere: wait this long, then the write is retried later
+MIGRATION_TIMEOUT_S = 30.0  # a database that hangs must not hold the migration lock for ever
 POSTGRES_ADVISORY_LOCK = 0x7e1e_ca11  # one migration at a time across instances starting together
 
 
@@ -149,11 +151,19 @@ async def schema_is_current(engine: "AsyncEngine") -> bool:
     return found == SCHEMA_REVISION
 
 
+_ONE_MIGRATION = threading.Lock()  # two apps of one process (tests, a supervisor) migrate in turn
+
+
+def _migrate_in_this_thread(database: Database) -> None:
+    with _ONE_MIGRATION:
+        asyncio.run(asyncio.wait_for(_migrate(database), MIGRATION_TIMEOUT_S))
+
+
 async def migrate(database: Database) -> None:
     """Creates or upgrades the schema to the latest revision, off this event loop."""
     if database.is_sqlite:
         Path(database.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(asyncio.run, _migrate(database))
+    await asyncio.to_thread(_migrate_in_this_thread, database)
 
 
 def migrate_at_start(database: Database, timeout_s: float = 10.0) -> bool:

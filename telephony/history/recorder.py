@@ -25,6 +25,8 @@ from telephony.history.writer import CallUpsert, EventRow, HistoryWriter, TurnRo
 _NOT_EVENTS = frozenset({"start", "end", "transcript", "speech_stopped", "response_done", "usage", "refused"})
 # Events that re-arm "the agent's next turn starts with the next audio sent".
 _AGENT_MAY_SPEAK = frozenset({"tool_call", "dtmf", "answered_by", "interruption"})
+# What after the agent's last words were heard: the transfer (OpenAI's SIP route then records
+# "transferred" with its target, once the REFER is accepted) or the hang-up.
 _RENAMED = {("after_playout", "Transfer"): "transfer", ("after_playout", "HangUp"): "hang_up"}
 DATA_LIMIT = 16_000  # characters of an event's JSON data; a bigger one keeps only its size
 SPEECH_STOPS_KEPT = 16  # caller items whose end of speech is remembered until their transcript
