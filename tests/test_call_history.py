@@ -375,7 +375,7 @@ async def test_the_migrations_make_the_tables_the_models_describe(tmp_path):
     config.set_main_option("script_location", database.MIGRATIONS)  # from the package, as a wheel has it
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
     db = database.database_for(f"sqlite:///{tmp_path / 'schema.sqlite3'}")
-    await database.migrate(db)
+    await asyncio.to_thread(database.ensure_schema, db)
     engine = db.engine()
     try:
         assert await database.schema_is_current(engine)
@@ -384,3 +384,14 @@ async def test_the_migrations_make_the_tables_the_models_describe(tmp_path):
     finally:
         await engine.dispose()
     assert diff == []
+
+
+def test_telephony_serve_migrates_at_start_and_starts_anyway_when_the_database_is_down(tmp_path, caplog):
+    fresh = database.database_for(f"sqlite:///{tmp_path / 'new' / 'calls.sqlite3'}")
+    assert database.migrate_at_start(fresh) and database.migrate_at_start(fresh)  # made, then current
+    port = __import__("helpers").free_port()  # nothing listens there
+    down = database.database_for(f"postgresql://u:{PASSWORD}@127.0.0.1:{port}/d")
+    with caplog.at_level(logging.WARNING, "telephony.history"):
+        assert database.migrate_at_start(down, timeout_s=5) is False
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"PostgreSQL 127.0.0.1:{port}/d" in line and "calls go on" in line and PASSWORD not in line

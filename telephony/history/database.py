@@ -10,6 +10,7 @@ service's loop its work would sit between audio frames.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -154,23 +155,51 @@ async def schema_is_current(engine: "AsyncEngine") -> bool:
 _ONE_MIGRATION = threading.Lock()  # two apps of one process (tests, a supervisor) migrate in turn
 
 
-def _migrate_in_this_thread(database: Database) -> None:
-    with _ONE_MIGRATION:
-        asyncio.run(asyncio.wait_for(_migrate(database), MIGRATION_TIMEOUT_S))
+async def _bring_up_to_date(database: Database) -> None:
+    from sqlalchemy.pool import NullPool
+
+    engine = database.engine(poolclass=NullPool)
+    try:
+        current = await schema_is_current(engine)
+    finally:
+        await engine.dispose()
+    if not current:  # Alembic (~9 MB once imported) only when there is something to do
+        await _migrate(database)
 
 
-async def migrate(database: Database) -> None:
-    """Creates or upgrades the schema to the latest revision, off this event loop."""
+def ensure_schema(database: Database, timeout_s: float = MIGRATION_TIMEOUT_S) -> None:
+    """The schema at the latest revision, made or upgraded in the calling thread (with its own
+    event loop, never a service's); raises what the database raised."""
     if database.is_sqlite:
         Path(database.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(_migrate_in_this_thread, database)
+    with _ONE_MIGRATION:
+        asyncio.run(asyncio.wait_for(_bring_up_to_date(database), timeout_s))
+
+
+def ensure_schema_in_background(database: Database) -> "concurrent.futures.Future[None]":
+    """``ensure_schema`` in a daemon thread: an app starts it when it is built, so its first call
+    finds the schema ready, and a database that hangs keeps no executor from shutting down."""
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not done.set_running_or_notify_cancel():  # a running one cannot be cancelled by a waiter's timeout
+            return
+        try:
+            ensure_schema(database)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="call history schema", daemon=True).start()
+    return done
 
 
 def migrate_at_start(database: Database, timeout_s: float = 10.0) -> bool:
     """`telephony serve`, before its workers start: the schema once, not once per worker. A
-    database that is down does not stop the service (calls need none): each worker tries again."""
+    database that is down does not stop the service (calls need none): the writers try again."""
     try:
-        asyncio.run(asyncio.wait_for(_migrate(database), timeout_s))
+        ensure_schema(database, timeout_s)
         return True
     except Exception as exc:  # noqa: BLE001 - any failure: the writers retry it
         log.warning("call history: the database (%s) could not be migrated at start (%s); calls go on, "

@@ -9,11 +9,12 @@ once. Either way the count goes into a log line (and ``dropped``), never an exce
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
-from telephony.history.database import Database, describe_error, migrate, schema_is_current
+from telephony.history.database import Database, describe_error, ensure_schema_in_background
 
 if TYPE_CHECKING:  # SQLAlchemy (~16 MB) is imported with the first row
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -82,9 +83,15 @@ class HistoryWriter:
         self._engine: AsyncEngine | None = None
         self._migrated: asyncio.Lock | None = None
         self._ready = False
+        self._preparing: concurrent.futures.Future[None] | None = None
         self._in_flight = 0
         self._outage = False  # a failure was logged; the next success says it is over
         self._dropped_in_outage = 0  # rows dropped since the last success: said once it is over
+
+    def prepare(self) -> None:
+        """Brings the schema up to date now, in a thread of its own (the app calls it when it is
+        built): the first call's rows then find it ready instead of waiting on a migration."""
+        self._preparing = ensure_schema_in_background(self.database)
 
     # --- The calls' side: never blocks, never raises ---
 
@@ -177,8 +184,10 @@ class HistoryWriter:
         if not self._ready:
             async with self._migrated:  # the writer and a first API read may both get here
                 if not self._ready:
-                    if not await schema_is_current(self._engine):
-                        await migrate(self.database)
+                    preparing, self._preparing = self._preparing, None
+                    if preparing is None:  # not prepared, or that failed: again, in a thread of its own
+                        preparing = ensure_schema_in_background(self.database)
+                    await asyncio.wrap_future(preparing)  # raises what the database raised
                     self._ready = True
         return self._engine
 

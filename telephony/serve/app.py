@@ -155,6 +155,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     transcripts = TranscriptHub(settings.transcript_webhook_url, state)
     # Every call's history, written by one background task (never awaited by a call).
     history = HistoryWriter(database_for(settings.database_url)) if settings.call_history else None
+    if history is not None:
+        history.prepare()
     history_api = HistoryApi(history)
 
     def call_history(route: str, dialect: str | None) -> CallHistory | None:
