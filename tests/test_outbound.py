@@ -173,7 +173,9 @@ async def test_end_call_hangs_up_only_after_the_goodbye_was_heard(dialect):
     (output,) = [e for e in conn.of_type("conversation.item.create")
                  if e["item"]["type"] == "function_call_output"]
     assert json.loads(output["item"]["output"])["ok"] is True
-    assert len(conn.of_type("response.create")) == 1  # the goodbye was already said: no extra turn
+    # The greeting and the answer to the caller's turn (the bridge asks for it: create_response is
+    # off); the goodbye was already said in that answer: no extra turn after end_call.
+    assert len(conn.of_type("response.create")) == 2
     (sid, form, at) = fake.updates[0]
     assert sid == sim.call_sid and form == {"Status": "completed"}
     goodbye_end = max(e.t for e in result.timeline if e.kind == "agent_audio_stop")
@@ -206,8 +208,9 @@ async def test_transfer_to_a_number_not_on_the_allow_list_is_refused(profile):
     (output,) = [e for e in conn.of_type("conversation.item.create")
                  if e["item"]["type"] == "function_call_output"]
     assert "cannot transfer" in json.loads(output["item"]["output"])["error"]
-    # The model is asked to speak again, so it can tell the caller.
-    assert len(conn.of_type("response.create")) == 2
+    # The greeting, the answer to the caller's turn, then the model is asked to speak again, so it
+    # can tell the caller.
+    assert len(conn.of_type("response.create")) == 3
 
 
 async def test_dtmf_burst_reaches_the_model_as_one_message():
