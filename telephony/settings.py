@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # where only the platform's router can reach the service, as on Heroku).
     forwarded_allow_ips: str = "127.0.0.1"
     call_records_dir: Path | None = None
+    # Recordings of what each side heard: file:///dir or s3://bucket/prefix (AWS_* as the SDKs read them).
+    recordings_url: str = ""
     metrics_token: str = Field("", repr=False)
     # Twilio.
     twilio_account_sid: str = ""
@@ -112,6 +114,13 @@ class Settings(BaseSettings):
             if str(data.get("realtime_dialect", "")).lower() == "live":
                 data = {**LIVE_DEFAULTS, **data}
         return data
+
+    @field_validator("recordings_url")
+    @classmethod
+    def _recordings_url(cls, value: str) -> str:
+        if value and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be file:///dir or s3://bucket/prefix")
+        return value
 
     @field_validator("redis_url")
     @classmethod

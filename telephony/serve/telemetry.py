@@ -19,7 +19,8 @@ from telephony.serve.bridge import BridgeObserver
 log = logging.getLogger("telephony.call_events")
 
 # Facts logged at INFO; the rest (transcripts, speech_stopped) only at DEBUG.
-_INFO_KINDS = frozenset({"start", "end", "barge_in", "interruption", "response_done", "realtime_error", "dtmf", "tool_call"})
+_INFO_KINDS = frozenset({"start", "end", "barge_in", "interruption", "response_done", "realtime_error", "dtmf",
+                         "tool_call", "recording"})
 
 
 @dataclass
