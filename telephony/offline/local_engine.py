@@ -378,6 +378,9 @@ class RealtimeEngine:
         if end > has + 1e-6:
             return [self._error("invalid_request_error", "invalid_value",
                                 f"Audio content of {has:.0f}ms is already shorter than {end}ms", event)]
+        if end == 0:  # as the real service answers (livekit/agents#6157): nothing played, nothing to cut
+            return [self._error("invalid_request_error", "unsupported_content_type",
+                                "Only model output audio messages can be truncated", event)]
         self._item_audio_ms[item] = float(end)
         return [self._event("conversation.item.truncated", item_id=item,
                             content_index=event.get("content_index", 0), audio_end_ms=end)]
