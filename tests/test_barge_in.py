@@ -274,12 +274,14 @@ def test_a_sip_session_keeps_the_servers_own_turns(profile):
 # --- The policy ---
 
 
-@pytest.mark.parametrize("text", ["Mm-hmm.", "mm hmm", "Uh-huh, yeah.", "Hmmmm", "OK!", "yes right", "mhm"])
+@pytest.mark.parametrize("text", ["Mm-hmm.", "mm hmm", "Uh-huh, yeah.", "Hmmmm", "OK!", "yes right", "mhm",
+                                  "M-M-M.", "Hm."])
 def test_backchannels(text):
     assert BargeInPolicy().is_backchannel(text)
 
 
-@pytest.mark.parametrize("text", ["Stop.", "wait", "yeah but no", "okay so what about tomorrow", "Moment"])
+@pytest.mark.parametrize("text", ["Stop.", "wait", "yeah but no", "okay so what about tomorrow", "Moment",
+                                  "and momentum.", "Hmm, no."])
 def test_not_backchannels(text):
     assert not BargeInPolicy().is_backchannel(text)
 

@@ -36,6 +36,7 @@ STOP, RESUME = "stopped", "resumed"  # the decisions, as records and metrics nam
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters in any script; "don't" is one word
 _LONG_RUN = re.compile(r"(.)\1{2,}")  # "hmmmm" is "hmm", "mmm" is "mm"
+_HUM = re.compile(r"[mh]+")  # "m", "hm", "mhm", "m-m-m": a closed-mouth hum, however it is spelled
 
 
 class BargeInError(ValueError):
@@ -62,7 +63,7 @@ class BargeInPolicy:
 
     def is_backchannel(self, transcript: str) -> bool:
         """True when every word of ``transcript`` is a backchannel (an empty one is not speech)."""
-        return all(w in self._backchannel_words for w in words(transcript))
+        return all(w in self._backchannel_words or _HUM.fullmatch(w) for w in words(transcript))
 
     def with_overrides(self, overrides: dict[str, Any]) -> "BargeInPolicy":
         return replace(self, **parse_settings(overrides, "barge_in"))
