@@ -152,7 +152,9 @@ async def run(clips: list[corpus_mod.Clip], transcripts: dict[str, str | None]) 
 
     async def call(clip: corpus_mod.Clip, mode: str, gate: asyncio.Semaphore) -> None:
         # The clip's transcript is the first caller turn's (a server per call keeps them apart).
-        script = Script(response_ms=ANSWER_MS, speed=1.2, caller_transcripts=(transcripts[clip.name],))
+        # The VAD waits the session's silence (500 ms), as the real one does, not the script's own.
+        script = Script(response_ms=ANSWER_MS, speed=1.2, silence_ms=None,
+                        caller_transcripts=(transcripts[clip.name],))
         async with gate, ScriptedRealtimeServer(script) as server:
             settings = Settings(twilio_validate_signatures=False, realtime_url=server.url,
                                 realtime_api_key="sk-bench", audio_codec="g711_ulaw", log_level="ERROR")

@@ -144,9 +144,10 @@ def test_audio_the_model_sent_during_the_pause_plays_after_what_was_held(line):
 def test_a_noise_with_no_transcript_at_all_resumes_after_the_timeout(line):
     line.speak("r1", "i1", model_audio(10), 0.0)
     line.realtime_event(rt.SpeechStarted("u1", 0), 0.3)
-    line.realtime_event(rt.SpeechStopped("u1", 0), 0.5)
-    assert twilio(line.tick(0.5 + 1.19)) == []  # still waiting for words
-    resumed = line.tick(0.5 + 1.2)
+    # The VAD says so after its 500 ms of silence: the sound itself ended at 0.4.
+    line.realtime_event(rt.SpeechStopped("u1", 0), 0.9)
+    assert twilio(line.tick(0.4 + 1.19)) == []  # still waiting for words
+    resumed = line.tick(0.4 + 1.2)
     assert twilio(resumed, tw.SendMedia) and line.realtime() == []
     assert line.records("interruption")[0]["decision"] == "resumed"
 
@@ -172,10 +173,11 @@ def test_one_word_that_is_not_a_backchannel_stops_the_agent_and_is_answered(line
 def test_speech_longer_than_min_interruption_ms_stops_the_agent_while_the_caller_still_talks(line):
     line.speak("r1", "i1", model_audio(30), 0.0)
     line.realtime_event(rt.SpeechStarted("u1", 0), 1.0)
-    assert line.realtime(line.tick(1.79)) == []
-    stop = line.tick(1.8)
+    # Not said to have stopped 800 ms + the VAD's 500 ms of silence after it began: it lasted 800 ms.
+    assert line.realtime(line.tick(2.29)) == []
+    stop = line.tick(2.3)
     assert line.realtime(stop) == [rt.CancelResponse(), rt.TruncateItem("i1", 1000)]
-    line.realtime_event(rt.ResponseDone("r1", "cancelled"), 1.85)
+    line.realtime_event(rt.ResponseDone("r1", "cancelled"), 2.35)
     # The turn is answered once it is committed, at once.
     assert line.realtime(line.realtime_event(rt.TurnCommitted("u1"), 2.5)) == [rt.CreateResponse()]
 
@@ -193,7 +195,7 @@ def test_an_item_the_caller_heard_none_of_is_deleted_not_truncated_at_zero(line)
     line.realtime_event(rt.AudioDone("r1", "A1"), 0.0)
     line.speak("r2", "B1", model_audio(3), 0.01)  # queued behind A1, not begun
     line.realtime_event(rt.SpeechStarted("u1", 0), 0.1)
-    stop = line.tick(0.9)
+    stop = line.tick(1.4)
     assert line.realtime(stop) == [rt.CancelResponse(), rt.TruncateItem("A1", 100), rt.DeleteItem("B1")]
 
 
@@ -242,7 +244,8 @@ def test_per_call_settings_override_the_profile(profile):
     line.call.parameters["barge_in"] = json.dumps({"min_interruption_ms": 300, "backchannels": ["d'accord"]})
     line.speak("r1", "i1", model_audio(30), 0.0)
     line.realtime_event(rt.SpeechStarted("u1", 0), 0.5)
-    assert line.realtime(line.tick(0.8)) == [rt.CancelResponse(), rt.TruncateItem("i1", 500)]
+    assert line.realtime(line.tick(1.29)) == []  # 300 ms, plus the VAD's 500 ms of silence
+    assert line.realtime(line.tick(1.3)) == [rt.CancelResponse(), rt.TruncateItem("i1", 500)]
     assert line.call.barge_in.is_backchannel("D'accord.")
 
 

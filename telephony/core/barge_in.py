@@ -31,6 +31,7 @@ DEFAULT_MIN_INTERRUPTION_MS = 800
 DEFAULT_FALSE_INTERRUPTION_TIMEOUT_MS = 1200
 MAX_MS = 10_000  # a setting past this is a typo (seconds for ms), not a choice
 MAX_BACKCHANNELS = 50
+_CLOCK_SLACK_S = 1e-6  # clock readings are floats: 2.3 - 1.0 is 1.2999999999999998
 
 STOP, RESUME = "stopped", "resumed"  # the decisions, as records and metrics name them
 
@@ -126,7 +127,7 @@ class Pause:
     speech_item: str  # its conversation item: its commit and transcript carry this id
     heard: dict[str, float]  # agent item → ms the caller had heard when the pause began
     held: list[Held] = field(default_factory=list)  # unheard audio, then what came during the pause
-    stopped_at: float | None = None  # the burst ended (speech_stopped)
+    stopped_at: float | None = None  # the burst ended: speech_stopped, less the VAD's silence
     transcript: str | None = None  # the burst's transcript, once it came
     committed: bool = False  # the burst is a committed turn (answer it if this is an interruption)
     server_cancelled: bool = False  # the server stopped its answer itself: nothing left to resume
@@ -137,21 +138,28 @@ class Pause:
         self.speech_at, self.speech_item = now, item_id
         self.stopped_at, self.transcript, self.committed = None, None, False
 
-    def decide(self, policy: BargeInPolicy, now: float, transcribing: bool) -> str | None:
+    def stopped(self, now: float, silence_s: float) -> None:
+        """speech_stopped came: the VAD says so only after ``silence_s`` of quiet (the session's
+        silence_duration_ms), so the speech itself ended that much earlier."""
+        self.stopped_at = max(self.speech_at, now - silence_s)
+
+    def decide(self, policy: BargeInPolicy, now: float, transcribing: bool, silence_s: float) -> str | None:
         """STOP, RESUME, or None (not yet). ``transcribing``: a transcript will come for the burst;
-        without one only its length can tell (the README says to keep transcription on)."""
+        without one only its length can tell (the README says to keep transcription on).
+        ``silence_s``: the VAD's silence before speech_stopped, so speech that has not been said to
+        stop ``min_interruption_ms + silence_s`` after it started has lasted ``min_interruption_ms``."""
         if not policy.resume_false_interruptions or self.server_cancelled:
             return STOP
         if self.transcript and not policy.is_backchannel(self.transcript):
             return STOP
         min_s = policy.min_interruption_ms / 1000
         if self.stopped_at is None:
-            return STOP if now - self.speech_at >= min_s else None
-        if self.stopped_at - self.speech_at >= min_s:
+            return STOP if now - self.speech_at >= min_s + silence_s - _CLOCK_SLACK_S else None
+        if self.stopped_at - self.speech_at >= min_s - _CLOCK_SLACK_S:
             return STOP
         if self.transcript is not None or not transcribing:
             return RESUME  # short, and empty or only backchannels
-        if now - self.stopped_at >= policy.false_interruption_timeout_ms / 1000:
+        if now - self.stopped_at >= policy.false_interruption_timeout_ms / 1000 - _CLOCK_SLACK_S:
             return RESUME  # short, and no transcript came: a noise the recognizer had no words for
         return None
 

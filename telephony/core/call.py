@@ -395,7 +395,7 @@ class Call:
             return self._on_speech_started(event, now)
         if isinstance(event, rt.SpeechStopped):  # the turn-latency clock starts here
             if self._pause is not None and self._pause.speech_item == event.item_id:
-                self._pause.stopped_at = now
+                self._pause.stopped(now, self._vad_silence_s())
             return [Record("speech_stopped", {"item_id": event.item_id, "audio_end_ms": event.audio_end_ms}),
                     *self._decide_pause(now)]
         if isinstance(event, rt.TurnCommitted):
@@ -784,13 +784,18 @@ class Call:
         pause = self._pause
         if pause is None:
             return []
-        decision = pause.decide(self.barge_in, now, transcribing=bool(self.profile.transcription_model))
+        decision = pause.decide(self.barge_in, now, transcribing=bool(self.profile.transcription_model),
+                                silence_s=self._vad_silence_s())
         if decision is None:
             return []
         self._pause = None
         log.info("call %s: caller spoke over the agent for %.0f ms: %s", self.call_sid,
                  ((pause.stopped_at or now) - pause.speech_at) * 1000, decision)
         return self._stop_agent(pause, now) if decision == STOP else self._resume_agent(pause, now)
+
+    def _vad_silence_s(self) -> float:
+        """The quiet the server's VAD waits for before it says the caller stopped."""
+        return self.profile.turn_detection.silence_duration_ms / 1000
 
     def _stop_agent(self, pause: Pause, now: float) -> list[Action]:
         """A real interruption: the answer ends at what was heard. Every agent item the caller was
