@@ -424,11 +424,12 @@ class Call:
             if ("user", event.item_id) not in self._history:
                 self._history.append(("user", event.item_id))
             self._caller_text[event.item_id] = event.transcript
-            actions = [self._transcript("caller", event.item_id, event.transcript, now)]
+            decided: list[Action] = []
             if self._pause is not None and self._pause.speech_item == event.item_id:
                 self._pause.transcript = event.transcript
-                actions += self._decide_pause(now)
-            return actions
+                decided = self._decide_pause(now)
+            # The agent's turn the caller spoke over began first: its record (cut or whole) goes first.
+            return decided + [self._transcript("caller", event.item_id, event.transcript, now)]
         if isinstance(event, rt.TranscriptDone):
             if event.item_id in self._dropped_items:
                 return []  # already recorded, cut to what was heard, at the barge-in
