@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Call history: no URL is SQLite in ./telephony.sqlite3; sqlite:///path, postgresql:// or postgres://.
     database_url: str = Field("", repr=False)
     call_history: bool = True  # false: no database at all (GET /calls/{sid} answers 503)
+    # Recordings of what each side heard: file:///dir or s3://bucket/prefix (AWS_* as the SDKs read them).
+    recordings_url: str = ""
     metrics_token: str = Field("", repr=False)
     # Twilio.
     twilio_account_sid: str = ""
@@ -115,6 +117,13 @@ class Settings(BaseSettings):
             if str(data.get("realtime_dialect", "")).lower() == "live":
                 data = {**LIVE_DEFAULTS, **data}
         return data
+
+    @field_validator("recordings_url")
+    @classmethod
+    def _recordings_url(cls, value: str) -> str:
+        if value and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be file:///dir or s3://bucket/prefix")
+        return value
 
     @field_validator("redis_url")
     @classmethod

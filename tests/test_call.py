@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from telephony.core.barge_in import BargeInPolicy
 from telephony.core.call import (
     Call,
     EndStream,
@@ -71,6 +73,14 @@ def speak_words(call: Call, now: float) -> list[str]:
     return marks
 
 
+@pytest.fixture
+def profile(profile):
+    """These tests pin the stop path (clear, truncate at what was heard, cancel, cut transcripts):
+    every caller sound stops the agent at once, as ``resume_false_interruptions = false`` does.
+    The pause and its decision are tests/test_barge_in.py's."""
+    return replace(profile, barge_in=BargeInPolicy(resume_false_interruptions=False))
+
+
 def test_open_configures_session_and_greets(profile):
     call = Call(profile)
     call.on_twilio(tw.Start("MZ1", "CA1", custom_parameters={"from": "+15550001"}), 0.0)
@@ -111,7 +121,7 @@ def test_barge_in_mid_playback_clears_truncates_and_cancels(profile):
     assert truncate.item_id == "i1" and truncate.audio_end_ms == 330
     assert realtime(actions, rt.CancelResponse)
     order = [type(a.command) for a in actions if isinstance(a, ToRealtime)]
-    assert order == [rt.TruncateItem, rt.CancelResponse]
+    assert order == [rt.CancelResponse, rt.TruncateItem]  # no more audio added to what is cut
 
 
 def test_barge_in_with_nothing_playing_sends_nothing(profile):
@@ -303,8 +313,6 @@ def test_records_barge_in_with_heard_ms(profile):
 
 
 # --- Tools and call control ---
-
-from dataclasses import replace  # noqa: E402
 
 from telephony.core.actions import HangUp, Transfer  # noqa: E402
 

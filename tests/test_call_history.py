@@ -102,6 +102,24 @@ async def _state(client: httpx.AsyncClient, sid: str, state: str) -> bool:
     return r.status_code == 200 and r.json()["state"] == state
 
 
+async def test_a_greeting_paused_by_a_backchannel_and_resumed_says_so():
+    """The caller's short sound over the greeting pauses it; judged a backchannel, it goes on whole:
+    the turn is whole and resumed, and the interruption's decision is an event."""
+    script = Script(response_ms=3000, speed=1.2, caller_transcripts=("Mm-hmm.",))
+    caller = ulaw_silence(1.0) + ulaw_tone(500, 0.3) + ulaw_silence(4.5)
+    async with ScriptedRealtimeServer(script) as server, \
+            running_app(settings_for(server, audio_codec="g711_ulaw")) as (app, host), api(host) as client:
+        sim = simulated_call(app, host, caller_audio=caller)
+        await sim.run()
+        call = await ended(client, sim.call_sid)
+    agent = [t for t in call["turns"] if t["speaker"] == "agent"]
+    assert len(agent) == 1 and agent[0]["resumed"] and not agent[0]["interrupted"]
+    assert agent[0]["text"] == "Scripted response number 1, a tone of 440 hertz."  # whole
+    (pause,) = [e for e in call["events"] if e["kind"] == "interruption"]
+    assert pause["decision"] == "resumed" and 1000 < pause["at_ms"] < 3000
+    assert pause["data"]["transcript"] == "Mm-hmm." and pause["data"]["paused_ms"] > 0
+
+
 async def test_the_history_pages_newest_first():
     script = Script(response_ms=300, speed=5.0)
     async with ScriptedRealtimeServer(script) as server, \

@@ -48,9 +48,10 @@ async def test_voice_webhook_answers_twiml_with_stream_and_fallback(profile):
                                               ("ga", "pcm16", None), ("ga", "g711_ulaw", None),
                                               ("beta", "pcm16", "websockets-sansio")])
 async def test_barge_in_end_to_end(profile, dialect, codec, ws):
-    # Deltas at 2x real time: the greeting is still being generated when the caller speaks.
-    script = Script(response_ms=3000, speed=2.0)
-    caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(2.6)
+    # Deltas at 1.2x real time: the greeting is still being generated when the caller's second of
+    # speech (longer than min_interruption_ms) confirms the interruption.
+    script = Script(response_ms=3000, speed=1.2)
+    caller = ulaw_silence(1.0) + ulaw_tone(500, 1.0) + ulaw_silence(3.6)
     options = {"ws": ws} if ws else {}
     async with ScriptedRealtimeServer(script, dialect=dialect) as server, \
             running_app(settings_for(server, realtime_dialect=dialect, audio_codec=codec), **options) as (app, host):

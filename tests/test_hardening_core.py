@@ -14,13 +14,16 @@ import signal
 import socket
 import time
 import tomllib
+from dataclasses import replace
 
 import numpy as np
+import pytest
 import uvicorn
 from conftest import ROOT, running_app
 from helpers import simulated_call, stream_url, ulaw_silence, ulaw_tone
 
 from telephony.core.actions import HangUp, Record, ToRealtime, ToTwilio
+from telephony.core.barge_in import BargeInPolicy
 from telephony.core.call import Call
 from telephony.core.profile import load_profile
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
@@ -31,6 +34,14 @@ from telephony.serve.server import GracefulServer, uvicorn_options
 from telephony.settings import Settings
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
+
+
+@pytest.fixture
+def profile(profile):
+    """The stop path, pinned: every caller sound stops the agent at once, as
+    ``resume_false_interruptions = false`` does (tests/test_barge_in.py covers the pause)."""
+    return replace(profile, barge_in=BargeInPolicy(resume_false_interruptions=False))
+
 
 API_KEY = "sk-test-secret-key-123"
 
@@ -146,8 +157,10 @@ def test_barge_in_truncates_every_item_with_unheard_audio_in_play_order(profile)
     call.on_twilio(tw.Mark(marks[0]), 0.1)  # Twilio played A1's first 200 ms
     call.on_twilio(tw.Mark(marks[1]), 0.2)
     actions = call.on_realtime(rt.SpeechStarted("u1", 0), 0.25)
-    truncations = [a.command for a in actions if isinstance(a, ToRealtime) and isinstance(a.command, rt.TruncateItem)]
-    assert truncations == [rt.TruncateItem("A1", 250), rt.TruncateItem("B1", 0)]
+    # B1 was heard not at all: deleted, since the server refuses to truncate unplayed audio.
+    cuts = [a.command for a in actions if isinstance(a, ToRealtime)
+            and isinstance(a.command, (rt.TruncateItem, rt.DeleteItem))]
+    assert cuts == [rt.TruncateItem("A1", 250), rt.DeleteItem("B1")]
     transcripts = [a.data for a in actions if isinstance(a, Record) and a.kind == "transcript"]
     assert [(t["item_id"], t["text"], t["interrupted"], t["heard_ms"]) for t in transcripts] == [
         ("A1", "one two ", True, 250), ("B1", "", True, 0)]

@@ -125,6 +125,17 @@ def test_truncate_is_checked_against_the_audio_the_item_has():
     missing = d.send({"type": "conversation.item.truncate", "item_id": "item_nope", "content_index": 0,
                       "audio_end_ms": 0})
     assert missing[0]["error"]["code"] == "item_not_found"
+    # As the real service: nothing of it played, nothing to truncate (livekit/agents#6157); deleted.
+    unplayed = d.send({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
+                       "audio_end_ms": 0})
+    assert unplayed[0]["error"]["code"] == "unsupported_content_type"
+    assert unplayed[0]["error"]["message"] == "Only model output audio messages can be truncated"
+    deleted = d.send({"type": "conversation.item.delete", "item_id": item, "event_id": "evt_d1"})
+    assert deleted[0] == {**deleted[0], "type": "conversation.item.deleted", "item_id": item}
+    again = d.send({"type": "conversation.item.delete", "item_id": item})
+    assert again[0]["error"]["code"] == "item_not_found"
+    for event in unplayed + deleted:
+        validate_event(event, "beta", "server")
 
 
 def test_barge_in_cancels_the_response_and_ulaw_sessions_get_ulaw():

@@ -5,14 +5,24 @@ Each test names the mutation it kills; all of them run in scripts/mutation.sh.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_call import pcm_ms, play, realtime, started_call, twilio
 
 from telephony.core.actions import EndStream, HangUp, OpenRealtime, Record
+from telephony.core.barge_in import BargeInPolicy
 from telephony.core.call import AFTER_PLAYOUT_TIMEOUT_S, DTMF_GAP_S, Call
 from telephony.core.playout import PlayoutLedger
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
+
+
+@pytest.fixture
+def profile(profile):
+    """The stop path, pinned: every caller sound stops the agent at once, as
+    ``resume_false_interruptions = false`` does (tests/test_barge_in.py covers the pause)."""
+    return replace(profile, barge_in=BargeInPolicy(resume_false_interruptions=False))
 
 
 def records(actions, kind):

@@ -52,7 +52,8 @@ async def test_place_call_carries_signed_overrides_to_the_stream(profile):
             running_app(settings(fake, server.url)) as (app, host):
         r = await post_call(host, {"to": "+15552223333", "instructions": "Remind them of the dentist.",
                                    "greeting": "Hi, it's the clinic.", "voice": "coral",
-                                   "metadata": {"patient": 42}, "machine_detection": True})
+                                   "metadata": {"patient": 42}, "machine_detection": True,
+                                   "barge_in": {"min_interruption_ms": 500, "backchannels": ["genau"]}})
         assert r.status_code == 201, r.text
         assert r.json()["call_sid"].startswith("CA") and r.json()["status"] == "queued"
         (form,) = fake.created
@@ -71,6 +72,7 @@ async def test_place_call_carries_signed_overrides_to_the_stream(profile):
         params = stream_parameters(answer.text)
         assert params["call_sid"] == "CA" + "7" * 32 and params["voice"] == "coral"
         assert json.loads(params["metadata"]) == {"patient": 42}
+        assert json.loads(params["barge_in"]) == {"min_interruption_ms": 500, "backchannels": ["genau"]}
         # A forged override is refused, even with Twilio's signature valid for that URL.
         forged = url.query.replace("dentist", "bank+details")
         refused = await twilio_post(host, f"{url.path}?{forged}", {"CallSid": "CA" + "7" * 32}, AUTH_TOKEN)
@@ -95,6 +97,8 @@ async def test_place_call_carries_signed_overrides_to_the_stream(profile):
     ({"to": "5552223333"}, TOKEN, 422, "E.164"),
     ({"to": "+15552223333", "from": "me"}, TOKEN, 422, "'from'"),
     ({"to": "+15552223333", "colour": "red"}, TOKEN, 422, "unknown fields"),
+    ({"to": "+15552223333", "barge_in": {"min_interruption_ms": -1}}, TOKEN, 422, "min_interruption_ms"),
+    ({"to": "+15552223333", "barge_in": "off"}, TOKEN, 422, "barge_in"),
     ({"to": "+15552223333", "metadata": {"x": "y" * 600}}, TOKEN, 422, "metadata"),
     # Within each field's limit, but URL escaping (é → %C3%A9) takes the answer URL past 4000.
     ({"to": "+15552223333", "instructions": "é" * 1000}, TOKEN, 422, "4000"),
@@ -173,7 +177,9 @@ async def test_end_call_hangs_up_only_after_the_goodbye_was_heard(dialect):
     (output,) = [e for e in conn.of_type("conversation.item.create")
                  if e["item"]["type"] == "function_call_output"]
     assert json.loads(output["item"]["output"])["ok"] is True
-    assert len(conn.of_type("response.create")) == 1  # the goodbye was already said: no extra turn
+    # The greeting and the answer to the caller's turn (the bridge asks for it: create_response is
+    # off); the goodbye was already said in that answer: no extra turn after end_call.
+    assert len(conn.of_type("response.create")) == 2
     (sid, form, at) = fake.updates[0]
     assert sid == sim.call_sid and form == {"Status": "completed"}
     goodbye_end = max(e.t for e in result.timeline if e.kind == "agent_audio_stop")
@@ -206,8 +212,9 @@ async def test_transfer_to_a_number_not_on_the_allow_list_is_refused(profile):
     (output,) = [e for e in conn.of_type("conversation.item.create")
                  if e["item"]["type"] == "function_call_output"]
     assert "cannot transfer" in json.loads(output["item"]["output"])["error"]
-    # The model is asked to speak again, so it can tell the caller.
-    assert len(conn.of_type("response.create")) == 2
+    # The greeting, the answer to the caller's turn, then the model is asked to speak again, so it
+    # can tell the caller.
+    assert len(conn.of_type("response.create")) == 3
 
 
 async def test_dtmf_burst_reaches_the_model_as_one_message():

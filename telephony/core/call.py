@@ -27,14 +27,15 @@ from telephony.core.actions import (
     Transfer,
 )
 from telephony.core.audio import ULAW_BYTES_PER_MS, ModelAudio, make_codec
+from telephony.core.barge_in import RESUME, STOP, BargeInPolicy, ItemEnd, Pause
 from telephony.core.function_tools import FunctionTool
 from telephony.core.pacing import AgentPacer
-from telephony.core.playout import PlayoutLedger
+from telephony.core.playout import PlayoutLedger, Unheard
 from telephony.core.profile import Profile
 from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
-from telephony.wire import openai_sip as sideband
 from telephony.core.turns import Turn, TurnGrouper
 from telephony.core.vad import EnergyVad
+from telephony.wire import openai_sip as sideband
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
 
@@ -140,6 +141,11 @@ class Call:
         self._known_responses: set[str] = set()
         self._warned_items: set[str] = set()
         self.resumed = False  # this stream continues a call handed over from another one
+        self._pause: Pause | None = None  # the agent paused by caller speech, until decided
+        # A response we cancelled, until its response.done: a response.create sent before then is
+        # refused (conversation_already_has_active_response).
+        self._cancelling: str | None = None
+        self._resumed_items: set[str] = set()  # agent items a false interruption paused, played whole
 
     # --- Twilio side ---
 
@@ -206,6 +212,11 @@ class Call:
         self._function_tools = {t.name: t for t in self.profile.function_tools}
         return [Record("start", {"call_sid": event.call_sid, "stream_sid": event.stream_sid}),
                 OpenRealtime()]
+
+    @property
+    def barge_in(self) -> BargeInPolicy:
+        """The profile's ``[barge_in]`` with the call's own overrides (``POST /calls``)."""
+        return self.profile.barge_in.overridden_by(self.parameters.get("barge_in"))
 
     def _on_media(self, event: tw.Media, now: float) -> list[Action]:
         if self.stream_sid is None:
@@ -296,6 +307,11 @@ class Call:
                                              voice=self.parameters.get("voice"), extra_tools=extra)
         if self.model or self.delegation_model:  # dialects that name the model in the session (Live)
             config = replace(config, model=self.model, delegation_model=self.delegation_model)
+        if self.carries_media and self.capabilities.truncate:
+            # The bridge asks for every answer and decides what caller speech does to one
+            # (core.barge_in): a backchannel must not cancel what the caller is hearing.
+            config = replace(config, turn_detection=replace(
+                config.turn_detection, create_response=False, interrupt_response=False))
         return config
 
     def on_realtime_closed(self, reason: str, call_over: bool = False) -> list[Action]:
@@ -310,7 +326,7 @@ class Call:
         if was_open and self._reconnects_left > 0:
             self._reconnects_left -= 1
             log.warning("call %s: Realtime session dropped (%s); reconnecting", self.call_sid, reason)
-            self._response = None  # its audio will never come: the new session starts afresh
+            self._response = self._cancelling = None  # the new session starts afresh
             return [Record("realtime_dropped", {"reason": reason}), OpenRealtime()]
         log.error("call %s: Realtime session closed: %s", self.call_sid, reason)
         return self._end(f"Realtime closed: {reason}", abnormal=True)
@@ -376,9 +392,14 @@ class Call:
             return self._on_audio_delta(event, now)
         if isinstance(event, rt.SpeechStarted):
             self._history.append(("user", event.item_id))
-            return self._barge_in(event, now)
+            return self._on_speech_started(event, now)
         if isinstance(event, rt.SpeechStopped):  # the turn-latency clock starts here
-            return [Record("speech_stopped", {"item_id": event.item_id, "audio_end_ms": event.audio_end_ms})]
+            if self._pause is not None and self._pause.speech_item == event.item_id:
+                self._pause.stopped(now, self._vad_silence_s())
+            return [Record("speech_stopped", {"item_id": event.item_id, "audio_end_ms": event.audio_end_ms}),
+                    *self._decide_pause(now)]
+        if isinstance(event, rt.TurnCommitted):
+            return self._on_turn_committed(event, now)
         if isinstance(event, rt.ResponseCreated):
             self._response = _Response(event.response_id)
             self._awaiting_response = False
@@ -403,13 +424,22 @@ class Call:
             if ("user", event.item_id) not in self._history:
                 self._history.append(("user", event.item_id))
             self._caller_text[event.item_id] = event.transcript
-            return [self._transcript("caller", event.item_id, event.transcript, now)]
+            decided: list[Action] = []
+            if self._pause is not None and self._pause.speech_item == event.item_id:
+                self._pause.transcript = event.transcript
+                decided = self._decide_pause(now)
+            # The agent's turn the caller spoke over began first: its record (cut or whole) goes first.
+            return decided + [self._transcript("caller", event.item_id, event.transcript, now)]
         if isinstance(event, rt.TranscriptDone):
             if event.item_id in self._dropped_items:
                 return []  # already recorded, cut to what was heard, at the barge-in
             self._note_agent_item(event.item_id)
             self._transcripts[event.item_id] = [event.transcript]
-            return [self._transcript("agent", event.item_id, event.transcript, now)]
+            if self._pause is not None:  # whole or cut: recorded once the pause is decided
+                self._pause.transcripts_done[event.item_id] = event.transcript
+                return []
+            extra = {"resumed": True} if event.item_id in self._resumed_items else {}
+            return [self._transcript("agent", event.item_id, event.transcript, now, **extra)]
         if isinstance(event, rt.RealtimeError):
             return self._on_error(event)
         if isinstance(event, rt.TimedTranscript):
@@ -429,6 +459,8 @@ class Call:
         if isinstance(event, sideband.AgentAudioStopped):
             self._agent_audible = False
             return self._check_after_playout(now)
+        if isinstance(event, rt.TurnCommitted):
+            return []  # the SIP session answers its turns itself
         if isinstance(event, sideband.KeypadDigit):
             if event.digit:
                 self._dtmf.append(event.digit[:1])
@@ -463,6 +495,9 @@ class Call:
             return []
         if self.pacer is not None:
             return self._pace(event.item_id, chunk, now)
+        if self._pause is not None:  # played after what the caller has not heard yet, if resumed
+            self._pause.held.append(Unheard(event.item_id, chunk.payload, chunk.model_ms))
+            return []
         return self._send_agent_audio(event.item_id, chunk, now)
 
     def _send_agent_audio(self, item_id: str, chunk: ModelAudio, now: float) -> list[Action]:
@@ -471,7 +506,7 @@ class Call:
             actions.append(ToTwilio(tw.SendMark(before)))
         if chunk.payload:
             actions.append(ToTwilio(tw.SendMedia(chunk.payload)))
-        if (name := self.ledger.sent(item_id, chunk.model_ms, now)) is not None:
+        if (name := self.ledger.sent(item_id, chunk.model_ms, now, chunk.payload)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
 
@@ -534,9 +569,15 @@ class Call:
     def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
         if self._response and self._response.id == event.response_id:
             self._response = None
+        if event.response_id == self._cancelling:
+            self._cancelling = None
         actions: list[Action] = [Record("response_done", {
             "response_id": event.response_id, "status": event.status, "usage": event.usage})]
-        if self._respond_when_done and self._response is None:
+        if (self._pause is not None and event.status == "cancelled"
+                and event.response_id not in self._dropped_responses):
+            self._pause.server_cancelled = True  # a server that still interrupts by itself
+            return actions + self._decide_pause(now)
+        if self._respond_when_done and not self._agent_busy():
             self._respond_when_done = False
             actions.append(self._create_response())
         return actions + self._check_after_playout(now)
@@ -626,18 +667,23 @@ class Call:
             ToRealtime(answer),
             Record("tool_call", {"name": name, "arguments": arguments, result_key: result,
                                  "outcome": outcome, "latency_ms": round(latency_s * 1000, 1)})]
-        if self._response is None and not self._awaiting_response:
+        if not self._agent_busy():
             actions.append(self._create_response())
         else:
             self._respond_when_done = True
         return actions
+
+    def _agent_busy(self) -> bool:
+        """The agent is talking, about to, or paused by the caller: a new answer waits."""
+        return (self._response is not None or self._awaiting_response or self._pause is not None
+                or self._cancelling is not None)
 
     def _tool_filler(self, now: float) -> list[Action]:
         """A tool slower than the profile's filler delay: the model says a holding phrase, once."""
         if not len(self._tool_calls) or not self.realtime_open:
             return []
         due = self._tool_calls.due_for_filler(now, self.profile.filler_after_ms / 1000)
-        if not due or self._response is not None or self._awaiting_response:
+        if not due or self._agent_busy():
             return []  # the agent is talking already: ask once it is quiet
         for running in due:
             running.filler_asked = True
@@ -661,7 +707,7 @@ class Call:
         if self._after_playout is None:
             return []
         action, deadline = self._after_playout
-        done = (self._response is None and not self._awaiting_response and not self._respond_when_done
+        done = (not self._agent_busy() and not self._respond_when_done
                 and not self.ledger.unplayed and not self._agent_audible and not (self.pacer is not None and (
                     self.pacer.holding or now - self._agent_active_at < QUIET_BEFORE_AFTER_PLAYOUT_S)))
         if not done and now < deadline:
@@ -684,6 +730,7 @@ class Call:
             return actions + [HangUp(f"voicemail ({answered_by}), nothing to leave")]
         if self.pacer is not None:
             self.pacer.drop()
+        self._pause = None  # what it held is not for a machine's beep either
         if self.ledger.unplayed:  # stop talking over the beep
             actions.append(ToTwilio(tw.SendClear()))
             self.ledger.clear()
@@ -703,50 +750,125 @@ class Call:
         if event.response_id in self._dropped_responses or event.item_id in self._dropped_items:
             return []
         tail = self.codec.end_of_item()
+        if self._pause is not None:
+            if tail:
+                self._pause.held.append(Unheard(event.item_id, tail, len(tail) * 3 / 4 / ULAW_BYTES_PER_MS))
+            self._pause.held.append(ItemEnd(event.item_id))
+            return []
         actions: list[Action] = [ToTwilio(tw.SendMedia(tail))] if tail else []
         if (name := self.ledger.seal()) is not None:  # the item's last audio: know when it ends
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
 
-    def _barge_in(self, event: rt.SpeechStarted, now: float) -> list[Action]:
-        """The caller started talking: stop the agent now and tell the model what was heard of
-        every item it was still to hear (queued at Twilio, in play order, then any the response
-        in progress is still producing), 0 ms of an item not begun."""
+    # --- Barge-in: pause at the caller's first sound, then stop or resume (core.barge_in) ---
+
+    def _on_speech_started(self, event: rt.SpeechStarted, now: float) -> list[Action]:
+        if self._pause is not None:
+            self._pause.new_burst(event.item_id, now)
+            return self._decide_pause(now)
+        if not self.ledger.unplayed and self._response is None:
+            return []  # the agent is silent: an ordinary turn, answered when it is committed
+        return self._pause_agent(event, now)
+
+    def _pause_agent(self, event: rt.SpeechStarted, now: float) -> list[Action]:
+        """The caller stops hearing the agent now; what they had not heard yet is kept, in order."""
+        playing = self.ledger.unplayed_items()
+        heard = {item: min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item)) for item in playing}
+        self._pause = Pause(now, now, event.item_id, heard, list(self.ledger.take_unheard(now)))
+        actions: list[Action] = [ToTwilio(tw.SendClear())] if playing else []
+        first = playing[0] if playing else (next(iter(self._response.items), None) if self._response else None)
+        heard_first = None if first is None else round(heard.get(first, self.ledger.heard_ms(first, now)))
+        actions.append(Record("barge_in", {"item_id": first, "heard_ms": heard_first}))
+        return actions + self._decide_pause(now)
+
+    def _decide_pause(self, now: float) -> list[Action]:
+        pause = self._pause
+        if pause is None:
+            return []
+        decision = pause.decide(self.barge_in, now, transcribing=bool(self.profile.transcription_model),
+                                silence_s=self._vad_silence_s())
+        if decision is None:
+            return []
+        self._pause = None
+        log.info("call %s: caller spoke over the agent for %.0f ms: %s", self.call_sid,
+                 ((pause.stopped_at or now) - pause.speech_at) * 1000, decision)
+        return self._stop_agent(pause, now) if decision == STOP else self._resume_agent(pause, now)
+
+    def _vad_silence_s(self) -> float:
+        """The quiet the server's VAD waits for before it says the caller stopped."""
+        return self.profile.turn_detection.silence_duration_ms / 1000
+
+    def _stop_agent(self, pause: Pause, now: float) -> list[Action]:
+        """A real interruption: the answer ends at what was heard. Every agent item the caller was
+        still to hear is truncated there, or deleted if they heard none of it (the server refuses
+        to truncate audio it never played, and a whole unheard item would tell the model the
+        caller heard it). The caller's turn is answered once it is committed."""
         actions: list[Action] = []
-        items = self.ledger.unplayed_items()
-        if self._response is not None:
-            items += [item for item in self._response.items if item not in items]
-        heard = {item: round(min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item))) for item in items}
-        if self.ledger.unplayed:
-            actions.append(ToTwilio(tw.SendClear()))
-            self.ledger.clear()
-            self.codec.interrupted()
-        for item in items:
-            actions.append(ToRealtime(rt.TruncateItem(item, heard[item])))
-            self._dropped_items.add(item)
-            self._cut_transcript(item, heard[item])
-            actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
-                                            interrupted=True, heard_ms=heard[item]))
-        item = items[0] if items else None
+        items = pause.items()
         if self._response is not None:
             actions.append(ToRealtime(rt.CancelResponse()))
             self._dropped_responses.add(self._response.id)
-            self._dropped_items.update(self._response.items)
+            self._cancelling = self._response.id
+            items += [item for item in self._response.items if item not in items]
             self._response = None
-        if item is not None or actions:
-            # The item playing; every item cut has its own "interrupted" transcript record.
-            actions.append(Record("barge_in", {"item_id": item, "heard_ms": heard.get(item)}))
+        for item in items:
+            heard = round(pause.heard.get(item, self.ledger.heard_ms(item, now)))
+            actions.append(ToRealtime(rt.TruncateItem(item, heard) if heard > 0 else rt.DeleteItem(item)))
+            self._dropped_items.add(item)
+            self._cut_transcript(item, heard, self.ledger.sent_ms(item) + pause.held_ms(item))
+            actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
+                                            interrupted=True, heard_ms=heard))
+        self.codec.interrupted()
+        actions.append(Record("interruption", pause.record(STOP, now)))
+        if pause.committed:
+            actions += self._answer_turn()
         return actions
+
+    def _resume_agent(self, pause: Pause, now: float) -> list[Action]:
+        """A backchannel or a noise: the caller hears the rest from where they stopped hearing it,
+        then what the model sent meanwhile. The model is told nothing: its answer stays whole."""
+        actions: list[Action] = []
+        for piece in pause.held:
+            if isinstance(piece, ItemEnd):
+                if (name := self.ledger.seal()) is not None:
+                    actions.append(ToTwilio(tw.SendMark(name)))
+            else:
+                actions += self._send_agent_audio(piece.item_id, ModelAudio(piece.payload, piece.ms), now)
+        self._resumed_items.update(pause.items())
+        actions += [self._transcript("agent", item, text, now, resumed=True)
+                    for item, text in pause.transcripts_done.items()]
+        actions.append(Record("interruption", pause.record(RESUME, now)))
+        if self._respond_when_done and not self._agent_busy():
+            self._respond_when_done = False
+            actions.append(self._create_response())
+        return actions + self._check_after_playout(now)
+
+    def _on_turn_committed(self, event: rt.TurnCommitted, now: float) -> list[Action]:
+        """The server no longer answers by itself (``create_response: false``): the bridge asks,
+        at once when the agent is silent, after the decision when the turn paused it."""
+        if self.pacer is not None:
+            return []
+        if self._pause is not None:
+            if self._pause.speech_item == event.item_id:
+                self._pause.committed = True
+            return self._decide_pause(now)
+        return self._answer_turn()
+
+    def _answer_turn(self) -> list[Action]:
+        if self._agent_busy():
+            self._respond_when_done = True  # a tool's answer is under way: the turn's comes next
+            return []
+        self._respond_when_done = False
+        return [self._create_response()]
 
     def _transcript(self, speaker: str, item_id: str, text: str, now: float, **extra: Any) -> Record:
         """One turn of the call's transcript; ``at`` is seconds since the stream started."""
         return Record("transcript", {"speaker": speaker, "item_id": item_id, "text": text,
                                      "at": round(now - self._started_at, 3), **extra})
 
-    def _cut_transcript(self, item_id: str, heard_ms: int) -> None:
-        """Keeps the share of the agent's text that matches the share of audio heard."""
+    def _cut_transcript(self, item_id: str, heard_ms: int, sent: float) -> None:
+        """Keeps the share of the agent's text that matches the share of its audio heard."""
         parts = self._transcripts.get(item_id)
-        sent = self.ledger.sent_ms(item_id)
         if parts and sent > 0:
             text = "".join(parts)
             cut = round(len(text) * heard_ms / sent)
@@ -784,7 +906,7 @@ class Call:
         if self.pacer is not None:
             actions += self._release(now)
             actions += [self._turn_record(turn, now) for turn in self.turns.due(self._input_ms)]
-        actions += self._check_after_playout(now) + self._tool_filler(now)
+        actions += self._decide_pause(now) + self._check_after_playout(now) + self._tool_filler(now)
         if (name := self.ledger.due(now)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
@@ -799,7 +921,7 @@ class Call:
         actions: list[Action] = [
             ToRealtime(rt.AddUserText(f"The caller pressed {digits} on the keypad.")),
             Record("dtmf", {"digits": digits})]
-        if self._response is None:
+        if self._response is None and self._pause is None:
             actions.append(self._create_response())
         return actions
 

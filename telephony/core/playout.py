@@ -9,12 +9,17 @@ echoes Twilio plays at real time, so the position inside the chunk now playing i
 since it started (clamped to the chunk), which keeps truncation within a frame however large
 the model's audio deltas are. Marks echoed because we sent ``clear`` are not proof of
 anything: ``clear()`` forgets every pending mark, so their echoes are unknown and ignored.
+
+Each pending chunk keeps the payloads sent in it (references to strings already made, no
+copy), so a barge-in that turns out to be a backchannel can take back exactly the audio the
+caller has not heard (``take_unheard``) and send it again: nothing skipped, nothing repeated.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MARK_EVERY_MS = 100.0  # audio between marks while the model streams
 MARK_QUIET_S = 0.06  # a model silent this long gets the mark for what it sent
@@ -26,6 +31,16 @@ class _Chunk:
     item_id: str
     start_ms: float  # position in the item where this chunk starts, on the model's clock
     end_ms: float
+    payloads: list[str] = field(default_factory=list)  # base64 μ-law sent in this chunk, in order
+
+
+@dataclass(frozen=True)
+class Unheard:
+    """Audio of one item sent to Twilio and dropped by a clear before the caller heard it."""
+
+    item_id: str
+    payload: str  # base64 μ-law
+    ms: float  # its length on the model's clock
 
 
 class PlayoutLedger:
@@ -44,7 +59,7 @@ class PlayoutLedger:
             return self.seal()
         return None
 
-    def sent(self, item_id: str, duration_ms: float, now: float) -> str | None:
+    def sent(self, item_id: str, duration_ms: float, now: float, payload: str = "") -> str | None:
         """Records audio sent to Twilio; returns the name of a mark to send after it, if due."""
         start = self._sent.get(item_id, 0.0)
         self._sent[item_id] = start + duration_ms
@@ -56,6 +71,8 @@ class PlayoutLedger:
         else:
             self._pending.append(_Chunk(None, item_id, start, start + duration_ms))
         open_chunk = self._pending[-1]
+        if payload:
+            open_chunk.payloads.append(payload)
         return self.seal() if open_chunk.end_ms - open_chunk.start_ms >= MARK_EVERY_MS else None
 
     def seal(self) -> str | None:
@@ -116,6 +133,25 @@ class PlayoutLedger:
         """The items with audio not yet played, in the order Twilio plays them."""
         return list(dict.fromkeys(chunk.item_id for chunk in self._pending))
 
+    def take_unheard(self, now: float) -> list[Unheard]:
+        """Twilio's buffer is being dropped (a pause): the audio it held that the caller has not
+        heard, in play order, the first piece cut where playback is now. Each item's sent count
+        goes back to what was heard, so sending these again continues the item where it stopped."""
+        unheard: list[Unheard] = []
+        rewound: set[str] = set()
+        for chunk in self._pending:
+            cut_ms = chunk.start_ms
+            if chunk is self._pending[0]:  # playing now: cut where playback is
+                cut_ms = max(chunk.start_ms, min(self.heard_ms(chunk.item_id, now), chunk.end_ms))
+            if chunk.item_id not in rewound:
+                rewound.add(chunk.item_id)
+                self._sent[chunk.item_id] = cut_ms
+            piece = _tail(chunk, cut_ms)
+            if piece is not None:
+                unheard.append(piece)
+        self.clear()
+        return unheard
+
     def clear(self) -> None:
         """Twilio's buffer was dropped: whatever was pending was never heard."""
         self._pending.clear()
@@ -124,3 +160,16 @@ class PlayoutLedger:
     def forget(self, item_id: str) -> None:
         self._heard.pop(item_id, None)
         self._sent.pop(item_id, None)
+
+
+def _tail(chunk: _Chunk, from_ms: float) -> Unheard | None:
+    """The part of ``chunk`` from ``from_ms`` (on its item's clock) to its end; μ-law is one byte
+    per sample, so the cut is exact to the sample (the byte count is proportional to time)."""
+    length = chunk.end_ms - chunk.start_ms
+    if length <= 0 or from_ms >= chunk.end_ms or not chunk.payloads:
+        return None
+    if from_ms <= chunk.start_ms and len(chunk.payloads) == 1:
+        return Unheard(chunk.item_id, chunk.payloads[0], length)
+    audio = b"".join(base64.b64decode(p) for p in chunk.payloads)
+    skip = round(len(audio) * (from_ms - chunk.start_ms) / length)
+    return Unheard(chunk.item_id, base64.b64encode(audio[skip:]).decode("ascii"), chunk.end_ms - from_ms)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from telephony.core import sip
+from telephony.core.barge_in import BargeInError, BargeInPolicy, parse_settings
 from telephony.core.function_tools import FunctionTool, McpServer, ToolDeclarationError, parse_tools
 from telephony.core.tools import E164, REGISTRY, declarations
 from telephony.wire.realtime import SessionConfig, Tool, TranscriptionConfig, TurnDetection
@@ -38,6 +39,9 @@ class Profile:
     filler_after_ms: int = DEFAULT_FILLER_AFTER_MS  # a tool slower than this: a holding phrase
     sip_headers: tuple[str, ...] = ()  # X- headers of a SIP caller the model may see
     sip_refer: bool = False  # on a SIP leg, transfer with <Refer><Sip> instead of <Dial>
+    barge_in: BargeInPolicy = field(default_factory=BargeInPolicy)  # [barge_in]
+    recording_enabled: bool = True  # [recording] enabled: recorded when RECORDINGS_URL is set
+    recording_announce: str = ""  # [recording] announce: said by Twilio before the agent, when recorded
 
     def session_config(self, audio_format: str, instructions: str | None = None,
                        voice: str | None = None, extra_tools: tuple[Tool, ...] = ()) -> SessionConfig:
@@ -103,6 +107,16 @@ def load_profile(path: Path) -> Profile:
     if not isinstance(numbers, list) or not all(isinstance(n, str) and _is_address(n) for n in numbers):
         raise ProfileError(f"{path}: numbers must be a list of E.164 numbers or sip: URIs")
     sip_headers, sip_refer = _sip_table(_table(data, "sip", path), path)
+    recording = _table(data, "recording", path)
+    unknown_keys = sorted(set(recording) - {"enabled", "announce"})
+    if unknown_keys or not isinstance(recording.get("enabled", True), bool) \
+            or not isinstance(recording.get("announce", ""), str):
+        raise ProfileError(f"{path}: [recording] takes enabled (true or false) and announce (text)"
+                           + (f"; unknown keys {unknown_keys}" if unknown_keys else ""))
+    try:
+        barge_in = BargeInPolicy(**parse_settings(_table(data, "barge_in", path), f"{path}: [barge_in]"))
+    except BargeInError as exc:
+        raise ProfileError(str(exc)) from None
     return Profile(
         name=path.stem,
         numbers=tuple(numbers),
@@ -111,6 +125,9 @@ def load_profile(path: Path) -> Profile:
         filler_after_ms=filler_after_ms,
         sip_headers=sip_headers,
         sip_refer=sip_refer,
+        barge_in=barge_in,
+        recording_enabled=recording.get("enabled", True),
+        recording_announce=recording.get("announce", "").strip(),
         voicemail=str(agent.get("voicemail", "")).strip(),
         tool_names=tool_names,
         transfer_targets=targets,

@@ -65,7 +65,8 @@ class CallHistory:
         self._events = 0
         self._ended = False
         self._speech_stopped: dict[str, float] = {}  # caller item → when its speech ended
-        self._agent_turns: dict[str, int] = {}  # agent item → its turn's seq, while it may still be cut
+        # Agent item → (its turn's seq, its first audio), while it may still be cut.
+        self._agent_turns: dict[str, tuple[int, float | None]] = {}
         self._stopped_at: float | None = None  # caller's last end of speech, until agent audio
         self._latency: tuple[float, float, float] | None = None  # (total, model, bridge) s, for the next agent turn
         self._agent_from: float | None = None  # first agent audio of the turn under way
@@ -128,10 +129,11 @@ class CallHistory:
         item = _cut(data.get("item_id"), SID)
         if speaker == "agent" and item in self._agent_turns:
             # Its transcript was recorded complete; the caller has now cut it: what they heard.
-            self.writer.submit(TurnUpdate((self.call_sid, self.stream_sid, self._agent_turns.pop(item)), {
+            seq, began = self._agent_turns.pop(item)
+            self.writer.submit(TurnUpdate((self.call_sid, self.stream_sid, seq), {
                 "text": str(data.get("text", "")), "interrupted": bool(data.get("interrupted")),
                 "resumed": bool(data.get("resumed")), "heard_ms": _int(data.get("heard_ms")),
-                "ended_at": self._at(now)}))
+                "ended_at": self._heard_until(began, data.get("heard_ms"), now)}))
             return
         self._turns += 1
         started = ended = None
@@ -142,14 +144,14 @@ class CallHistory:
         row: dict[str, Any] = {"interrupted": bool(data.get("interrupted")), "resumed": bool(data.get("resumed")),
                                "heard_ms": None, "latency_ms": None, "model_ms": None, "bridge_ms": None}
         if speaker == "agent":
-            if started is None and self._agent_from is not None:
-                # Its end is known only if the caller cut it (now); else when it finished playing,
-                # which the records do not say.
-                started = self._at(self._agent_from)
-                ended = self._at(now) if data.get("interrupted") else None
-            self._agent_from = None
+            began, self._agent_from = self._agent_from, None
+            if started is None and began is not None:
+                # Its end is known only if the caller cut it; else when it finished playing, which
+                # the records do not say.
+                started = self._at(began)
+                ended = self._heard_until(began, data.get("heard_ms"), now) if data.get("interrupted") else None
             if item and not data.get("interrupted"):
-                _remember(self._agent_turns, item, self._turns, AGENT_TURNS_KEPT)
+                _remember(self._agent_turns, item, (self._turns, began), AGENT_TURNS_KEPT)
             if self._latency is not None:
                 total, model, bridge = self._latency
                 row.update(latency_ms=round(total * 1000, 1), model_ms=round(model * 1000, 1),
@@ -162,6 +164,13 @@ class CallHistory:
         self.writer.submit(TurnRow({
             "call_sid": self.call_sid, "stream_sid": self.stream_sid, "seq": self._turns, "speaker": speaker,
             "item_id": item, "text": str(data.get("text", "")), "started_at": started, "ended_at": ended, **row}))
+
+    def _heard_until(self, began: float | None, heard_ms: Any, now: float) -> datetime:
+        """Where the caller stopped hearing a cut agent turn: its start plus what they heard of it
+        (a pause decided later stopped it earlier); without those, now."""
+        if began is None or heard_ms is None:
+            return self._at(now)
+        return self._at(min(now, began + int(heard_ms) / 1000))
 
     def _event(self, kind: str, data: dict[str, Any], now: float) -> None:
         renamed = _RENAMED.get((kind, data.get("action")))
@@ -179,6 +188,13 @@ class CallHistory:
         self.writer.submit(EventRow({
             "call_sid": self.call_sid, "stream_sid": self.stream_sid, "seq": self._events, "kind": kind[:32],
             "at": self._at(now), **fields, "data": rest or None}))
+        if kind == "interruption" and data.get("decision") == "resumed":
+            # A backchannel or a noise paused the agent, and it went on: its turns say so (those
+            # recorded before the pause; one completed during it is recorded resumed already).
+            for item in data.get("heard_ms") or {}:
+                if item in self._agent_turns:
+                    self.writer.submit(TurnUpdate((self.call_sid, self.stream_sid, self._agent_turns[item][0]),
+                                                  {"resumed": True}))
         if kind == "answered_by":
             self.writer.submit(CallUpsert({**self._base, "answered_by": _cut(data.get("answered_by"), 64)},
                                           update=("answered_by",)))

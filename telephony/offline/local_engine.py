@@ -99,7 +99,7 @@ class Persona(Protocol):
 
     def utterance(self, n: int, instructions: str | None, caller_turn: bytes | None) -> Utterance: ...
 
-    def transcribe(self, turn: bytes, rate: int) -> str: ...
+    def transcribe(self, turn: bytes, rate: int) -> str | None: ...
 
 
 _SAY_EXACTLY = re.compile(r"saying exactly this[^:]*:\s*(.+)$", re.DOTALL | re.IGNORECASE)
@@ -378,9 +378,20 @@ class RealtimeEngine:
         if end > has + 1e-6:
             return [self._error("invalid_request_error", "invalid_value",
                                 f"Audio content of {has:.0f}ms is already shorter than {end}ms", event)]
+        if end == 0:  # as the real service answers (livekit/agents#6157): nothing played, nothing to cut
+            return [self._error("invalid_request_error", "unsupported_content_type",
+                                "Only model output audio messages can be truncated", event)]
         self._item_audio_ms[item] = float(end)
         return [self._event("conversation.item.truncated", item_id=item,
                             content_index=event.get("content_index", 0), audio_end_ms=end)]
+
+    def _on_item_delete(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Only the agent's items are tracked here: deleting one forgets its audio."""
+        item = event.get("item_id")
+        if not isinstance(item, str) or self._item_audio_ms.pop(item, None) is None:
+            return [self._error("invalid_request_error", "item_not_found",
+                                f"Item with item_id not found: {item}", event)]
+        return [self._event("conversation.item.deleted", item_id=item)]
 
     def _on_item_create(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
         item = event.get("item")
@@ -403,6 +414,7 @@ class RealtimeEngine:
         "response.cancel": _on_response_cancel,
         "conversation.item.truncate": _on_truncate,
         "conversation.item.create": _on_item_create,
+        "conversation.item.delete": _on_item_delete,
     }
 
     # --- Live client events ---
@@ -532,7 +544,7 @@ class RealtimeEngine:
         vad = self._vad
         rate = RATES[self.session["input_audio_format"]]
         out = [self._event("session.input_transcript.delta",
-                           delta=self.persona.transcribe(bytes(vad.turn), rate),
+                           delta=self.persona.transcribe(bytes(vad.turn), rate) or "",
                            start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms)),
                self._event("session.usage.updated", usage=self._live_usage())]
         turn = bytes(vad.turn)
@@ -561,9 +573,11 @@ class RealtimeEngine:
         if self.config.transcription or (
                 transcribe if transcribe is not None else bool(self.session.get("input_audio_transcription"))):
             rate = RATES[self.session["input_audio_format"]]
-            out.append(self._event("conversation.item.input_audio_transcription.completed", item_id=item,
-                                   content_index=0, transcript=self.persona.transcribe(bytes(vad.turn), rate),
-                                   usage={"type": "duration", "seconds": round(turn_ms / 1000, 2)}))
+            text = self.persona.transcribe(bytes(vad.turn), rate)
+            if text is not None:  # None: the recognizer gave up (a real service may send nothing)
+                out.append(self._event("conversation.item.input_audio_transcription.completed", item_id=item,
+                                       content_index=0, transcript=text,
+                                       usage={"type": "duration", "seconds": round(turn_ms / 1000, 2)}))
         turn = bytes(vad.turn)
         self._heard_caller = True
         vad.in_speech, vad.quiet_ms, vad.item_id, vad.turn = False, 0.0, None, bytearray()

@@ -43,9 +43,9 @@ class Script:
     amplitude: int = 8000
     vad_threshold_rms: float = 400.0  # in PCM16 units, on the caller's audio
     silence_ms: int = 300  # quiet this long ends a caller turn
-    respond_to_turns: bool = True
+    respond_to_turns: bool | None = None  # None: as the session's turn_detection.create_response says
     deltas_after_cancel: int = 2  # already "in flight" when a cancel arrives
-    auto_interrupt: bool = True  # speech_started cancels the response, like interrupt_response
+    auto_interrupt: bool | None = None  # None: as the session's turn_detection.interrupt_response says
     # Faults, for resilience tests. Counts are client messages received on one connection.
     reject_status: int | None = None  # answer the handshake with this HTTP status
     handshake_delay_s: float = 0.0  # sit on the handshake this long (a stalled upstream)
@@ -58,6 +58,9 @@ class Script:
     tool_calls: dict[int, tuple[str, str]] = field(default_factory=dict)
     # Response number → its length in ms, where it differs from response_ms.
     response_lengths: dict[int, int] = field(default_factory=dict)
+    # Caller turn number → its transcript ("" for a noise with no words; None: no transcript event
+    # at all). Turns past these are "transcribed" as their pitch.
+    caller_transcripts: tuple[str | None, ...] = ()
 
     def engine_config(self, dialect: str, transcription: bool = False) -> EngineConfig:
         return EngineConfig(chunk_ms=self.chunk_ms, speed=self.speed, vad_start_rms=self.vad_threshold_rms,
@@ -73,6 +76,7 @@ class TonePersona:
 
     def __init__(self, script: Script) -> None:
         self.script = script
+        self._turns = 0
 
     def utterance(self, n: int, instructions: str | None, caller_turn: bytes | None) -> Utterance:
         freq = self.script.frequencies[n % len(self.script.frequencies)]
@@ -82,7 +86,10 @@ class TonePersona:
         return Utterance(f"Scripted response number {n + 1}, a tone of {freq:.0f} hertz.", pcm,
                          self.script.tool_calls.get(n))
 
-    def transcribe(self, turn: bytes, rate: int) -> str:
+    def transcribe(self, turn: bytes, rate: int) -> str | None:
+        n, self._turns = self._turns, self._turns + 1
+        if n < len(self.script.caller_transcripts):
+            return self.script.caller_transcripts[n]
         x = np.frombuffer(turn, "<i2").astype(np.float64)
         if len(x) < 256:
             return "(a short sound)"

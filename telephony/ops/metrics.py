@@ -117,7 +117,14 @@ class Metrics:
             "call_streaming, busy)", ["route", "reason"], registry=r)
         self.realtime_errors = Counter("telephony_realtime_errors", "Realtime error events, by code",
                                        ["code"], registry=r)
-        self.barge_ins = Counter("telephony_barge_ins", "Caller interruptions of the agent", registry=r)
+        self.barge_ins = Counter("telephony_barge_ins", "Caller speech over the agent (the agent paused)",
+                                 registry=r)
+        self.interruptions = Counter(
+            "telephony_interruptions", "What caller speech over the agent turned out to be, by decision "
+            "(resumed: a backchannel or a noise, the answer went on; stopped: a real interruption)",
+            ["decision"], registry=r)
+        for decision in ("resumed", "stopped"):  # both series exist from the start, at 0
+            self.interruptions.labels(decision)
         self.tool_calls = Counter("telephony_tool_calls", "Tool calls by the model, by tool and outcome "
                                   "(ok, error, timeout, invalid_arguments, unknown_tool)",
                                   ["tool", "outcome"], registry=r)

@@ -33,7 +33,7 @@ from telephony.history.writer import HistoryWriter
 from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
-from telephony.serve import outbound, upstream
+from telephony.serve import outbound, recordings, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
 from telephony.serve.claims import Claims
@@ -113,6 +113,11 @@ def check_configuration(settings: Settings, profiles: Profiles | None = None) ->
     ToolRunner(settings.tools_secret).check(profiles, settings.realtime_dialect)
     if settings.openai_webhook_secret:
         settings.require_openai_key()
+    if settings.recordings_url:
+        try:
+            recordings.open_store(settings.recordings_url)
+        except (recordings.RecordingsError, ImportError) as exc:
+            raise SettingsError(f"RECORDINGS_URL: {exc}") from None
 
 
 def create_app(settings: Settings | None = None, profile: Profile | Profiles | None = None,
@@ -129,6 +134,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         log.warning("PUBLIC_URL is not set: webhook signatures and the URLs handed to Twilio follow "
                     "each request's Host header; set PUBLIC_URL to this service's public https URL")
     profile = profiles.default
+    recorded = (recordings.Recordings(recordings.open_store(settings.recordings_url))
+                if settings.recordings_url else None)
     tool_runner = ToolRunner(settings.tools_secret)
     python_tool.THREADS.resize(settings.tool_threads)
     dialect = DIALECTS[settings.realtime_dialect]
@@ -208,8 +215,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         """<Connect><Stream> to this call's signed URL, whose parameters carry a token bound to the call."""
         now = time.time()
         url = stream_url(request, MEDIA_STREAM_PATH, AGENT_STREAM, parameters.get("call_sid", ""), now)
-        fallback = profiles.named(parameters.get("profile", "")).fallback
-        return xml(connect_stream(url, tokens.with_token(parameters, now), fallback))
+        chosen = profiles.named(parameters.get("profile", ""))
+        announce = chosen.recording_announce if recorded is not None and chosen.recording_enabled else ""
+        return xml(connect_stream(url, tokens.with_token(parameters, now), chosen.fallback, announce))
 
     def profile_parameter(name: str) -> dict[str, str]:
         """The chosen profile travels with the call (signed), when there is a choice to carry."""
@@ -319,7 +327,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
                         max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner,
                         prepare=handoff.resume if handoff else None,
-                        release_stream=lambda: gate.release(start, AGENT_STREAM))
+                        release_stream=lambda: gate.release(start, AGENT_STREAM), recordings=recorded)
         active.add(call)
         calls.add(bridge)
         try:
@@ -441,6 +449,23 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return refusal
         return await history_api.call(request)
 
+    async def call_recording(request: Request) -> Response:
+        if (refusal := api_refusal(request)) is not None:
+            return refusal
+        sid = request.path_params["call_sid"]
+        if recorded is None:
+            return error(404, "recordings are off: set RECORDINGS_URL")
+        if not valid_call_sid(sid):
+            return error(400, "not a call sid")
+        part = request.query_params.get("part", "1")
+        if not part.isdigit():
+            return error(400, "part must be a whole number (1: the first)")
+        try:
+            return await recordings.recording_response(recorded.store, sid, int(part), request.headers.get("range"))
+        except Exception as exc:  # the store is down: say so, never with its credentials
+            log.warning("call %s: recording not read: %s", sid, type(exc).__name__)
+            return error(502, f"the recordings store did not answer ({type(exc).__name__})")
+
     async def transcript_feed(request: Request) -> Response:
         if (refusal := api_refusal(request)) is not None:
             return refusal
@@ -502,6 +527,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}", call_detail, methods=["GET"]),
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
+        Route("/calls/{call_sid}/recording", call_recording, methods=["GET"]),
         *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

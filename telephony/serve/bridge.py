@@ -32,6 +32,7 @@ from telephony.core.actions import (
 from telephony.core.call import Call
 from telephony.serve.direct_lane import DIRECT_LANE, payload
 from telephony.serve.realtime_client import RealtimeTransport
+from telephony.serve.recordings import Recorder, Recordings
 from telephony.serve.tools import CallTools, ToolRunner
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
@@ -88,8 +89,11 @@ class Bridge:
                  max_message_bytes: int | None = None, observer: BridgeObserver | None = None,
                  tools: ToolRunner | None = None,
                  prepare: Callable[[Call], Awaitable[None]] | None = None,
-                 release_stream: Callable[[], Awaitable[None]] | None = None) -> None:
+                 release_stream: Callable[[], Awaitable[None]] | None = None,
+                 recordings: Recordings | None = None) -> None:
         self.ws = ws
+        self.recordings = recordings
+        self.recorder: Recorder | None = None  # from the call's start, when its profile records
         # Gives up this stream's claim on its call (its admission's release): a handoff does so
         # before its new stream opens.
         self.release_stream = release_stream or _nothing
@@ -138,6 +142,8 @@ class Bridge:
         for action in actions:
             if isinstance(action, ToTwilio):
                 message = action.message
+                if self.recorder is not None:
+                    self._record_sent(message, arrived)
                 text, kind = tw.serialize(message, self.call.stream_sid or ""), _KINDS.get(type(message), "")
                 if self._lane is None:
                     self._enqueue(self._twilio_out, (text, arrived, kind), "Twilio")
@@ -153,6 +159,9 @@ class Bridge:
                     self._close_code = POLICY_VIOLATION
                 self._done.set()
             elif isinstance(action, Record):
+                if action.kind == "start" and self.recordings is not None and self.call.profile.recording_enabled:
+                    self.recorder = self.recordings.start(self.call.call_sid or "", self.call.stream_sid or "",
+                                                          arrived)
                 if self.on_record is not None:
                     self.on_record(self.call, action)
             elif isinstance(action, (HangUp, Transfer)):
@@ -161,6 +170,13 @@ class Bridge:
                 self._spawn(self._run_tool(action))
         if batch:
             self._to_twilio(batch, arrived)
+
+    def _record_sent(self, message: tw.TwilioMessage, now: float) -> None:
+        """The agent's side of the recording is what Twilio plays: what it is sent, cut by a clear."""
+        if type(message) is tw.SendMedia:
+            self.recorder.tape.agent(message.payload, now)
+        elif type(message) is tw.SendClear:
+            self.recorder.tape.cleared(now)
 
     def _to_twilio(self, batch: list[tuple[str, str]], arrived: float) -> None:
         # One write for a chunk and its mark: one syscall, one TCP segment, instead of two.
@@ -254,6 +270,8 @@ class Bridge:
         if event is None:
             log.warning("call %s: Twilio event ignored: %.80s", self.sid, raw)
             return
+        if self.recorder is not None and type(event) is tw.Media and event.track in ("inbound", "inbound_track"):
+            self.recorder.tape.caller(event.payload, event.timestamp_ms, arrived)
         self.dispatch(self.call.on_twilio(event, arrived), arrived)
 
     async def _twilio_writer(self) -> None:
@@ -312,7 +330,10 @@ class Bridge:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self.dispatch(self.call.on_tick(self.now()))
+            now = self.now()
+            self.dispatch(self.call.on_tick(now))
+            if self.recorder is not None:
+                self.recorder.tick(now)
 
     async def _connect(self) -> RealtimeTransport:
         """The upstream connection; the first time, the call's MCP servers are listed meanwhile, so
@@ -375,6 +396,12 @@ class Bridge:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.tools.aclose()
+        if self.recorder is not None:  # both sockets are closed: nothing more is heard
+            recorder, self.recorder = self.recorder, None
+            where = await recorder.close(self.now())
+            if self.on_record is not None:
+                self.on_record(self.call, Record("recording", {"url": where, "seconds": round(
+                    recorder.tape.seconds, 3), "dropped_s": recorder.dropped_blocks}))
 
     async def _close_twilio(self) -> None:
         if self._twilio_writer_task is not None:

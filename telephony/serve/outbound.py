@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection
 from urllib.parse import urlencode
 
+from telephony.core.barge_in import BargeInError, parse_settings
 from telephony.core.tools import E164
 from telephony.serve.security import OUTBOUND_ANSWER, StreamTokens
 from telephony.serve.twilio_rest import CallControl, PlacedCall
@@ -62,7 +63,7 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
         raise RequestError(400, "body is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError(400, "body must be a JSON object")
-    unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", *MAX_TEXT}
+    unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", "barge_in", *MAX_TEXT}
     if unknown:
         raise RequestError(422, f"unknown fields: {', '.join(sorted(unknown))}")
     to = data.get("to")
@@ -87,6 +88,8 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
         if len(value) > limit:
             raise RequestError(422, f"'{key}' is longer than {limit} characters")
         overrides[key] = value.strip()
+    if "barge_in" in data:
+        overrides["barge_in"] = _barge_in(data["barge_in"])
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise RequestError(422, "'metadata' must be a JSON object")
@@ -103,6 +106,17 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
     if not isinstance(profile, str) or (profile and profile not in profiles):
         raise RequestError(422, f"'profile' must name a loaded profile: {', '.join(sorted(profiles)) or 'none'}")
     return OutboundRequest(to, from_, overrides, metadata, detect, profile)
+
+
+def _barge_in(value: Any) -> str:
+    """This call's ``[barge_in]`` settings, checked as a profile's are, as a compact JSON parameter."""
+    if not isinstance(value, dict):
+        raise RequestError(422, "'barge_in' must be a JSON object of [barge_in] settings")
+    try:
+        parse_settings(value, "'barge_in'")
+    except BargeInError as exc:
+        raise RequestError(422, str(exc)) from None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now: float) -> str:

@@ -20,7 +20,8 @@ from telephony.serve.bridge import BridgeObserver
 log = logging.getLogger("telephony.call_events")
 
 # Facts logged at INFO; the rest (transcripts, speech_stopped) only at DEBUG.
-_INFO_KINDS = frozenset({"start", "end", "barge_in", "response_done", "realtime_error", "dtmf", "tool_call"})
+_INFO_KINDS = frozenset({"start", "end", "barge_in", "interruption", "response_done", "realtime_error", "dtmf",
+                         "tool_call", "recording"})
 
 
 @dataclass
@@ -100,6 +101,8 @@ class CallObserver(BridgeObserver):
             self._stopped_at = self.clock()
         elif kind == "barge_in":
             self.metrics.barge_ins.inc()
+        elif kind == "interruption":
+            self.metrics.interruptions.labels(data["decision"]).inc()
         elif kind == "realtime_error":
             self.metrics.realtime_errors.labels(data.get("code") or data.get("type") or "unknown").inc()
         elif kind == "tool_call":

@@ -26,6 +26,10 @@ class TurnDetection:
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
+    # Whether the server answers each turn itself and stops its answer when the caller speaks.
+    # A media call turns both off: the bridge pauses on speech and decides (core.barge_in).
+    create_response: bool = True
+    interrupt_response: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,14 @@ class TruncateItem:
 
 
 @dataclass(frozen=True)
+class DeleteItem:
+    """Remove an item from the conversation: an agent item the caller heard none of (the server
+    refuses to truncate an item whose audio was never played)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True)
 class AddUserText:
     text: str
 
@@ -143,7 +155,7 @@ class AddFunctionOutput:
 
 
 Command = Union[ConfigureSession, ConfigureTranscription, AppendAudio, CommitAudio, CreateResponse,
-                CancelResponse, TruncateItem, AddUserText, AddAssistantText, AddFunctionOutput]
+                CancelResponse, TruncateItem, DeleteItem, AddUserText, AddAssistantText, AddFunctionOutput]
 
 
 # --- Events: what the model tells the core ---
@@ -164,6 +176,14 @@ class SpeechStarted:
 class SpeechStopped:
     item_id: str
     audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class TurnCommitted:
+    """The caller's turn is in the conversation (``input_audio_buffer.committed``): the bridge
+    asks for the answer, since the server no longer does it by itself."""
+
+    item_id: str
 
 
 @dataclass(frozen=True)
@@ -292,8 +312,8 @@ class Unknown:
     type: str
 
 
-Event = Union[SessionReady, SpeechStarted, SpeechStopped, InputTranscript, ResponseCreated, OutputItemAdded,
-              AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
+Event = Union[SessionReady, SpeechStarted, SpeechStopped, TurnCommitted, InputTranscript, ResponseCreated,
+              OutputItemAdded, AudioDelta, AudioDone, TranscriptDelta, TranscriptDone, FunctionCall, ResponseDone,
               ItemTruncated, TimedTranscript, UsageUpdated, RealtimeError, Ignored, Unknown]
 
 
@@ -357,6 +377,7 @@ _BUILDERS = {
     "transcription_session.updated": lambda m: SessionReady(False),
     "input_audio_buffer.speech_started": lambda m: SpeechStarted(str_at(m, "item_id"), int_at(m, "audio_start_ms")),
     "input_audio_buffer.speech_stopped": lambda m: SpeechStopped(str_at(m, "item_id"), int_at(m, "audio_end_ms")),
+    "input_audio_buffer.committed": lambda m: TurnCommitted(str_at(m, "item_id")),
     "conversation.item.input_audio_transcription.completed":
         lambda m: InputTranscript(str_at(m, "item_id"), str_at(m, "transcript")),
     "response.created": lambda m: ResponseCreated(str_at(obj_at(m, "response"), "id")),
@@ -380,7 +401,7 @@ _BUILDERS = {
 
 # Events both dialects send that the bridge does not act on.
 COMMON_IGNORED = frozenset({
-    "input_audio_buffer.committed", "input_audio_buffer.cleared", "conversation.created",
+    "input_audio_buffer.cleared", "conversation.created",
     "conversation.item.created", "conversation.item.deleted",
     "response.output_item.done", "response.content_part.added", "response.content_part.done",
     "response.function_call_arguments.delta", "rate_limits.updated",

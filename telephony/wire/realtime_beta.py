@@ -31,8 +31,10 @@ def server_vad(td: rt.TurnDetection) -> dict[str, Any]:
 
 
 def agent_turns(td: rt.TurnDetection) -> dict[str, Any]:
-    """Server VAD that answers each turn and stops the answer when the caller barges in."""
-    return {**server_vad(td), "create_response": True, "interrupt_response": True}
+    """Server VAD for an agent session; whether the server answers each turn and stops its answer
+    when the caller speaks is the session's choice (a media call's bridge does both itself)."""
+    return {**server_vad(td), "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response}
 
 
 def transcription(model: str, language: str | None = None) -> dict[str, Any]:
@@ -79,6 +81,8 @@ def encode(command: rt.Command) -> dict[str, Any]:
     if isinstance(command, rt.TruncateItem):
         return {"type": "conversation.item.truncate", "item_id": command.item_id,
                 "content_index": 0, "audio_end_ms": command.audio_end_ms}
+    if isinstance(command, rt.DeleteItem):
+        return {"type": "conversation.item.delete", "item_id": command.item_id}
     if isinstance(command, rt.CancelResponse):
         event: dict[str, Any] = {"type": "response.cancel"}
         if command.response_id:

@@ -25,13 +25,16 @@ def websocket_url(public_base: str, path: str = MEDIA_STREAM_PATH) -> str:
     raise ValueError(f"public base URL must be http(s)://, not {public_base!r}")
 
 
-def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str) -> str:
+def connect_stream(stream_url: str, parameters: Mapping[str, str], fallback: str, announce: str = "") -> str:
     """<Connect><Stream> with the call's context as <Parameter>s, then a spoken fallback.
 
     Verbs after </Connect> run only when the stream ends, so the fallback is heard exactly
-    when the bridge gives up on a call (model unreachable, fatal error).
+    when the bridge gives up on a call (model unreachable, fatal error). ``announce`` (a
+    recording's consent line) is said by Twilio first, before the agent can speak.
     """
     response = VoiceResponse()
+    if announce:
+        response.say(announce)
     connect = Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
