@@ -167,6 +167,25 @@ async def test_the_history_api_wants_the_token_and_says_what_is_wrong_with_a_req
         assert r.status_code == 503 and "CALLS_API_TOKEN" in r.json()["error"]
 
 
+async def test_the_recording_made_after_the_call_ended_is_named_in_its_history(tmp_path):
+    async with ScriptedRealtimeServer(Script(response_ms=300, speed=5.0)) as server, \
+            running_app(settings_for(server, recordings_url=f"file://{tmp_path}")) as (app, host), \
+            api(host) as client:
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(1.0))
+        await sim.run()
+        call = await ended(client, sim.call_sid)
+        await wait_until(lambda: _has_event(client, sim.call_sid, "recording"), "the recording's event", 10)
+        call = (await client.get(f"/calls/{sim.call_sid}")).json()
+    (recording,) = [e for e in call["events"] if e["kind"] == "recording"]
+    assert recording["data"]["url"].startswith(f"{tmp_path}/{sim.call_sid}/")  # where the file store put it
+    assert recording["at_ms"] >= round(call["duration_s"] * 1000) - 1  # after the end, on the call's clock
+
+
+async def _has_event(client: httpx.AsyncClient, sid: str, kind: str) -> bool:
+    r = await client.get(f"/calls/{sid}")
+    return r.status_code == 200 and any(e["kind"] == kind for e in r.json()["events"])
+
+
 async def test_call_history_off_opens_no_database_and_says_so():
     async with ScriptedRealtimeServer(Script(response_ms=300, speed=5.0)) as server, \
             running_app(settings_for(server, call_history=False)) as (app, host), api(host) as client:

@@ -64,6 +64,7 @@ class CallHistory:
         self._turns = 0
         self._events = 0
         self._ended = False
+        self._closed = False
         self._speech_stopped: dict[str, float] = {}  # caller item → when its speech ended
         # Agent item → (its turn's seq, its first audio), while it may still be cut.
         self._agent_turns: dict[str, tuple[int, float | None]] = {}
@@ -102,8 +103,9 @@ class CallHistory:
             self._stopped_at = None
 
     def record(self, kind: str, data: dict[str, Any]) -> None:
-        if self.call_sid is None or self._ended:
-            return  # nothing before the start (a refused stream), nothing after the end
+        if self.call_sid is None or self._closed:
+            return  # nothing before the start (a refused stream); after the end, only events
+        # (the recording is finished, and recorded, once both sockets are closed)
         now = self.clock()
         if kind == "transcript":
             self._turn(data, now)
@@ -113,7 +115,8 @@ class CallHistory:
             if item := data.get("item_id"):
                 _remember(self._speech_stopped, item, now, SPEECH_STOPS_KEPT)
         elif kind == "end":
-            self._end(data, now)
+            if not self._ended:
+                self._end(data, now)
         elif kind not in _NOT_EVENTS:
             self._event(kind, data, now)
 
@@ -121,6 +124,7 @@ class CallHistory:
         """The stream is over: a call still open here ends (without the core's end record, abnormally)."""
         if self.call_sid is not None and not self._ended:
             self._end({"reason": reason, "abnormal": True}, self.clock())
+        self._closed = True
 
     # --- Rows ---
 
