@@ -167,7 +167,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     history_api = HistoryApi(history)
 
     def call_history(route: str, dialect: str | None) -> CallHistory | None:
-        return CallHistory(history, route, dialect) if history is not None else None
+        # On the loop's clock, as the bridge's times are (uvloop's is libuv's, in whole ms).
+        return CallHistory(history, route, dialect, asyncio.get_running_loop().time) if history is not None else None
     pending: set[asyncio.Task] = set()  # shared-state writes: the audio path never awaits them
 
     def later(coro) -> None:
