@@ -29,6 +29,7 @@ from telephony.core.transcription import ForkTranscription
 from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
+from telephony.ops.tracing import call_tracing
 from telephony.serve import outbound, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
     metrics = Metrics()
+    tracing = call_tracing(settings)  # None unless an OTLP endpoint is set: then nothing is imported or made per call
     calls = CallRegistry(settings.max_concurrent_calls)
     signed = WebhookGuard(settings, lambda request: public_base_url(request, settings))
     key = stream_key(settings)
@@ -162,6 +164,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         from telephony.serve.openai_sip import OpenAISipRoute
 
         openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner)
+        openai_sip.tracing = tracing
 
     def default_connector(s: Settings) -> Connector:
         return upstream.connector(s, dialect, profile.greeting)
@@ -287,7 +290,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
-        observer = CallObserver(metrics, settings.call_records_dir, log_ids)
+        observer = CallObserver(metrics, settings.call_records_dir, log_ids,
+                                trace=tracing.call("twilio") if tracing else None)
 
         def on_record(call: Call, record: Record) -> None:
             observer.on_record(call, record)  # metrics, call record file, structured log
@@ -443,8 +447,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         # now, bounded, inside the platform's kill timeout (Heroku: SIGKILL 30 s after SIGTERM,
         # of which SHUTDOWN_GRACE_SECONDS is the calls' share).
         budget_end = time.monotonic() + settings.shutdown_flush_seconds
+        # The last spans export in the SDK's thread meanwhile, bounded by the same budget.
+        traced = asyncio.create_task(tracing.shutdown(settings.shutdown_flush_seconds)) if tracing else None
         await transcripts.drain(settings.shutdown_flush_seconds)
         await state.flush(max(0.0, budget_end - time.monotonic()))
+        if traced is not None:
+            await traced
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
@@ -480,4 +488,5 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.metrics = metrics
     app.state.profiles = profiles
     app.state.openai_sip = openai_sip
+    app.state.tracing = tracing
     return app
