@@ -3,12 +3,15 @@ receiver on loopback that decodes what the SDK exports (tests/otlp_receiver.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from conftest import ROOT, running_app
 from helpers import active_spans, free_port, simulated_call, ulaw_silence, ulaw_tone, wait_until
@@ -195,3 +198,73 @@ def test_the_endpoint_must_be_a_url():
     with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
         Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"})
 
+
+
+async def test_a_model_reconnect_is_a_span_under_the_call():
+    """The model's socket drops mid-call (~1.5 s in) and the bridge reconnects: a span from the
+    drop to the restored session, under the call."""
+    script = Script(response_ms=600, drop_after=80)
+    caller = ulaw_silence(0.3) + ulaw_tone(500, 0.5) + ulaw_silence(1.9)
+    with OtlpReceiver() as collector:
+        async with ScriptedRealtimeServer(script) as server, \
+                running_app(settings(server, collector.url)) as (app, host):
+            await simulated_call(app, host, caller_audio=caller).run()
+            await wait_until(lambda: not app.state.active_calls, "the call's end on the app's side")
+            await app.state.tracing.shutdown(5.0)
+    (call,) = collector.named("call")
+    (reconnect,) = collector.named("realtime_reconnect")
+    assert reconnect.parent_id == call.span_id and reconnect.status != 2
+    assert reconnect.attributes["realtime.items_restored"] == 3  # greeting, caller, answer
+    assert reconnect.attributes["realtime.drop_reason"]
+    assert call.start_ns < reconnect.start_ns < reconnect.end_ns < call.end_ns
+    assert call.attributes["call.outcome"] == "normal"
+
+
+async def test_the_service_sends_its_last_spans_when_it_stops():
+    """A real `telephony serve` stopped by SIGTERM after a call: its lifespan exports the call's
+    trace (the batch interval here is a minute: nothing else would), with OTEL_SERVICE_NAME and
+    OTEL_EXPORTER_OTLP_HEADERS as the SDK reads them, and the header's value nowhere in its log."""
+    from telephony.serve.app import create_app
+
+    secret = "stream-secret-for-traces"
+    with OtlpReceiver() as collector:
+        async with ScriptedRealtimeServer(Script(response_ms=500)) as server, httpx.AsyncClient() as client:
+            port = free_port()
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+                   "REALTIME_URL": server.url, "REALTIME_API_KEY": "sk-test", "STREAM_SECRET": secret,
+                   "TWILIO_VALIDATE_SIGNATURES": "false", "HOST": "127.0.0.1", "PORT": str(port),
+                   "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "telephony-test",
+                   "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-key=trace-SECRET", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+            service = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                async def health() -> dict | None:
+                    try:
+                        return (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
+                    except httpx.TransportError:
+                        return None
+                await wait_until(health, "the service to start", timeout=20)
+                signer = create_app(Settings(stream_secret=secret, twilio_validate_signatures=False))
+                sim = simulated_call(signer, f"127.0.0.1:{port}", caller_audio=ulaw_silence(1.5))
+                await sim.run()
+                await wait_until(lambda: _idle(health), "the call's end in the service")
+                assert not collector.spans  # still queued in the service
+                service.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(service.wait(), 15)
+            finally:
+                if service.returncode is None:
+                    service.kill()
+                    await service.wait()
+            log = (await service.stdout.read()).decode()
+    assert code in (0, -signal.SIGTERM), log
+    (call,) = collector.named("call")
+    assert call.attributes["call.sid"] == sim.call_sid and call.attributes["call.outcome"] == "normal"
+    assert call.resource["service.name"] == "telephony-test"
+    assert collector.requests[0]["x-collector-key"] == "trace-SECRET"
+    assert "trace-SECRET" not in log and "traces: exported to" in log
+
+
+async def _idle(health) -> bool:
+    state = await health()
+    return state is not None and state["active_calls"] == 0
