@@ -268,3 +268,69 @@ async def test_the_service_sends_its_last_spans_when_it_stops():
 async def _idle(health) -> bool:
     state = await health()
     return state is not None and state["active_calls"] == 0
+
+
+async def test_doctor_says_where_traces_go_and_never_a_header_value(monkeypatch):
+    import io
+
+    from telephony.ops.doctor import run_doctor
+
+    base = dict(twilio_validate_signatures=False, realtime_api_key="k")
+    out = io.StringIO()
+    assert await run_doctor(Settings(**base), connect=False, out=out) == 0
+    assert "Traces:           off" in out.getvalue()
+    with OtlpReceiver() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=trace-SECRET,x-team=ops")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "phones")
+        settings = Settings(**base, otel_exporter_otlp_endpoint=collector.url)
+        out = io.StringIO()
+        from telephony.ops.doctor import _traces  # the check alone: --connect would also dial the model
+
+        assert await _traces(settings, connect=True, out=out)
+        assert collector.requests[0]["x-collector-key"] == "trace-SECRET"  # the collector's key is used
+    text = out.getvalue()
+    assert (f"Traces:           on, OTLP/HTTP to {collector.url}/v1/traces as service 'phones'; "
+            "headers x-collector-key, x-team (values not shown)") in text
+    assert "Collector:        OK" in text and "trace-SECRET" not in text
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    out = io.StringIO()
+    assert await run_doctor(Settings(**base, otel_exporter_otlp_endpoint="http://127.0.0.1:4317"),
+                            connect=False, out=out) == 1
+    assert "PROBLEM: OTEL_EXPORTER_OTLP_PROTOCOL is 'grpc'" in out.getvalue()
+
+
+async def test_a_handed_over_call_has_a_handoff_span_on_each_instance(profile):
+    """A deploy moves the call (serve/handoff.py): the old instance's trace ends with a handoff
+    "out", the new one's starts with a handoff "in"; both carry the call's sid. The records are the
+    core's own (on_handoff_result, a resumed session), the spans go through the real exporter."""
+    from telephony.core.call import Call
+    from telephony.ops.metrics import Metrics
+    from telephony.ops.tracing import Tracing
+    from telephony.serve.telemetry import CallObserver
+    from telephony.wire import twilio as tw
+
+    start = tw.Start(stream_sid="MZ1", call_sid="CA1", custom_parameters={"direction": "inbound"},
+                     encoding="audio/x-mulaw", sample_rate=8000, channels=1)
+    with OtlpReceiver() as collector:
+        tracing = Tracing(f"{collector.url}/v1/traces", "beta")
+        for side in ("old", "new"):
+            call = Call(profile, "g711_ulaw")
+            observer = CallObserver(Metrics(), None, {}, trace=tracing.call("twilio"))
+            actions = call.on_twilio(start, 0.0)
+            if side == "new":
+                call.resumed = True  # the handoff's saved state was found (serve/handoff.py)
+                actions += call.on_realtime_open(0.1) + call.on_twilio(tw.Stop(), 1.0)
+            else:
+                actions += call.on_handing_over() + call.on_handoff_result(moved=True, conversation_items=4)
+            for action in actions:
+                if type(action).__name__ == "Record":
+                    observer.on_record(call, action)
+            observer.close()
+        await tracing.shutdown(5.0)
+    calls = sorted(collector.named("call"), key=lambda c: c.start_ns)
+    assert [c.attributes["call.sid"] for c in calls] == ["CA1", "CA1"]
+    assert [c.attributes["call.outcome"] for c in calls] == ["handed_over", "normal"]
+    assert calls[0].trace_id != calls[1].trace_id  # each instance's own trace, found by the sid
+    handoffs = {s.attributes["handoff.direction"]: s for s in collector.named("handoff")}
+    assert handoffs["out"].attributes["handoff.items"] == 4 and handoffs["out"].parent_id == calls[0].span_id
+    assert handoffs["in"].parent_id == calls[1].span_id
