@@ -334,3 +334,35 @@ async def test_a_handed_over_call_has_a_handoff_span_on_each_instance(profile):
     handoffs = {s.attributes["handoff.direction"]: s for s in collector.named("handoff")}
     assert handoffs["out"].attributes["handoff.items"] == 4 and handoffs["out"].parent_id == calls[0].span_id
     assert handoffs["in"].parent_id == calls[1].span_id
+
+
+async def test_a_call_on_openais_sip_route_is_traced_too(profile):
+    """OpenAI answers, we steer over the sideband: the call's trace names the route, its turns
+    carry no latency (the audio never passes through us), and end_call's reason (the model's
+    words) stays out."""
+    from dataclasses import replace
+
+    from test_openai_sip import CALLER as SIP_CALLER
+    from test_openai_sip import app_settings, peer_for, ring_and_wait
+
+    script = Script(response_ms=600, speed=5.0, response_lengths={1: 1000},
+                    tool_calls={1: ("end_call", '{"reason": "Ann said goodbye"}')})
+    with OtlpReceiver() as collector:
+        async with peer_for(script, caller_audio=SIP_CALLER, listen_s=6.0) as peer, \
+                running_app(app_settings(peer, otel_exporter_otlp_endpoint=collector.url),
+                            replace(profile, name="sip-desk")) as (app, host):
+            call = await ring_and_wait(peer, host)
+            await wait_until(lambda: not app.state.calls._calls, "the call's end on the app's side")
+            await app.state.tracing.shutdown(5.0)
+    (span,) = collector.named("call")
+    assert {k: span.attributes[k] for k in ("call.sid", "call.route", "call.dialect", "call.profile",
+                                            "call.outcome")} == {
+        "call.sid": call.call_id, "call.route": "openai_sip", "call.dialect": "ga", "call.profile": "sip-desk",
+        "call.outcome": "normal"}
+    assert span.attributes["call.end_reason"] == "end_call"
+    turns = collector.named("turn")
+    assert len(turns) >= 2 and not any("turn.latency_ms" in t.attributes or "turn.answered" in t.attributes
+                                       for t in turns)
+    (tool,) = collector.named("tool_call")
+    assert tool.attributes["tool.name"] == "end_call" and tool.attributes["tool.outcome"] == "ok"
+    assert "Ann" not in json.dumps([(s.attributes, s.events) for s in collector.spans])

@@ -87,8 +87,9 @@ class Tracing:
         self.tracer: Tracer = self.provider.get_tracer("telephony", __version__)
         log.info("traces: exported to %s", endpoint)
 
-    def call(self, route: str, dialect: str | None = None) -> CallTrace:
-        return CallTrace(self.tracer, route, dialect or self.dialect)
+    def call(self, route: str, dialect: str | None = None, audio: bool = True) -> CallTrace:
+        """``audio``: the call's audio passes through us, so each turn's latency is known."""
+        return CallTrace(self.tracer, route, dialect or self.dialect, audio=audio)
 
     async def flush(self, timeout_s: float) -> bool:
         """Exports what is queued; False if that took longer than ``timeout_s`` (it goes on, in
@@ -143,7 +144,8 @@ class CallTrace:
     Times are the observer's loop clock (monotonic), mapped onto the wall clock once, so that a
     turn's latency attribute and its first-audio event agree with the metrics to the microsecond."""
 
-    def __init__(self, tracer: Tracer, route: str, dialect: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tracer: Tracer, route: str, dialect: str, clock: Callable[[], float] = time.monotonic,
+                 audio: bool = True) -> None:
         from opentelemetry import trace
 
         self._trace = trace
@@ -157,6 +159,7 @@ class CallTrace:
         self._turns = 0
         self._answered: bool | None = None  # the current turn's first agent audio was sent (None: greeting)
         self._reconnect: Span | None = None
+        self._audio = audio
         self._barge_ins = 0
 
     def _ns(self, mono: float | None = None) -> int:
@@ -170,7 +173,8 @@ class CallTrace:
         self._end_turn(at_ns)
         self._turn = self._child("turn", None, at_ns, {"turn.number": self._turns, **attributes})
         self._turns += 1
-        self._answered = None if attributes.get("turn.greeting") else False
+        # None: not known (the greeting answers no one; without our audio, no first audio is seen).
+        self._answered = None if attributes.get("turn.greeting") or not self._audio else False
 
     def _end_turn(self, at_ns: int) -> None:
         if self._turn is not None:

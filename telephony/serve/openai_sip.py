@@ -213,7 +213,7 @@ class SidebandCall:
         """Serves the call until it ends; the route has already registered it in its CallRegistry."""
         route = self.route
         self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE,
-                                      trace=route.tracing.call(ROUTE, "ga") if route.tracing else None)
+                                      trace=route.tracing.call(ROUTE, "ga", audio=False) if route.tracing else None)
         transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
         # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.
