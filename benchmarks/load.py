@@ -7,6 +7,8 @@
         # two instances sharing a redis-server, against the same two without it (CPU per call)
     python benchmarks/load.py --calls 50 --seconds 20 --codec g711_ulaw --dialect beta --history off sqlite postgres
         # what writing the call history costs: none, the default SQLite file, a real PostgreSQL
+    python benchmarks/load.py --calls 20 --seconds 15 --runs 3 --codec g711_ulaw --dialect beta --traces
+        # with OTEL_EXPORTER_OTLP_ENDPOINT set to a local OTLP/HTTP receiver, against without it
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
 Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
@@ -274,8 +276,42 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+class OtlpSink:
+    """A local OTLP/HTTP trace receiver in a thread of this process (not the server's): answers
+    every export 200 and counts the spans in it, as a collector would take them."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        sink = self
+        self.spans = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+                sink.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
-            dialect: str = "beta", instances: int = 1, redis: bool = False, history: str = "sqlite") -> dict:
+            dialect: str = "beta", instances: int = 1, redis: bool = False, history: str = "sqlite",
+            traces: bool = False) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0",
@@ -284,6 +320,10 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
     procs: list[subprocess.Popen] = []
     port_file = Path(f"/tmp/telephony-bench-{os.getpid()}.port")
     port_file.unlink(missing_ok=True)
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # traces: only when asked
+    sink = OtlpSink() if traces else None
+    if sink is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
     # --pin: the server alone on CPU 0, the load generators on the others, so they do not compete.
     server_cpus, helper_cpus = ({0}, set(range(1, os.cpu_count() or 2))) if pin else (None, None)
     scratch = tempfile.mkdtemp(prefix="telephony-bench-")
@@ -364,7 +404,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
             "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
-                     + (" +redis" if redis else "") + f" db:{history}",
+                     + (" +redis" if redis else "") + f" db:{history}" + (" +traces" if traces else ""),
             "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
             "database_cpu_pct": 100 * (d1 - d0) / (t1 - t0),
             "held": sum(r["ok"] for r in results), "active": int(active),
@@ -387,6 +427,7 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
             "rss_idle_mb": rss_idle / 1024,
         }
         figures["calls_per_core"] = 100 / figures["cpu_pct_per_call"] if figures["cpu_pct_per_call"] else 0
+        figures["spans"] = sink.spans if sink is not None else 0  # exported so far (the rest at shutdown)
         return figures
     finally:
         for proc in reversed(procs):
@@ -399,6 +440,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
                 proc.kill()
         port_file.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
+        if sink is not None:
+            sink.close()
 
 
 ROWS = [
@@ -420,6 +463,7 @@ ROWS = [
     ("barge-ins (clears received)", lambda f: str(f["clears"])),
     ("RSS per call, KB", lambda f: f"{f['rss_kb_per_call']:.0f}"),
     ("RSS idle, MB", lambda f: f"{f['rss_idle_mb']:.0f}"),
+    ("spans exported during the run", lambda f: f"{f['spans']:.0f}"),
     ("conversion per 20 ms frame, caller→model µs", lambda f: f"{f['conv_up_us']:.1f}"),
     ("conversion per 20 ms frame, model→caller µs", lambda f: f"{f['conv_down_us']:.1f}"),
 ]
@@ -451,6 +495,8 @@ def main() -> None:
     parser.add_argument("--history", nargs="+", default=["sqlite"], choices=["off", "sqlite", "postgres"],
                         help="where the call history goes (default: SQLite, the service's default); several: "
                              "side by side")
+    parser.add_argument("--traces", action="store_true",
+                        help="also run each with OTEL_EXPORTER_OTLP_ENDPOINT set to a local receiver, alternating")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -466,22 +512,25 @@ def main() -> None:
           + (", server pinned to CPU 0, load generators to the rest" if args.pin else ""))
     if args.pin:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
-    medians = []
     sharing = (False, True) if args.redis else (False,)
-    for dialect, codec, redis, history in [(d, c, r, h) for d in args.dialect for c in args.codec
-                                           for r in sharing for h in args.history]:
-        runs = []
-        for _ in range(args.runs):
-            runs.append(run_one(codec, args.calls, args.seconds,
-                                f"{args.profile}.{dialect}.{codec}" if args.profile else None, args.pin, dialect,
-                                args.instances, redis, history))
+    tracing = (False, True) if args.traces else (False,)
+    combos = [(d, c, r, h, t) for d in args.dialect for c in args.codec for r in sharing for h in args.history
+              for t in tracing]
+    runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
+    # Run i of every configuration, then run i+1 of each: on a machine others use too, a busy
+    # spell then weighs on the configurations alike instead of on one.
+    for _ in range(args.runs):
+        for dialect, codec, redis, history, traces in combos:
+            profile = f"{args.profile}.{dialect}.{codec}" if args.profile else None
+            run = run_one(codec, args.calls, args.seconds, profile, args.pin, dialect, args.instances, redis,
+                          history, traces)
             # Measured with the other processes gone, so they do not compete for the CPU.
-            runs[-1]["conv_up_us"], runs[-1]["conv_down_us"] = conversion_cost_us(codec)
+            run["conv_up_us"], run["conv_down_us"] = conversion_cost_us(codec)
+            runs[(dialect, codec, redis, history, traces)].append(run)
             if args.json:
-                print(json.dumps(runs[-1]))
-        medians.append({k: (statistics.median(r[k] for r in runs) if not isinstance(runs[0][k], str) else runs[0][k])
-                        for k in runs[0]})
-    print_table(medians)
+                print(json.dumps(run))
+    print_table([{k: (statistics.median(r[k] for r in done) if not isinstance(done[0][k], str) else done[0][k])
+                  for k in done[0]} for done in runs.values()])
 
 
 def platform_cpu() -> str:

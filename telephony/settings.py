@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # Recordings of what each side heard: file:///dir or s3://bucket/prefix (AWS_* as the SDKs read them).
     recordings_url: str = ""
     metrics_token: str = Field("", repr=False)
+    # Traces (ops/tracing.py): on when either is set; OTLP over HTTP. The SDK reads its other
+    # OTEL_* variables (headers, timeout, service name, batching) itself.
+    otel_exporter_otlp_endpoint: HttpUrl = None  # the collector's base URL: spans go to /v1/traces under it
+    otel_exporter_otlp_traces_endpoint: HttpUrl = None  # the full URL for spans, if not the above's
     # Twilio.
     twilio_account_sid: str = ""
     twilio_auth_token: str = Field("", repr=False)

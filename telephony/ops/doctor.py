@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TextIO
+import os
+from typing import Mapping, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from twilio.base.exceptions import TwilioRestException
 from twilio.http import HttpClient
 
-from telephony.ops import twilio_admin
+from telephony.ops import tracing, twilio_admin
 from telephony.serve import realtime_client
 from telephony.settings import Settings
 from telephony.wire import realtime as rt
 from telephony.wire.dialects import DIALECTS
 
 HANDSHAKE_TIMEOUT_S = 8.0
+COLLECTOR_TIMEOUT_S = 5.0
 
 
 def _summary(session: dict) -> str:
@@ -92,10 +95,59 @@ async def run_doctor(settings: Settings, connect: bool, out: TextIO,
     print(f"API key:          {_api_key(settings)}", file=out)
     ok = _public_url(settings, out)
     ok = await asyncio.to_thread(_twilio_account, settings, out, twilio_http) and ok
+    ok = await _traces(settings, connect, out) and ok
     if not connect:
         return 0 if ok and (settings.realtime_api_key or settings.realtime_url == "local") else 1
     handshake = await _handshake(settings, dialect, out)
     return handshake if ok else 1
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _otel_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """The exporter's headers as the SDK reads them (the traces variable, else the general one)."""
+    from opentelemetry.util.re import parse_env_headers
+
+    text = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+    return dict(parse_env_headers(text, liberal=True))
+
+
+async def _traces(settings: Settings, connect: bool, out: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether traces are on, where they go and under which service name; the headers' names, never
+    their values (they carry the collector's key). With --connect, an empty export is sent."""
+    env = os.environ if env is None else env
+    endpoint = tracing.traces_endpoint(settings)
+    if endpoint is None:
+        print("Traces:           off (set OTEL_EXPORTER_OTLP_ENDPOINT to export a trace per call)", file=out)
+        return True
+    service = env.get("OTEL_SERVICE_NAME") or tracing.SERVICE_NAME
+    headers = _otel_headers(env)
+    named = f"; headers {', '.join(sorted(headers))} (values not shown)" if headers else ""
+    print(f"Traces:           on, OTLP/HTTP to {_without_userinfo(endpoint)} as service {service!r}{named}", file=out)
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol != "http/protobuf":
+        print(f"Traces:           PROBLEM: OTEL_EXPORTER_OTLP_PROTOCOL is {protocol!r}; this service sends "
+              "http/protobuf only (the collector's OTLP/HTTP port, usually 4318)", file=out)
+        return False
+    if not connect:
+        return True
+    import httpx
+
+    try:  # an empty ExportTraceServiceRequest is an empty protobuf body: it exports nothing
+        async with httpx.AsyncClient(timeout=COLLECTOR_TIMEOUT_S) as client:
+            answer = await client.post(endpoint, content=b"",
+                                       headers={**headers, "Content-Type": "application/x-protobuf"})
+    except httpx.HTTPError as exc:
+        print(f"Collector:        FAILED: {type(exc).__name__}", file=out)
+        return False
+    if answer.status_code != 200:
+        print(f"Collector:        FAILED: HTTP {answer.status_code}", file=out)
+        return False
+    print("Collector:        OK, an empty export was accepted", file=out)
+    return True
 
 
 async def _handshake(settings: Settings, dialect, out: TextIO) -> int:

@@ -33,6 +33,7 @@ from telephony.history.writer import HistoryWriter
 from telephony.ops import logs
 from telephony.ops.metrics import CONTENT_TYPE, Metrics
 from telephony.ops.records import CallRecordFile
+from telephony.ops.tracing import call_tracing
 from telephony.serve import outbound, recordings, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     dialect = DIALECTS[settings.realtime_dialect]
     active: set[Call] = set()
     metrics = Metrics()
+    tracing = call_tracing(settings)  # None unless an OTLP endpoint is set: then nothing is imported or made per call
     calls = CallRegistry(settings.max_concurrent_calls)
     signed = WebhookGuard(settings, lambda request: public_base_url(request, settings))
     key = stream_key(settings)
@@ -183,6 +185,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
         openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner,
                                     history=lambda: call_history("openai_sip", "ga"))
+        openai_sip.tracing = tracing
 
     def default_connector(s: Settings) -> Connector:
         return upstream.connector(s, dialect, profile.greeting)
@@ -310,7 +313,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
         observer = CallObserver(metrics, settings.call_records_dir, log_ids,
-                                history=call_history("twilio", settings.realtime_dialect))
+                                history=call_history("twilio", settings.realtime_dialect),
+                                trace=tracing.call("twilio") if tracing else None)
 
         def on_record(call: Call, record: Record) -> None:
             observer.on_record(call, record)  # metrics, call record file, structured log
@@ -502,11 +506,15 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         # now, bounded, inside the platform's kill timeout (Heroku: SIGKILL 30 s after SIGTERM,
         # of which SHUTDOWN_GRACE_SECONDS is the calls' share).
         budget_end = time.monotonic() + settings.shutdown_flush_seconds
+        # The last spans export in the SDK's thread meanwhile, bounded by the same budget.
+        traced = asyncio.create_task(tracing.shutdown(settings.shutdown_flush_seconds)) if tracing else None
         await transcripts.drain(settings.shutdown_flush_seconds)
         await state.flush(max(0.0, budget_end - time.monotonic()))
         if history is not None:
             await history.flush(max(0.0, budget_end - time.monotonic()))
             await history.close()
+        if traced is not None:
+            await traced
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
@@ -545,4 +553,5 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     app.state.metrics = metrics
     app.state.profiles = profiles
     app.state.openai_sip = openai_sip
+    app.state.tracing = tracing
     return app

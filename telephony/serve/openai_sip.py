@@ -69,6 +69,8 @@ ProfileChooser = Callable[[str], Profile | None]
 class OpenAISipRoute:
     """The webhook route and the calls it started. ``routes()`` is all the app adds."""
 
+    tracing = None  # ops.tracing.Tracing when the app exports traces: each call's spans
+
     def __init__(self, settings: Settings, choose_profile: ProfileChooser, calls: CallRegistry,
                  metrics: Metrics, transcripts: TranscriptHub, state: LocalState | RedisState | None = None,
                  tools: ToolRunner | None = None,
@@ -215,7 +217,8 @@ class SidebandCall:
         """Serves the call until it ends; the route has already registered it in its CallRegistry."""
         route = self.route
         self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE,
-                                      history=route.history())
+                                      history=route.history(),
+                                      trace=route.tracing.call(ROUTE, "ga", audio=False) if route.tracing else None)
         transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
         # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telephony.core.call import Call, Record
 from telephony.history.recorder import CallHistory
@@ -16,6 +16,9 @@ from telephony.ops import logs
 from telephony.ops.metrics import Metrics
 from telephony.ops.records import CallRecordFile
 from telephony.serve.bridge import BridgeObserver
+
+if TYPE_CHECKING:
+    from telephony.ops.tracing import CallTrace
 
 log = logging.getLogger("telephony.call_events")
 
@@ -45,7 +48,8 @@ class _Running:
 
 class CallObserver(BridgeObserver):
     def __init__(self, metrics: Metrics, records_dir: Path | None, log_ids: dict[str, str | None],
-                 clock=time.monotonic, route: str = "twilio", history: CallHistory | None = None) -> None:
+                 clock=time.monotonic, route: str = "twilio", history: CallHistory | None = None,
+                 trace: CallTrace | None = None) -> None:
         self.metrics = metrics
         self.records_dir = records_dir
         self.log_ids = log_ids
@@ -58,6 +62,7 @@ class CallObserver(BridgeObserver):
         self._added = {"twilio": _Running(), "realtime": _Running()}
         self.route = route
         self.history = history  # the call's rows for the history database, if it is on
+        self.trace = trace  # the call's spans (ops/tracing.py); None when tracing is off
         metrics.active_calls.inc()
         metrics.active_calls_by_route.labels(route).inc()
 
@@ -82,6 +87,8 @@ class CallObserver(BridgeObserver):
                 self._stopped_at = None
                 m.response_latency.observe(turn)
                 self._write("response_latency", {"ms": round(turn * 1000, 1)})
+                if self.trace is not None:
+                    self.trace.agent_audio(now, turn)
             if self.history is not None and self.history.awaiting_audio:
                 self.history.audio_sent(arrived, now)
         elif kind == "clear":
@@ -120,6 +127,8 @@ class CallObserver(BridgeObserver):
         if log.isEnabledFor(level):
             log.log(level, "call event %s", kind, extra=logs.safe_extra({
                 "event": kind, **{k: v for k, v in data.items() if k not in logs.CALLER_DATA}}))
+        if self.trace is not None:
+            self.trace.on_record(call, kind, record.data)
 
     def _count_tool_call(self, data: dict[str, Any]) -> None:
         outcome = data.get("outcome", "ok")
@@ -147,3 +156,5 @@ class CallObserver(BridgeObserver):
             self.file.close()
         if self.history is not None:
             self.history.close()
+        if self.trace is not None:
+            self.trace.close(outcome)
