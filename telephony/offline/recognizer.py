@@ -3,7 +3,7 @@
 ``SphinxRecognizer`` runs pocketsphinx with the US-English model that its wheel ships (no
 download at run time). pocketsphinx holds the GIL while it decodes (a whole sentence takes
 0.3-1 s), which would stall the event loop that plays the call, so decoding runs in one worker
-process; the caller of ``transcribe`` only waits on a pipe, and the engine's shell calls it from
+process; the caller of ``transcribe`` only waits on a pipe (the GIL is free meanwhile), and the engine's shell calls it from
 a thread (the engine emits the transcript some ms after the commit, as the real service does).
 
 The model is 16 kHz wide-band and the phone line is 8 kHz: turns are resampled up, which keeps
@@ -14,18 +14,18 @@ words are often misheard. ``PlaceholderRecognizer`` is what runs without it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import multiprocessing
+import struct
+import subprocess
+import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import soxr
 
 MODEL_RATE = 16000  # pocketsphinx's en-us acoustic model
-TIMEOUT_S = 30.0  # a turn is at most ~30 s (the engine's MAX_TURN_S) and decodes faster than real time
 # Backchannels the shipped dictionary lacks (it has "mhm", "uh-huh", "hmm", "yeah", "okay").
 EXTRA_WORDS = {"mm-hmm": "M HH M"}
 
@@ -83,31 +83,42 @@ def _decode(pcm: bytes, rate: int) -> str:
 
 # --- This process's side ---
 
+_HEADER = struct.Struct("<II")  # request: (rate, bytes of PCM); reply: (bytes of UTF-8 text, 0)
+
 
 class SphinxRecognizer:
-    """pocketsphinx in one worker process, started on first use (or by ``warm``)."""
+    """pocketsphinx in one worker process (``python -m telephony.offline.recognizer``), started on
+    first use or by ``warm``, fed one turn at a time over its stdin/stdout.
+
+    A plain subprocess rather than multiprocessing: spawn re-imports the parent's main module,
+    which an app's entry point or a script need not be ready for."""
 
     name = "pocketsphinx en-us"
     slow = True
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # one turn at a time on the pipe
+        self._proc: subprocess.Popen | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                # spawn, not fork: the parent runs an event loop and threads that a fork would copy.
-                self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
-                                                 initializer=_load_decoder)
-            return self._pool
+    def _worker(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen([sys.executable, "-m", "telephony.offline.recognizer"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL)  # pocketsphinx logs every odd turn
+        return self._proc
 
     def transcribe(self, pcm: bytes, rate: int) -> str:
-        try:
-            return self._executor().submit(_decode, bytes(pcm), rate).result(TIMEOUT_S)
-        except BrokenProcessPool:
-            self.close()  # the next turn starts a fresh worker
-            raise
+        pcm = bytes(pcm[: len(pcm) // 2 * 2])
+        with self._lock:
+            proc = self._worker()
+            try:
+                proc.stdin.write(_HEADER.pack(rate, len(pcm)) + pcm)
+                proc.stdin.flush()
+                size, _ = _HEADER.unpack(_read_exactly(proc.stdout, _HEADER.size))
+                return _read_exactly(proc.stdout, size).decode("utf-8")
+            except (OSError, EOFError, struct.error):
+                self._stop(proc)  # the next turn starts a fresh worker
+                raise
 
     def warm(self) -> None:
         """Starts the worker and loads the model now, so the first turn does not wait ~1 s."""
@@ -115,9 +126,38 @@ class SphinxRecognizer:
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self._proc is not None:
+                self._stop(self._proc)
+
+    def _stop(self, proc: subprocess.Popen) -> None:
+        self._proc = None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # the worker exits at the end of its input
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n) if n else b""
+    if len(data) != n:
+        raise EOFError("the recogniser worker went away")
+    return data
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """The worker's loop: a turn in, its words out, until stdin closes."""
+    _load_decoder()
+    while True:
+        header = stdin.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        rate, size = _HEADER.unpack(header)
+        text = _decode(_read_exactly(stdin, size), rate).encode("utf-8")
+        stdout.write(_HEADER.pack(len(text), 0) + text)
+        stdout.flush()
 
 
 _shared: Recognizer | None = None
@@ -136,3 +176,7 @@ def default_recognizer() -> Recognizer:
 
 def sphinx_available() -> bool:
     return importlib.util.find_spec("pocketsphinx") is not None
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
