@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import statistics
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 
 from telephony.core.profile import load_profile
 from telephony.offline import barge_in_corpus as corpus
-from telephony.offline.demo import LOOPBACK, UtteranceTap, serving
+from telephony.offline.demo import LOOPBACK, UtteranceTap, render_ulaw, serving
 from telephony.offline.dial import place_call
 from telephony.offline.heard import compare
 from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona
@@ -83,18 +82,7 @@ class Connector:
         self.persona = SpeakingPersona(make_voice(), recognizer=default_recognizer())
         self.persona.warm(greeting)
         self.taps: dict[str, UtteranceTap] = {}
-        self.answer = self.reference(greeting)
-
-    def reference(self, text: str) -> bytes:
-        """The whole answer as the engine sends it in a μ-law session: a call's own tap has only
-        what was generated before any cancel."""
-        engine = RealtimeEngine(self.persona, EngineConfig())
-        engine.open(0.0)
-        engine.receive(json.dumps({"type": "session.update", "session": {"output_audio_format": "g711_ulaw"}}), 0.0)
-        engine.receive(json.dumps({"type": "response.create", "response": {
-            "instructions": f"Say it by saying exactly this: {text}"}}), 0.0)
-        return b"".join(base64.b64decode(e["delta"]) for e in engine.advance(1e9)
-                        if e["type"] == "response.audio.delta")
+        self.answer = render_ulaw(self.persona.voice, greeting)  # all of it, as a call's engine sends it
 
     def factory(self, settings: Settings):
         config = EngineConfig(dialect=settings.realtime_dialect)
@@ -183,7 +171,7 @@ def table(outcomes: list[Outcome]) -> str:
         false_stops = sum(o.stopped for o in mine) if expected == "resume" else "-"
         missed = sum(not o.stopped for o in mine) if expected == "stop" else "-"
         keep = [o for o in mine if expected == "resume"]  # heard vs sent matters where it should go on
-        rows.append(f"{kind:13s} {len(mine):5d} {str(false_stops):>11s} {str(missed):>11s} "
+        rows.append(f"{kind:13s} {len(mine):5d} {false_stops!s:>11s} {missed!s:>11s} "
                     f"{_median([o.pause_ms for o in mine]):>9s} {_median([o.resume_ms for o in mine]):>9s} "
                     f"{_median([o.skipped_ms for o in keep]) if keep else '-':>10s} "
                     f"{_median([o.repeated_ms for o in keep]) if keep else '-':>11s}")

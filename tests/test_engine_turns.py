@@ -190,26 +190,25 @@ def test_item_delete_removes_it_and_an_unknown_item_is_an_error(dialect):
 
 async def test_scripted_server_refuses_an_unplayed_truncate_and_deletes_over_a_real_socket():
     """What the bridge's tests talk to: a websocket, beta dialect, the session's own flags."""
-    async with ScriptedRealtimeServer(Script(response_ms=2000)) as server:
-        async with websockets.connect(server.url) as ws:
-            async def until(kind: str) -> dict:
-                while True:
-                    event = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                    if event["type"] == kind:
-                        return event
-            await until("session.created")
-            await ws.send(json.dumps({"type": "session.update", "session": {"input_audio_format": "pcm16",
-                "turn_detection": {"type": "server_vad", "interrupt_response": False, "create_response": False}}}))
-            td = (await until("session.updated"))["session"]["turn_detection"]
-            assert td["interrupt_response"] is False and td["create_response"] is False
-            await ws.send(json.dumps({"type": "response.create"}))
-            item = (await until("response.audio.delta"))["item_id"]
-            loud = base64.b64encode(pcm_tone(0.3, amplitude=8000)).decode()
-            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": loud}))
-            await until("input_audio_buffer.speech_started")
-            await until("response.audio.delta")  # caller speech did not cancel it
-            await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item,
-                                      "content_index": 0, "audio_end_ms": 0}))
-            assert (await until("error"))["error"]["code"] == "unsupported_content_type"
-            await ws.send(json.dumps({"type": "conversation.item.delete", "item_id": item}))
-            assert (await until("conversation.item.deleted"))["item_id"] == item
+    async with ScriptedRealtimeServer(Script(response_ms=2000)) as server, websockets.connect(server.url) as ws:
+        async def until(kind: str) -> dict:
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if event["type"] == kind:
+                    return event
+        await until("session.created")
+        await ws.send(json.dumps({"type": "session.update", "session": {"input_audio_format": "pcm16",
+            "turn_detection": {"type": "server_vad", "interrupt_response": False, "create_response": False}}}))
+        td = (await until("session.updated"))["session"]["turn_detection"]
+        assert td["interrupt_response"] is False and td["create_response"] is False
+        await ws.send(json.dumps({"type": "response.create"}))
+        item = (await until("response.audio.delta"))["item_id"]
+        loud = base64.b64encode(pcm_tone(0.3, amplitude=8000)).decode()
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": loud}))
+        await until("input_audio_buffer.speech_started")
+        await until("response.audio.delta")  # caller speech did not cancel it
+        await ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item,
+                                  "content_index": 0, "audio_end_ms": 0}))
+        assert (await until("error"))["error"]["code"] == "unsupported_content_type"
+        await ws.send(json.dumps({"type": "conversation.item.delete", "item_id": item}))
+        assert (await until("conversation.item.deleted"))["item_id"] == item

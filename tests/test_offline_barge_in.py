@@ -80,32 +80,39 @@ async def test_realtime_server_transcribes_a_turn_after_committing_it_without_st
     server's event loop keeps its pace while the worker decodes."""
     pcm = line_quality(np.concatenate([corpus.speak("Hold on, can you repeat the last part about the order?"),
                                        np.zeros(8000)]))
-    async with RealtimeServer(FormantVoice(), recognizer=sphinx) as server:
-        async with websockets.connect(server.url, additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
-            await ws.send(json.dumps({"type": "session.update", "session": {
-                "input_audio_format": "g711_ulaw", "input_audio_transcription": {"model": "whisper-1"},
-                "turn_detection": {"type": "server_vad", "create_response": False}}}))
-            import audioop
-            ulaw = audioop.lin2ulaw(pcm, 2)
-            for i in range(0, len(ulaw), 1600):
-                await ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                          "audio": base64.b64encode(ulaw[i:i + 1600]).decode()}))
-            seen, gaps, last = [], [], time.monotonic()
+    async with RealtimeServer(FormantVoice(), recognizer=sphinx) as server, \
+            websockets.connect(server.url, additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "input_audio_format": "g711_ulaw", "input_audio_transcription": {"model": "whisper-1"},
+            "turn_detection": {"type": "server_vad", "create_response": False}}}))
+        import audioop
+        ulaw = audioop.lin2ulaw(pcm, 2)
+        gaps: list[float] = []
+
+        async def tick() -> None:  # the loop's pace while the worker decodes
+            last = time.monotonic()
             while True:
-                event = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                seen.append(event["type"])
-                if event["type"] == "conversation.item.input_audio_transcription.completed":
-                    break
-            assert seen.index("input_audio_buffer.committed") < len(seen) - 1
-            assert "order" in event["transcript"].split(), event["transcript"]
-            assert "response.created" not in seen  # create_response: false
-            # The loop ran freely while the worker decoded (no 100 ms stall measured from here).
-            for _ in range(20):
                 await asyncio.sleep(0.005)
                 now = time.monotonic()
                 gaps.append(now - last)
                 last = now
-            assert max(gaps[1:]) < 0.1
+
+        ticker = asyncio.create_task(tick())
+        for i in range(0, len(ulaw), 1600):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(ulaw[i:i + 1600]).decode()}))
+        seen = []
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            seen.append(event["type"])
+            if event["type"] == "conversation.item.input_audio_transcription.completed":
+                break
+        ticker.cancel()
+        assert seen.index("input_audio_buffer.committed") < len(seen) - 1
+        assert "order" in event["transcript"].split(), event["transcript"]
+        assert "response.created" not in seen  # create_response: false
+        # pocketsphinx holds the GIL ~1 s for this sentence: in this process it would stall the loop.
+        assert max(gaps) < 0.25, max(gaps)
 
 
 @needs_tools
@@ -168,7 +175,7 @@ def test_demo_backchannel_scenario_reports_whether_the_greeting_was_heard_whole(
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--scenario", "backchannel",
                            "--output", str(tmp_path / "call.wav")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert proc.returncode == 0, proc.stderr
     assert 'The caller said "mm-hmm"' in proc.stdout
     verdict = proc.stdout.split("Heard whole? ")[1]
@@ -180,5 +187,5 @@ def test_demo_refuses_a_scenario_it_does_not_know(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "telephony", "demo", "--scenario", "backchannel",
                            "--dialect", "live", "--output", str(tmp_path / "call.wav")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "backchannel scenario" in proc.stderr

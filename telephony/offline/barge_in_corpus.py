@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", action="append", choices=sorted(EXPECTED), help="only these classes")
     args = parser.parse_args(argv)
     clips = generate(args.folder, tuple(args.kind or EXPECTED))
-    for kind in EXPECTED:
-        print(f"{kind:13s} {sum(c.kind == kind for c in clips):3d} clips (expect {EXPECTED[kind]})")
+    for kind, expected in EXPECTED.items():
+        print(f"{kind:13s} {sum(c.kind == kind for c in clips):3d} clips (expect {expected})")
     print(f"written to {args.folder}")
     return 0
 
