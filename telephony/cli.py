@@ -131,7 +131,7 @@ def _call(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from telephony.offline import demo
 
-    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool, args.dialect)
+    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool, args.dialect, args.scenario)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="the agent answers by calling a Python tool (lookup_order), end to end")
     demo.add_argument("--dialect", choices=("beta", "ga", "live"), default="beta",
                       help="the protocol the bridge and the local engine speak (live: no truncate)")
+    demo.add_argument("--scenario", choices=("call", "backchannel"), default="call",
+                      help='call: the bundled caller talks over the greeting and gets an answer; backchannel: '
+                           'the caller only says "mm-hmm" over the greeting (is it still heard whole?)')
     demo.set_defaults(func=_demo)
 
     sim = sub.add_parser("simulate", help="place a simulated Twilio call (or, with --sip, a call through "

@@ -17,4 +17,4 @@ def test_load_benchmark_smoke():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "calls held / started" in done.stdout and "2/2" in done.stdout
     assert "CPU per call" in done.stdout and "RSS per call" in done.stdout
-    assert "beta g711_ulaw +traces" in done.stdout  # and the same with a local OTLP receiver
+    assert "beta g711_ulaw db:sqlite +traces" in done.stdout  # and the same with a local OTLP receiver

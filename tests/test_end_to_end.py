@@ -153,7 +153,9 @@ async def test_healthz():
 async def test_barge_in_end_to_end_with_the_local_engine(profile):
     """The same call against ``REALTIME_URL=local``: the app's own wiring, no socket upstream."""
     settings = Settings.from_env({"REALTIME_URL": "local", "TWILIO_VALIDATE_SIGNATURES": "false"})
-    caller = ulaw_silence(1.0) + ulaw_tone(500, 0.6) + ulaw_silence(5.0)
+    # A second of tone: longer than min_interruption_ms, so the length alone confirms the
+    # interruption, whatever the offline recogniser makes of a tone.
+    caller = ulaw_silence(1.0) + ulaw_tone(500, 1.0) + ulaw_silence(5.0)
     async with running_app(settings) as (app, host):
         sim = simulated_call(app, host, caller_audio=caller, hang_up_when_quiet_s=0.5)
         result = await sim.run()
@@ -163,9 +165,9 @@ async def test_barge_in_end_to_end_with_the_local_engine(profile):
     assert spans[0][0] < 0.3
     greeting_end = max(end for start, end in spans if start < 1.0)
     assert 1.0 <= greeting_end <= 1.0 + 0.15
-    # …and the answer came after the caller's turn ended (0.6 s of tone + 0.5 s of silence).
-    answer = [s for s in spans if s[0] > 1.6]
-    assert answer and 2.1 <= answer[0][0] <= 2.1 + 0.3
+    # …and the answer came after the caller's turn ended (1.0 s of tone + 0.5 s of silence).
+    answer = [s for s in spans if s[0] > 2.0]
+    assert answer and 2.5 <= answer[0][0] <= 2.5 + 0.3
     assert answer[-1][1] - answer[0][0] > 1.0  # a spoken sentence, played to the end
 
 
@@ -173,7 +175,7 @@ async def test_local_engine_events_seen_by_the_bridge_are_valid_and_truncate_mat
     from telephony.offline.local_realtime import local_connector
 
     seen: list[tuple[str, dict]] = []
-    caller = ulaw_silence(1.2) + ulaw_tone(500, 0.5) + ulaw_silence(1.0)
+    caller = ulaw_silence(1.2) + ulaw_tone(500, 1.0) + ulaw_silence(1.0)  # longer than min_interruption_ms
     settings = Settings(twilio_validate_signatures=False, realtime_url="local")
     factory = lambda s: local_connector(observer=lambda d, e: seen.append((d, e)), greeting=profile.greeting)  # noqa: E731
     async with running_app(settings, connector_factory=factory) as (app, host):

@@ -52,6 +52,12 @@ class CallConsole:
                                 "(what the caller heard)")
         elif direction == "client" and kind == "response.cancel":
             self.line("bridge", "response.cancel")
+        elif direction == "client" and kind == "conversation.item.delete":
+            self.line("bridge", f"delete {event.get('item_id')} (the caller heard none of it)")
+        elif direction == "server" and kind == "conversation.item.input_audio_transcription.completed":
+            self.line("engine", f'caller said: "{_clip(event.get("transcript") or "")}" (offline recogniser)')
+        elif direction == "server" and kind == "error":
+            self.line("engine", f"error: {(event.get('error') or {}).get('message')}")
         elif direction == "server" and kind == "input_audio_buffer.speech_started":
             self.line("engine", f"VAD: caller speech started at {event.get('audio_start_ms')} ms of input")
         elif direction == "server" and kind == "input_audio_buffer.speech_stopped":

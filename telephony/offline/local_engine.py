@@ -8,11 +8,15 @@ websocket server for ``telephony realtime-server``).
 What it does, as the real service does for the events the bridge uses: ``session.created`` /
 ``session.updated``; an energy VAD with hysteresis over the appended audio (``speech_started``
 with ``audio_start_ms`` and ``item_id``, ``speech_stopped``, ``committed``, the user item,
-and a placeholder transcript when transcription is on); an automatic response to each caller
-turn; ``response.create`` (a greeting); audio streamed in chunks faster than real time with its
-transcript; ``response.cancel`` and ``interrupt_response`` (a cancelled response produces no
-more audio, optionally after a few deltas "in flight"); ``conversation.item.truncate`` checked
-against the audio the item really has. A ``Persona`` decides what is said and how it sounds.
+and its transcript when transcription is on, from the persona's recogniser: a slow one runs in
+the shell, off the event loop, see ``TranscriptionJob``); an automatic response to each caller
+turn unless ``turn_detection.create_response`` is false; ``response.create`` (a greeting);
+audio streamed in chunks faster than real time with its transcript; ``response.cancel`` and
+``interrupt_response`` (speech cancels the response in progress unless it is false; a cancelled
+response produces no more audio, optionally after a few deltas "in flight");
+``conversation.item.truncate`` checked against the audio the item really has, and refused at
+0 ms as the real service refuses it; ``conversation.item.delete``. A ``Persona`` decides what is
+said and how it sounds.
 
 In the Live dialect (``openai.types.live``) the same engine answers ``session.start`` with
 ``session.started``, streams ``session.output_audio.delta`` and timed transcripts, sends no VAD,
@@ -45,6 +49,7 @@ try:
 except ImportError:  # pragma: no cover - Python 3.13 without audioop-lts
     raise ImportError("audioop is missing: install audioop-lts on Python 3.13+") from None
 
+from telephony.offline.recognizer import PlaceholderRecognizer, Recognizer
 from telephony.offline.voices import RATE as VOICE_RATE
 from telephony.offline.voices import Voice
 
@@ -79,10 +84,50 @@ def _flatten_ga_session(update: dict[str, Any]) -> dict[str, Any]:
     if "voice" in audio_out:
         flat["voice"] = audio_out["voice"]
     return flat
+
+
+_TURN_FLAGS = ("create_response", "interrupt_response")
+
+
+def _turn_detection_problem(td: Any) -> str | None:
+    """What the real service would refuse in a ``turn_detection`` (beta or GA: same keys), or None."""
+    if td is None:
+        return None
+    if not isinstance(td, dict):
+        return f"Invalid turn_detection: expected an object or null, got {td!r}"
+    if td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
+        return f"Invalid value: '{td.get('type')}'. Supported values are: 'server_vad' and 'semantic_vad'."
+    for key in _TURN_FLAGS:
+        if key in td and td[key] is not None and not isinstance(td[key], bool):
+            return f"Invalid type for 'turn_detection.{key}': expected a boolean, got {td[key]!r}"
+    return None
+
+
+def _item_kind(item: dict[str, Any]) -> str:
+    """What a truncate may do to it: only an assistant's audio message can be truncated."""
+    if item.get("type") == "message" and item.get("role") == "assistant":
+        return "assistant_audio"
+    return str(item.get("role") or item.get("type") or "other")
+
+
 VAD_FRAME_MS = 20
 LIVE_INTERRUPT_MS = 200  # Live stops its own output this far into caller speech
 _FROM_LIVE = {("audio/pcmu", 8000): "g711_ulaw", ("audio/pcm", 24000): "pcm16"}
 MAX_TURN_S = 30  # caller audio kept for a persona that wants it (echo), per turn
+
+
+@dataclass(frozen=True)
+class TranscriptionJob:
+    """A caller turn for a recogniser too slow to run inside ``receive`` (the persona says so with
+    ``transcribes_off_loop``). The shell runs ``engine.transcribe(job)`` off its event loop and
+    hands the words to ``engine.transcribed``: the transcript event then follows the commit by
+    the recogniser's time, as on the real service."""
+
+    item_id: str | None  # None in Live, which has no items
+    audio: bytes  # PCM16 mono at ``rate``
+    rate: int
+    start_ms: int
+    end_ms: int
 
 
 @dataclass(frozen=True)
@@ -128,9 +173,15 @@ class SpeakingPersona:
         "Understood. That is all this offline agent can say, but it is listening.",
     )
 
-    def __init__(self, voice: Voice, tool_cue: ToolCue | None = None) -> None:
+    def __init__(self, voice: Voice, tool_cue: ToolCue | None = None, recognizer: Recognizer | None = None) -> None:
+        """``recognizer``: transcribes caller turns (None: a placeholder that only gives their length)."""
         self.voice = voice
         self.tool_cue = tool_cue
+        self.recognizer = recognizer or PlaceholderRecognizer()
+
+    @property
+    def transcribes_off_loop(self) -> bool:
+        return self.recognizer.slow
 
     def text_for(self, n: int, instructions: str | None, caller_turn: bytes | None) -> str:
         said = _SAY_EXACTLY.search(instructions or "")
@@ -162,12 +213,15 @@ class SpeakingPersona:
         return Utterance(text, self.voice.speak(text))
 
     def transcribe(self, turn: bytes, rate: int) -> str:
-        return f"[{len(turn) / 2 / rate:.1f} s of caller speech]"  # no speech recogniser offline
+        return self.recognizer.transcribe(turn, rate)
 
     def warm(self, greeting: str = "") -> None:
         """Synthesises the fixed lines ahead of time so no call waits for them."""
         for text in (greeting or self.greeting, self.greeting, *self.replies):
             self.voice.speak(text)
+        warm = getattr(self.recognizer, "warm", None)
+        if warm is not None:
+            warm()  # a recogniser that loads a model: before the first turn, not during it
 
 
 @dataclass(frozen=True)
@@ -183,6 +237,9 @@ class EngineConfig:
     transcribe_turns: bool | None = None  # None: when the session asks for input transcription
     dialect: str = "beta"  # "beta", "ga" or "live": event names and session shapes
     transcription: bool = False  # an ``intent=transcription`` session: transcripts, never responses
+    # The real service refuses to truncate an item at 0 ms (none of it played): the client must
+    # delete it instead (livekit/agents #6157). False: accept it, as this engine once did.
+    refuse_unplayed_truncate: bool = True
 
 
 @dataclass
@@ -239,7 +296,9 @@ class RealtimeEngine:
         self._response: _Response | None = None
         self._n_responses = 0
         self._item_audio_ms: dict[str, float] = {}  # assistant item → audio it has
+        self._items: dict[str, str] = {}  # conversation item → its kind ("assistant_audio", "user", …)
         self._last_item: str | None = None
+        self._jobs: list[TranscriptionJob] = []  # caller turns waiting for a slow recogniser
         self._heard_caller = False  # a caller turn or user item: no more default greetings
         self._tool_output: str | None = None  # a function_call_output not yet answered
         self._live_session: dict[str, Any] = {}  # Live: the session as session.started described it
@@ -294,6 +353,26 @@ class RealtimeEngine:
             out += self._delta(r)
         return out
 
+    def take_jobs(self) -> list[TranscriptionJob]:
+        """Caller turns to transcribe off the event loop (see ``TranscriptionJob``), oldest first."""
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def transcribe(self, job: TranscriptionJob) -> str | None:
+        """The recogniser's words for a job. Touches only the persona: safe in a worker thread."""
+        return self.persona.transcribe(job.audio, job.rate)
+
+    def transcribed(self, job: TranscriptionJob, text: str | None, now: float) -> list[dict[str, Any]]:
+        """The transcript event for a job the shell has transcribed."""
+        return self._transcript_events(job, text)
+
+    def transcription_failed(self, job: TranscriptionJob, message: str, now: float) -> list[dict[str, Any]]:
+        if self.live:
+            return []  # Live has no failure event: the caller's words are just missing
+        return [self._event("conversation.item.input_audio_transcription.failed", item_id=job.item_id,
+                            content_index=0, error={"type": "transcription_error", "code": "recognizer_failed",
+                                                    "message": message, "param": None})]
+
     def next_due(self) -> float | None:
         """When ``advance`` next has something to send (None: nothing until a client event)."""
         r = self._response
@@ -314,6 +393,9 @@ class RealtimeEngine:
             if key in update and update[key] not in RATES:
                 return [self._error("invalid_request_error", "invalid_value",
                                     f"Invalid value: '{update[key]}' for {key}.", event)]
+        problem = _turn_detection_problem(update.get("turn_detection"))
+        if problem:
+            return [self._error("invalid_request_error", "invalid_value", problem, event)]
         known = {k: v for k, v in update.items() if k in self.session and k not in ("id", "object")}
         if isinstance(known.get("turn_detection"), dict):
             known["turn_detection"] = {**(self.session["turn_detection"] or {}), **known["turn_detection"]}
@@ -368,29 +450,40 @@ class RealtimeEngine:
 
     def _on_truncate(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
         item, end = event.get("item_id"), event.get("audio_end_ms")
-        has = self._item_audio_ms.get(item) if isinstance(item, str) else None
-        if has is None:
+        kind = self._items.get(item) if isinstance(item, str) else None
+        if kind is None:
             return [self._error("invalid_request_error", "item_not_found",
                                 f"Item with item_id not found: {item}", event)]
-        if not isinstance(end, int) or end < 0:
+        has = self._item_audio_ms.get(item)
+        if kind != "assistant_audio" or has is None:  # a caller's turn, a text item, a function call
+            return [self._unsupported_truncate(event)]
+        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
             return [self._error("invalid_request_error", "invalid_value",
                                 "audio_end_ms must be a non-negative integer", event)]
+        if end == 0 and self.config.refuse_unplayed_truncate:
+            # What the real service answers (livekit/agents #6157): an item none of whose audio was
+            # played cannot be truncated; the client deletes it (conversation.item.delete) instead.
+            return [self._unsupported_truncate(event)]
         if end > has + 1e-6:
             return [self._error("invalid_request_error", "invalid_value",
                                 f"Audio content of {has:.0f}ms is already shorter than {end}ms", event)]
-        if end == 0:  # as the real service answers (livekit/agents#6157): nothing played, nothing to cut
-            return [self._error("invalid_request_error", "unsupported_content_type",
-                                "Only model output audio messages can be truncated", event)]
         self._item_audio_ms[item] = float(end)
         return [self._event("conversation.item.truncated", item_id=item,
                             content_index=event.get("content_index", 0), audio_end_ms=end)]
 
+    def _unsupported_truncate(self, event: dict[str, Any]) -> dict[str, Any]:
+        return self._error("invalid_request_error", "unsupported_content_type",
+                           "Only model output audio messages can be truncated", event)
+
     def _on_item_delete(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """Only the agent's items are tracked here: deleting one forgets its audio."""
         item = event.get("item_id")
-        if not isinstance(item, str) or self._item_audio_ms.pop(item, None) is None:
+        if not isinstance(item, str) or item not in self._items:
             return [self._error("invalid_request_error", "item_not_found",
                                 f"Item with item_id not found: {item}", event)]
+        del self._items[item]
+        self._item_audio_ms.pop(item, None)
+        if self._last_item == item:  # the next item follows the one before it
+            self._last_item = next(reversed(self._items), None)
         return [self._event("conversation.item.deleted", item_id=item)]
 
     def _on_item_create(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
@@ -413,8 +506,8 @@ class RealtimeEngine:
         "response.create": _on_response_create,
         "response.cancel": _on_response_cancel,
         "conversation.item.truncate": _on_truncate,
-        "conversation.item.create": _on_item_create,
         "conversation.item.delete": _on_item_delete,
+        "conversation.item.create": _on_item_create,
     }
 
     # --- Live client events ---
@@ -481,11 +574,14 @@ class RealtimeEngine:
 
     # --- VAD ---
 
-    def _turn_setting(self, key: str, override: Any) -> Any:
+    def _turn_setting(self, key: str, override: bool | None) -> bool:
+        """``create_response`` / ``interrupt_response``: the engine's override, else the session's
+        turn detection, else true, the real service's default for both."""
         if override is not None:
             return override
         td = self.session.get("turn_detection") or {}
-        return td.get(key, True)
+        value = td.get(key)
+        return True if value is None else bool(value)
 
     def _run_vad(self, samples: np.ndarray, rate: int, now: float) -> list[dict[str, Any]]:
         vad, out = self._vad, []
@@ -542,11 +638,8 @@ class RealtimeEngine:
 
     def _end_live_turn(self, now: float) -> list[dict[str, Any]]:
         vad = self._vad
-        rate = RATES[self.session["input_audio_format"]]
-        out = [self._event("session.input_transcript.delta",
-                           delta=self.persona.transcribe(bytes(vad.turn), rate) or "",
-                           start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms)),
-               self._event("session.usage.updated", usage=self._live_usage())]
+        out = self._transcribe_turn(None)
+        out.append(self._event("session.usage.updated", usage=self._live_usage()))
         turn = bytes(vad.turn)
         self._heard_caller = True
         vad.in_speech, vad.quiet_ms, vad.item_id, vad.turn = False, 0.0, None, bytearray()
@@ -560,7 +653,6 @@ class RealtimeEngine:
             return self._end_live_turn(now)
         vad = self._vad
         item = vad.item_id or self._id("item")
-        turn_ms = len(vad.turn) / 2 / RATES[self.session["input_audio_format"]] * 1000
         out = []
         if stopped:
             out.append(self._event("input_audio_buffer.speech_stopped", audio_end_ms=int(vad.input_ms),
@@ -572,12 +664,7 @@ class RealtimeEngine:
         transcribe = self.config.transcribe_turns
         if self.config.transcription or (
                 transcribe if transcribe is not None else bool(self.session.get("input_audio_transcription"))):
-            rate = RATES[self.session["input_audio_format"]]
-            text = self.persona.transcribe(bytes(vad.turn), rate)
-            if text is not None:  # None: the recognizer gave up (a real service may send nothing)
-                out.append(self._event("conversation.item.input_audio_transcription.completed", item_id=item,
-                                       content_index=0, transcript=text,
-                                       usage={"type": "duration", "seconds": round(turn_ms / 1000, 2)}))
+            out += self._transcribe_turn(item)
         turn = bytes(vad.turn)
         self._heard_caller = True
         vad.in_speech, vad.quiet_ms, vad.item_id, vad.turn = False, 0.0, None, bytearray()
@@ -586,6 +673,28 @@ class RealtimeEngine:
                 and self._turn_setting("create_response", self.config.respond_to_turns)):
             out += self._start_response(now, None, turn)
         return out
+
+    def _transcribe_turn(self, item: str | None) -> list[dict[str, Any]]:
+        """The transcript of the turn just ended: now, or a job for the shell when the persona's
+        recogniser is too slow to run inside ``receive``."""
+        vad = self._vad
+        job = TranscriptionJob(item, bytes(vad.turn), RATES[self.session["input_audio_format"]],
+                               int(vad.turn_start_ms), int(vad.input_ms))
+        if getattr(self.persona, "transcribes_off_loop", False):
+            self._jobs.append(job)
+            return []
+        return self._transcript_events(job, self.persona.transcribe(job.audio, job.rate))
+
+    def _transcript_events(self, job: TranscriptionJob, text: str | None) -> list[dict[str, Any]]:
+        """``text`` None: the recogniser gave up; a real service may then send nothing at all."""
+        if self.live:
+            return [self._event("session.input_transcript.delta", delta=text or "", start_ms=job.start_ms,
+                                end_ms=job.end_ms)]
+        if text is None:
+            return []
+        seconds = round(len(job.audio) / 2 / job.rate, 2)
+        return [self._event("conversation.item.input_audio_transcription.completed", item_id=job.item_id,
+                            content_index=0, transcript=text, usage={"type": "duration", "seconds": seconds})]
 
     # --- Responses ---
 
@@ -624,7 +733,8 @@ class RealtimeEngine:
         n = len(r.chunks)
         words = r.text[len(r.text) * r.sent // n: len(r.text) * (r.sent + 1) // n]
         r.sent += 1
-        self._item_audio_ms[r.item_id] += len(chunk) / self._bytes_per_ms()
+        if r.item_id in self._item_audio_ms:  # not if the client deleted the item mid-response
+            self._item_audio_ms[r.item_id] += len(chunk) / self._bytes_per_ms()
         if self.live:
             start = int(r.timeline_ms + (r.sent - 1) * self.config.chunk_ms)
             out = [{"type": "session.output_audio.delta", "delta": base64.b64encode(chunk).decode("ascii")}]
@@ -680,6 +790,7 @@ class RealtimeEngine:
         """The model calls a function after speaking, as real models do (goodbye, then end_call)."""
         item = {"id": self._id("item"), "object": "realtime.item", "type": "function_call",
                 "status": "completed", "name": name, "call_id": self._id("call"), "arguments": arguments}
+        self._items[item["id"]] = "function_call"
         done = {"response_id": r.id, "item_id": item["id"], "output_index": 1, "call_id": item["call_id"],
                 "arguments": arguments}
         if self.config.dialect == "ga":
@@ -696,7 +807,7 @@ class RealtimeEngine:
         if status == "cancelled":
             body["status_details"] = {"type": "cancelled", "reason": r.cancelled}
         if status != "in_progress":
-            audio_tokens = round(self._item_audio_ms[r.item_id] / 50)  # ~20 audio tokens a second
+            audio_tokens = round(self._item_audio_ms.get(r.item_id, 0.0) / 50)  # ~20 audio tokens a second
             text_tokens = len(r.text.split())
             body["usage"] = {"total_tokens": audio_tokens + text_tokens + 10, "input_tokens": 10,
                              "output_tokens": audio_tokens + text_tokens,
@@ -720,6 +831,7 @@ class RealtimeEngine:
     def _item_created(self, item: dict[str, Any]) -> dict[str, Any]:
         event = self._event("conversation.item.created", previous_item_id=self._last_item, item=item)
         self._last_item = item["id"]
+        self._items[item["id"]] = _item_kind(item)
         return event
 
     def _id(self, prefix: str) -> str:

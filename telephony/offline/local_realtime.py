@@ -19,7 +19,8 @@ from typing import Any, Awaitable, Callable
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona, ToolCue
+from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona, ToolCue, TranscriptionJob
+from telephony.offline.recognizer import Recognizer, default_recognizer
 from telephony.offline.voices import Voice, make_voice
 
 log = logging.getLogger("telephony.local_realtime")
@@ -28,21 +29,42 @@ Observer = Callable[[str, dict[str, Any]], None]  # ("client" | "server", event)
 
 
 class EngineRunner:
-    """Drives one engine on the running loop's clock."""
+    """Drives one engine on the running loop's clock, and runs its slow transcriptions in a
+    thread (one at a time, so transcripts come out in the order of the turns)."""
 
     def __init__(self, engine: RealtimeEngine, deliver: Callable[[dict[str, Any]], None]) -> None:
         self.engine = engine
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._jobs: asyncio.Queue[TranscriptionJob] = asyncio.Queue()
         for event in engine.open(self._loop.time()):
             deliver(event)
         self._task = self._loop.create_task(self._pace())
+        self._transcriber = self._loop.create_task(self._transcribe())
 
     def feed(self, text: str | bytes) -> None:
         for event in self.engine.receive(text, self._loop.time()):
             self._deliver(event)
+        self._queue_jobs()
         self._wake.set()  # the schedule may have changed (a response started or was cancelled)
+
+    def _queue_jobs(self) -> None:
+        for job in self.engine.take_jobs():
+            self._jobs.put_nowait(job)
+
+    async def _transcribe(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                text = await asyncio.to_thread(self.engine.transcribe, job)
+            except Exception as exc:  # a broken recogniser costs the transcript, not the session
+                log.warning("transcription failed: %r", exc)
+                events = self.engine.transcription_failed(job, str(exc) or type(exc).__name__, self._loop.time())
+            else:
+                events = self.engine.transcribed(job, text, self._loop.time())
+            for event in events:
+                self._deliver(event)
 
     async def _pace(self) -> None:
         while True:
@@ -54,9 +76,11 @@ class EngineRunner:
             self._wake.clear()
             for event in self.engine.advance(self._loop.time()):
                 self._deliver(event)
+            self._queue_jobs()  # a VAD turn ends only in receive today; cheap to check here too
 
     def close(self) -> None:
         self._task.cancel()
+        self._transcriber.cancel()  # a decode under way finishes in its thread; its result is dropped
 
 
 class LocalTransport:
@@ -97,14 +121,15 @@ class LocalTransport:
 
 def local_connector(voice: Voice | None = None, config: EngineConfig | None = None,
                     observer: Observer | None = None, greeting: str = "", dialect: str = "beta",
-                    transcription: bool = False, tool_cue: ToolCue | None = None
-                    ) -> Callable[[], Awaitable[LocalTransport]]:
+                    transcription: bool = False, tool_cue: ToolCue | None = None,
+                    recognizer: Recognizer | None = None) -> Callable[[], Awaitable[LocalTransport]]:
     """A bridge ``Connector`` for ``REALTIME_URL=local``: a fresh engine session per call.
 
     The persona is shared by the calls: it holds only the voice and its cache of rendered
-    lines, which are rendered here, before any call, so no caller waits for synthesis.
+    lines, which are rendered here, before any call, so no caller waits for synthesis, and the
+    recogniser (default: pocketsphinx when installed), whose model is loaded here too.
     """
-    persona = SpeakingPersona(voice or make_voice(), tool_cue)
+    persona = SpeakingPersona(voice or make_voice(), tool_cue, recognizer or default_recognizer())
     persona.warm(greeting)
     config = replace(config or EngineConfig(), dialect=dialect, transcription=transcription)
 
@@ -174,8 +199,8 @@ class RealtimeServer:
     """
 
     def __init__(self, voice: Voice | None = None, config: EngineConfig | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
-        self.persona = SpeakingPersona(voice or make_voice())
+                 host: str = "127.0.0.1", port: int = 0, recognizer: Recognizer | None = None) -> None:
+        self.persona = SpeakingPersona(voice or make_voice(), recognizer=recognizer or default_recognizer())
         self.config = config
         self.host, self.port = host, port
         self._server: Server | None = None

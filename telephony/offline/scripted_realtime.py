@@ -4,7 +4,9 @@ A thin configuration of the local engine (``local_engine``): the same protocol, 
 and truncate handling, but every response is a tone (a different pitch per response, so tests
 can tell responses apart by FFT) of a fixed length, the VAD has one threshold and a fixed
 end-of-turn silence, and a configurable number of deltas "in flight" slip out after a cancel,
-as a real server's do. Every client event it receives and every server event it sends is kept
+as a real server's do. Like the real service it honours the session's ``create_response`` and
+``interrupt_response``, refuses a truncate of an item none of which was played, and deletes
+items (``conversation.item.delete``). Every client event it receives and every server event it sends is kept
 for the tests to inspect. Fault knobs in ``Script``
 make it refuse or stall the handshake, stop reading mid-call, drop the TCP connection, or send
 raw (malformed, unknown, error) events.
@@ -43,9 +45,14 @@ class Script:
     amplitude: int = 8000
     vad_threshold_rms: float = 400.0  # in PCM16 units, on the caller's audio
     silence_ms: int = 300  # quiet this long ends a caller turn
-    respond_to_turns: bool | None = None  # None: as the session's turn_detection.create_response says
+    # None: as the session's turn_detection says (create_response / interrupt_response, both true
+    # unless the client says false), like the real service; True or False overrides the session.
+    respond_to_turns: bool | None = None
     deltas_after_cancel: int = 2  # already "in flight" when a cancel arrives
-    auto_interrupt: bool | None = None  # None: as the session's turn_detection.interrupt_response says
+    auto_interrupt: bool | None = None  # speech_started cancels the response in progress
+    # Refuse a truncate at 0 ms (none of the item played) as the real service does: the client
+    # must delete the item instead. False: accept it (a lenient server).
+    refuse_unplayed_truncate: bool = True
     # Faults, for resilience tests. Counts are client messages received on one connection.
     reject_status: int | None = None  # answer the handshake with this HTTP status
     handshake_delay_s: float = 0.0  # sit on the handshake this long (a stalled upstream)
@@ -67,7 +74,7 @@ class Script:
                             vad_stop_rms=self.vad_threshold_rms, silence_ms=self.silence_ms,
                             deltas_after_cancel=self.deltas_after_cancel, interrupt=self.auto_interrupt,
                             respond_to_turns=self.respond_to_turns, transcribe_turns=True, dialect=dialect,
-                            transcription=transcription)
+                            transcription=transcription, refuse_unplayed_truncate=self.refuse_unplayed_truncate)
 
 
 class TonePersona:

@@ -44,6 +44,9 @@ class CallResult:
     received: list[dict[str, Any]]  # every message the bridge sent (payloads elided)
     close_code: int | None = None
     closed_by_bridge_at: float | None = None  # seconds since start, when the bridge hung up first
+    # The agent's bytes exactly as played, in order, without the silence that fills a frame the
+    # buffer could not: what the caller heard, to compare with what the agent said.
+    played: bytes = b""
 
 
 # Checks one message the bridge sent (and the stream's sid); raises when Twilio would reject it.
@@ -99,6 +102,7 @@ class TwilioCallSimulator:
         self._played_total = 0
         self._caller = bytearray()
         self._agent = bytearray()
+        self._played = bytearray()
         self._timeline: list[TimelineEntry] = []
         self._echoed: list[str] = []
         self._echoed_by_clear: list[str] = []
@@ -160,7 +164,7 @@ class TwilioCallSimulator:
             close_code = ws.close_code
         return CallResult(bytes(self._caller), bytes(self._agent), self._timeline, self._echoed,
                           self._echoed_by_clear, self._clears, self._received, close_code,
-                          self.closed_by_bridge_at)
+                          self.closed_by_bridge_at, bytes(self._played))
 
     async def _pace(self, ws, receiver: asyncio.Task) -> None:
         """Every 20 ms: send one caller frame, play one agent frame. Absolute schedule, no drift."""
@@ -220,6 +224,7 @@ class TwilioCallSimulator:
         played = bytes(self._buffer[:FRAME_BYTES])
         del self._buffer[:FRAME_BYTES]
         self._played_total += len(played)
+        self._played += played
         self._frame_started, self._frame_audio_ms = time.monotonic(), len(played) / 8
         if played and not self._agent_playing:
             self._agent_playing = True
