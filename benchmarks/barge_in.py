@@ -150,7 +150,8 @@ async def run(clips: list[corpus_mod.Clip], transcripts: dict[str, str | None]) 
                         caller_transcripts=(transcripts[clip.name],))
         async with gate, ScriptedRealtimeServer(script) as server:
             settings = Settings(twilio_validate_signatures=False, realtime_url=server.url,
-                                realtime_api_key="sk-bench", audio_codec="g711_ulaw", log_level="ERROR")
+                                realtime_api_key="sk-bench", audio_codec="g711_ulaw", log_level="ERROR",
+                                call_history=False)  # 168 calls are no one's history
             app = create_app(settings, Profiles.of(list(profiles.values()), default=profiles["after"]))
             async with serving(app) as port:
                 outcomes.append(await one_call(app, port, clip, mode, transcripts[clip.name], server))

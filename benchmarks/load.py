@@ -9,6 +9,8 @@
         # what writing the call history costs: none, the default SQLite file, a real PostgreSQL
     python benchmarks/load.py --calls 20 --seconds 15 --runs 3 --codec g711_ulaw --dialect beta --traces
         # with OTEL_EXPORTER_OTLP_ENDPOINT set to a local OTLP/HTTP receiver, against without it
+    python benchmarks/load.py --calls 30 --seconds 15 --runs 3 --codec g711_ulaw --dialect beta --recording
+        # every call recorded to a directory, against not recorded (CPU and RSS per call)
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
 Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
@@ -311,7 +313,7 @@ class OtlpSink:
 
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
             dialect: str = "beta", instances: int = 1, redis: bool = False, history: str = "sqlite",
-            traces: bool = False) -> dict:
+            traces: bool = False, recording: bool = False) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0",
@@ -343,6 +345,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         else:
             db_proc, env["DATABASE_URL"] = start_postgres(scratch)
             procs.append(db_proc)
+        if recording:  # every call recorded to a directory (the file store), as RECORDINGS_URL=file://
+            env["RECORDINGS_URL"] = f"file://{scratch}/recordings"
         redis_proc = None
         if redis:
             redis_proc, redis_url = start_redis()
@@ -404,7 +408,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
             "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
-                     + (" +redis" if redis else "") + f" db:{history}" + (" +traces" if traces else ""),
+                     + (" +redis" if redis else "") + f" db:{history}" + (" +traces" if traces else "")
+                     + (" +rec" if recording else ""),
             "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
             "database_cpu_pct": 100 * (d1 - d0) / (t1 - t0),
             "held": sum(r["ok"] for r in results), "active": int(active),
@@ -497,6 +502,8 @@ def main() -> None:
                              "side by side")
     parser.add_argument("--traces", action="store_true",
                         help="also run each with OTEL_EXPORTER_OTLP_ENDPOINT set to a local receiver, alternating")
+    parser.add_argument("--recording", action="store_true",
+                        help="also run each with every call recorded (RECORDINGS_URL=file://…), alternating")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -514,19 +521,20 @@ def main() -> None:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # this process measures, off CPU 0
     sharing = (False, True) if args.redis else (False,)
     tracing = (False, True) if args.traces else (False,)
-    combos = [(d, c, r, h, t) for d in args.dialect for c in args.codec for r in sharing for h in args.history
-              for t in tracing]
+    recording = (False, True) if args.recording else (False,)
+    combos = [(d, c, r, h, t, rec) for d in args.dialect for c in args.codec for r in sharing for h in args.history
+              for t in tracing for rec in recording]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     # Run i of every configuration, then run i+1 of each: on a machine others use too, a busy
     # spell then weighs on the configurations alike instead of on one.
     for _ in range(args.runs):
-        for dialect, codec, redis, history, traces in combos:
+        for dialect, codec, redis, history, traces, recorded in combos:
             profile = f"{args.profile}.{dialect}.{codec}" if args.profile else None
             run = run_one(codec, args.calls, args.seconds, profile, args.pin, dialect, args.instances, redis,
-                          history, traces)
+                          history, traces, recorded)
             # Measured with the other processes gone, so they do not compete for the CPU.
             run["conv_up_us"], run["conv_down_us"] = conversion_cost_us(codec)
-            runs[(dialect, codec, redis, history, traces)].append(run)
+            runs[(dialect, codec, redis, history, traces, recorded)].append(run)
             if args.json:
                 print(json.dumps(run))
     print_table([{k: (statistics.median(r[k] for r in done) if not isinstance(done[0][k], str) else done[0][k])
