@@ -143,3 +143,48 @@ def test_a_recordings_url_that_cannot_be_used_is_refused_at_start(url):
     from telephony.serve.app import check_configuration
     with pytest.raises((SettingsError, ValueError), match="RECORDINGS_URL|recordings_url"):
         check_configuration(Settings(twilio_validate_signatures=False, recordings_url=url))
+
+
+async def test_a_hung_store_delays_no_new_call(tmp_path, monkeypatch):
+    """An S3 that accepts connections and never answers holds every upload of a call that ends
+    (boto3 waits its read timeout, then retries). Those waits must not take the threads that
+    resolve host names for new connections: the next call reaches its model at once."""
+    import asyncio
+    import time
+
+    from helpers import active_spans
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    hung = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(recordings, "CLOSE_TIMEOUT_S", 2.0)  # the ended calls' teardown gives up soon
+    try:
+        async with ScriptedRealtimeServer(Script(response_ms=500)) as server:
+            # A host name, not an address: connecting resolves it in the loop's default executor.
+            named = Settings(**{**settings(server, "s3://calls/recordings").model_dump(),
+                                "realtime_url": server.url.replace("127.0.0.1", "localhost")})
+            async with running_app(named) as (app, host):
+                ended = [simulated_call(app, host, caller_audio=ulaw_silence(0.8)) for _ in range(10)]
+                await asyncio.gather(*(sim.run() for sim in ended))
+                await asyncio.sleep(0.5)  # their uploads are under way, and hanging
+                # Every store thread is waiting on the hung store (before they had their own pool,
+                # these were the default executor's: 6 on a 2-CPU machine, all taken by 10 calls).
+                assert len(held) >= min(len(ended), recordings.STORE_THREADS), len(held)
+                started = time.monotonic()
+                result = await simulated_call(app, host, caller_audio=ulaw_silence(2.0)).run()
+                took = time.monotonic() - started
+    finally:
+        for writer in held:  # boto3's sockets reset: its threads stop waiting
+            writer.transport.abort()
+        hung.close()
+    spans = active_spans(result.agent)
+    assert spans and spans[0][0] < 1.0, (spans, took)  # the greeting came at once, not after a 30 s wait

@@ -13,10 +13,13 @@ A store that fails costs the call nothing: blocks the writer cannot keep up with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +39,35 @@ S3_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 UPLOAD_TRIES = 3
 CLOSE_TIMEOUT_S = 30.0
 MEDIA_TYPE = "audio/wav"
+DISK_THREADS = 2  # spool writes, renames, reads for GET …/recording
+STORE_THREADS = 4  # S3 requests (each may wait its read timeout on a hung store)
+
+
+# Recordings' blocking calls run in thread pools of their own, never the loop's default executor:
+# that one also resolves host names for new connections (the Realtime service's, Twilio's REST
+# API), so a hung S3 holding its few threads for 30 s each would stall every new call's
+# connection. Disk and store are apart too, so a hung store never stops the spool being written.
+_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(name: str, threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    with _pools_lock:
+        if name not in _pools:
+            _pools[name] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"recording-{name}")
+        return _pools[name]
+
+
+async def on_disk(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` in the recordings' disk threads."""
+    return await asyncio.get_running_loop().run_in_executor(_pool("disk", DISK_THREADS),
+                                                            functools.partial(fn, *args, **kwargs))
+
+
+async def on_store(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` (an S3 request) in the recordings' store threads."""
+    return await asyncio.get_running_loop().run_in_executor(_pool("store", STORE_THREADS),
+                                                            functools.partial(fn, *args, **kwargs))
 
 
 class RecordingsError(ValueError):
@@ -111,13 +143,13 @@ class Recorder:
         size = 0
         try:
             with open(self.spool, "wb") as spool:
-                await asyncio.to_thread(spool.write, wav_header(0))
+                await on_disk(spool.write, wav_header(0))
                 while (block := await self._queue.get()) is not None:
-                    await asyncio.to_thread(_append, spool, block)
+                    await on_disk(_append, spool, block)
                     size += len(block)
                     await self.upload.grew(self.spool, HEADER_BYTES + size)
                 spool.seek(0)
-                await asyncio.to_thread(_append, spool, wav_header(size))
+                await on_disk(_append, spool, wav_header(size))
             if self.dropped_blocks:
                 log.warning("recording %s: %d s of audio dropped (the store fell behind)", self.label,
                             self.dropped_blocks)
@@ -153,8 +185,8 @@ class _FileUpload:
         pass
 
     async def finish(self, spool: Path, size: int) -> str:
-        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(os.replace, spool, self.path)  # (same filesystem: a rename)
+        await on_disk(self.path.parent.mkdir, parents=True, exist_ok=True)
+        await on_disk(os.replace, spool, self.path)  # (same filesystem: a rename)
         return str(self.path)
 
     async def abandon(self) -> None:
@@ -179,19 +211,19 @@ class FileStore:
 
     async def list(self, call_sid: str) -> list[str]:
         folder = self.root / call_sid
-        names = await asyncio.to_thread(lambda: sorted(p.name for p in folder.glob("*.wav")) if folder.is_dir() else [])
+        names = await on_disk(lambda: sorted(p.name for p in folder.glob("*.wav")) if folder.is_dir() else [])
         return [f"{call_sid}/{n}" for n in names]
 
     async def read(self, name: str, start: int, end: int | None) -> tuple[AsyncIterator[bytes], int]:
         path = self.root / name
-        size = (await asyncio.to_thread(path.stat)).st_size
+        size = (await on_disk(path.stat)).st_size
 
         async def chunks() -> AsyncIterator[bytes]:
             with open(path, "rb") as f:
                 f.seek(start)
                 left = (end if end is not None else size - 1) - start + 1
                 while left > 0:
-                    data = await asyncio.to_thread(f.read, min(left, 64 * 1024))
+                    data = await on_disk(f.read, min(left, 64 * 1024))
                     if not data:
                         return
                     left -= len(data)
@@ -223,7 +255,7 @@ class _S3Upload:
             made = await self.store.call(client.create_multipart_upload, Bucket=bucket, Key=self.key,
                                          ContentType=MEDIA_TYPE)
             self._upload_id = made["UploadId"]
-        body = await asyncio.to_thread(_read_range, spool, offset, length)
+        body = await on_disk(_read_range, spool, offset, length)
         done = await self.store.call(client.upload_part, Bucket=bucket, Key=self.key, UploadId=self._upload_id,
                                      PartNumber=number, Body=body)
         self._parts.append({"PartNumber": number, "ETag": done["ETag"]})
@@ -240,7 +272,7 @@ class _S3Upload:
             self._parts.sort(key=lambda p: p["PartNumber"])
             await self.store.call(client.complete_multipart_upload, Bucket=bucket, Key=self.key,
                                   UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
-        await asyncio.to_thread(spool.unlink, missing_ok=True)
+        await on_disk(spool.unlink, missing_ok=True)
         return f"s3://{bucket}/{self.key}"
 
     async def abandon(self) -> None:
@@ -280,7 +312,7 @@ class S3Store:
 
     async def call(self, method: Any, **kwargs: Any) -> Any:
         """A blocking SDK call, in a thread (boto3 retries with backoff itself)."""
-        return await asyncio.to_thread(method, **kwargs)
+        return await on_store(method, **kwargs)
 
     def upload(self, name: str) -> Upload:
         return _S3Upload(self, self.prefix + name)
@@ -298,7 +330,7 @@ class S3Store:
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                while data := await asyncio.to_thread(body.read, 64 * 1024):
+                while data := await on_store(body.read, 64 * 1024):
                     yield data
             finally:
                 body.close()
