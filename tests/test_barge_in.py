@@ -278,7 +278,7 @@ def test_a_sip_session_keeps_the_servers_own_turns(profile):
 
 
 @pytest.mark.parametrize("text", ["Mm-hmm.", "mm hmm", "Uh-huh, yeah.", "Hmmmm", "OK!", "yes right", "mhm",
-                                  "M-M-M.", "Hm."])
+                                  "M-M-M.", "Hm.", "Yep.", "yup"])
 def test_backchannels(text):
     assert BargeInPolicy().is_backchannel(text)
 

@@ -25,7 +25,8 @@ from telephony.core.playout import Unheard
 
 # Sounds and words that acknowledge without taking the turn. Multi-word and hyphenated forms are
 # split into words: "mm-hmm", "mm hmm" and "uh huh yeah" are all backchannels.
-BUILTIN_BACKCHANNELS = ("mm-hmm", "uh-huh", "mhm", "yeah", "yes", "right", "okay", "ok", "sure",
+# The list, and "yep"/"yup" (Whisper writes a clipped "yeah" so: seen in the benchmark).
+BUILTIN_BACKCHANNELS = ("mm-hmm", "uh-huh", "mhm", "yeah", "yes", "yep", "yup", "right", "okay", "ok", "sure",
                         "uh", "um", "hmm")
 DEFAULT_MIN_INTERRUPTION_MS = 800
 DEFAULT_FALSE_INTERRUPTION_TIMEOUT_MS = 1200
