@@ -159,7 +159,7 @@ class TelnyxMedia:
             return ()  # later than a frame already played past it (or a duplicate): dropped
         self._arrivals += 1
         heapq.heappush(self._held, (seq, self._arrivals, event))
-        return self._release()
+        return tuple(self._release())
 
     def _seen(self, msg: dict) -> None:
         """A non-media frame takes a sequence number too: it closes that gap in the media."""
