@@ -232,3 +232,26 @@ def test_wire_sends_at_least_20_ms_and_flushes_before_a_mark():
     assert wire.encode(tw.SendClear(), "S") == ('{"event":"clear"}',)  # the held remainder is dropped too
     (mark,) = wire.encode(tw.SendMark("m2"), "S")
     assert json.loads(mark)["event"] == "mark"
+
+
+async def test_rest_hang_up_of_an_ended_call_is_done_and_transfer_dials_the_target():
+    from telephony.serve.carriers import CarrierError
+    from telephony.serve.carriers.telnyx import TelnyxControl
+
+    rest = FakeTelnyxRest()
+    async with rest.running():
+        control = TelnyxControl(Settings(telnyx_api_key=TELNYX_KEY, telnyx_api_base_url=rest.base_url))
+        try:
+            await control.transfer(CALL_ID, "+15550001111")
+            rest.hangup_status = 422  # Telnyx's 90018: the call has already ended
+            await control.hang_up(CALL_ID)
+            rest.hangup_status = 403
+            with pytest.raises(CarrierError) as refused:
+                await control.hang_up(CALL_ID)
+        finally:
+            await control.aclose()
+    assert refused.value.status == 403
+    (path, body, auth), *_ = rest.requests
+    assert path == f"/v2/calls/{CALL_ID}/actions/transfer" and body == {"to": "+15550001111"}
+    assert auth == f"Bearer {TELNYX_KEY}"
+    assert [p for p, _, _ in rest.requests[1:]] == [f"/v2/calls/{CALL_ID}/actions/hangup"] * 2
