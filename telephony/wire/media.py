@@ -22,7 +22,8 @@ media by sequence number and sends payloads of at least 20 ms) keeps it in its o
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from telephony.wire import twilio as tw
 

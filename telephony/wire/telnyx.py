@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import heapq
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 

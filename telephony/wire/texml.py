@@ -10,7 +10,7 @@ fallback is heard exactly when the bridge gives up on a call. — PROTOCOLS-carr
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Mapping
+from collections.abc import Mapping
 
 VOICE_PATH = "/telnyx/voice"
 STATUS_PATH = "/telnyx/status"  # Call Control webhooks of outbound calls (JSON): progress and AMD
