@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     calls_api_token: str = Field("", repr=False)
     forward_to_number: str = ""
     transcript_webhook_url: HttpUrl = None
+    # Telnyx (TeXML inbound, Call Control outbound and in-call control).
+    telnyx_api_key: str = Field("", repr=False)
+    telnyx_public_key: str = ""  # base64 Ed25519 key that signs Telnyx's webhooks (public: not a secret)
+    telnyx_connection_id: str = ""  # the Call Control application outbound calls are placed on
+    telnyx_api_base_url: HttpUrl = None  # default https://api.telnyx.com (tests: a loopback fake)
+    telnyx_validate_signatures: bool = True  # false: /telnyx/* serves unsigned webhooks (development only)
     # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
     openai_webhook_secret: str = Field("", repr=False)
     openai_api_key: str = Field("", repr=False)  # OpenAI's key: never another provider's
@@ -127,6 +133,16 @@ class Settings(BaseSettings):
     def _recordings_url(cls, value: str) -> str:
         if value and not value.startswith(("file:///", "s3://")):
             raise ValueError("must be file:///dir or s3://bucket/prefix")
+        return value
+
+    @field_validator("telnyx_public_key")
+    @classmethod
+    def _telnyx_public_key(cls, value: str) -> str:
+        try:
+            if value and len(base64.b64decode(value, validate=True)) != 32:
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise ValueError("must be the base64 Ed25519 public key (32 bytes) from Telnyx's portal") from None
         return value
 
     @field_validator("redis_url")

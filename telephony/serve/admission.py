@@ -29,6 +29,7 @@ from telephony.serve.direct_lane import payload
 from telephony.serve.security import StreamTokens, VerifiedToken, valid_call_sid
 from telephony.serve.stream_paths import PATH_REFUSALS, PathRefusal, check_segment
 from telephony.wire import twilio as tw
+from telephony.wire.media import TWILIO_MEDIA, MediaWire, UnusedEvent
 
 log = logging.getLogger("telephony.admission")
 
@@ -68,9 +69,11 @@ class StreamGate:
     def pending(self) -> int:
         return len(self.waiting)
 
-    async def admit(self, ws: WebSocket, purpose: str, segment: str | None) -> tw.Start | None:
+    async def admit(self, ws: WebSocket, purpose: str, segment: str | None,
+                    wire: MediaWire = TWILIO_MEDIA) -> tw.Start | None:
         """Accepts the socket and returns its verified ``start``; None when it was refused (closed).
-        ``segment``: the signed path segment of the socket's URL (None: the bare route)."""
+        ``segment``: the signed path segment of the socket's URL (None: the bare route). ``wire``:
+        the carrier's media format (its ``start`` is read through it into the neutral one)."""
         path = check_segment(self.tokens, segment, purpose, time.time())
         if isinstance(path, PathRefusal):
             log.warning("stream refused at the handshake from %s: %s", ws.client.host if ws.client else "?",
@@ -88,7 +91,7 @@ class StreamGate:
         try:
             await ws.accept()
             try:
-                start = await self._first_start(ws)
+                start = await self._first_start(ws, wire)
             except tw.BadStart as exc:  # names no call we could serve: refused like a bad token
                 log.warning("stream %s: stream refused: bad start: %s", path.call_sid, exc)
                 self.on_refused(purpose, BAD_START)
@@ -122,7 +125,7 @@ class StreamGate:
         if holder:
             await self.claims.release(stream_claim_key(purpose, start.call_sid), holder)
 
-    async def _first_start(self, ws: WebSocket) -> tw.Start | None:
+    async def _first_start(self, ws: WebSocket, wire: MediaWire) -> tw.Start | None:
         deadline = asyncio.get_running_loop().time() + self.start_timeout_s
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -139,16 +142,19 @@ class StreamGate:
                 log.warning("stream ?: message of %d bytes before start dropped", len(raw))
                 continue
             try:
-                event = tw.parse(raw)
+                events = wire.parse(raw)
             except tw.BadStart:
                 raise
-            except tw.TwilioProtocolError as exc:
-                log.warning("stream ?: bad Twilio message before start: %s", exc)
+            except UnusedEvent:
                 continue
-            if isinstance(event, tw.Start):
-                return event
-            if isinstance(event, tw.Media):
-                log.warning("call ?: media before start dropped (no call sid yet)")
+            except tw.TwilioProtocolError as exc:
+                log.warning("stream ?: bad %s message before start: %s", wire.label, exc)
+                continue
+            for event in events:
+                if isinstance(event, tw.Start):
+                    return event
+                if isinstance(event, tw.Media):
+                    log.warning("call ?: media before start dropped (no call sid yet)")
 
     async def _refusal(self, start: tw.Start, purpose: str, url_call_sid: str) -> tuple[str, str] | None:
         """(reason, why) when the start is refused; None when it opens the call."""

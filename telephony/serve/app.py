@@ -11,12 +11,13 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from dataclasses import replace
 from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -37,6 +38,8 @@ from telephony.ops.tracing import call_tracing
 from telephony.serve import outbound, recordings, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
+from telephony.serve.carriers import CarrierControl, CarrierError
+from telephony.serve.carriers import telnyx as telnyx_rest
 from telephony.serve.claims import Claims
 from telephony.serve.fork import ForkBridge
 from telephony.serve.handoff import Handoff
@@ -44,10 +47,12 @@ from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import (
     AGENT_STREAM,
+    WEBHOOK_BODY_LIMIT,
     OUTBOUND_ANSWER,
     TRANSCRIPTION_STREAM,
     StreamTokens,
     WebhookGuard,
+    read_capped_body,
     stream_key,
     valid_call_sid,
 )
@@ -60,6 +65,9 @@ from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.settings import Settings, SettingsError
 from telephony.wire.dialects import DIALECTS
+from telephony.wire import telnyx as telnyx_wire
+from telephony.wire import texml
+from telephony.wire.media import TWILIO_MEDIA, MediaWire
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
@@ -198,6 +206,17 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             control.append(CallControl(settings))
         return control[0] if control else None
 
+    telnyx_control: list[telnyx_rest.TelnyxControl] = []
+    telnyx_key = telnyx_rest.public_key(settings.telnyx_public_key) if settings.telnyx_public_key else None
+    if not settings.telnyx_validate_signatures:
+        log.warning("TELNYX_VALIDATE_SIGNATURES=false: Telnyx webhook signatures are NOT checked (for local "
+                    "development only)")
+
+    def telnyx_rest_api() -> telnyx_rest.TelnyxControl | None:
+        if not telnyx_control and settings.telnyx_api_key:
+            telnyx_control.append(telnyx_rest.TelnyxControl(settings))
+        return telnyx_control[0] if telnyx_control else None
+
     handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and Twilio's REST API
     if state.shared and settings.public_url and settings.twilio_account_sid and settings.twilio_auth_token:
         handoff = Handoff(state, call_control, websocket_url(settings.public_url, MEDIA_STREAM_PATH), tokens,
@@ -303,23 +322,113 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         signed = tokens.with_token(parameters, now, TRANSCRIPTION_STREAM)
         return xml(fork_and_dial(url, signed, settings.forward_to_number))
 
+    # --- Telnyx: TeXML answer, Call Control webhooks, media stream ---
+
+    def telnyx_signed(endpoint):
+        """Telnyx's webhooks: Ed25519-signed (TELNYX_PUBLIC_KEY), else off with a 503, unless
+        TELNYX_VALIDATE_SIGNATURES=false (development). A refusal names no stream URL."""
+        async def guarded(request: Request) -> Response:
+            if telnyx_key is None and settings.telnyx_validate_signatures:
+                return error(503, "the Telnyx routes are off: set TELNYX_PUBLIC_KEY")
+            body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
+            if isinstance(body, Response):
+                return body
+            if telnyx_key is not None:
+                query = request.url.query.encode() if request.method == "GET" else b""  # unverified: see README
+                reason = telnyx_rest.signature_refusal(telnyx_key, request.headers, body or query, time.time())
+                if reason:
+                    log.warning("webhook %s rejected (%s) from %s", request.url.path, reason,
+                                request.client.host if request.client else "?")
+                    return PlainTextResponse(f"Forbidden: {reason}", status_code=403)
+            return await endpoint(request)
+        return guarded
+
+    async def telnyx_voice(request: Request) -> Response:
+        form = await request.form() if request.method == "POST" else request.query_params
+        call_id = str(form.get("CallSid", ""))
+        if not call_id or len(call_id) > 256:
+            return error(400, "CallSid (Telnyx's call_control_id) is missing or too long")
+        sid = telnyx_wire.call_sid_for(call_id)
+        busy = calls.accepting()
+        if not busy and settings.max_total_calls and not await state.admit(sid, settings.max_total_calls):
+            busy = f"at the limit of {settings.max_total_calls} calls across instances"
+        if busy:
+            log.warning("Telnyx call %s rejected as busy: %s", sid, busy)
+            return xml('<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>')
+        to = str(form.get("To", ""))
+        chosen = profiles.for_number(to)
+        parameters = {"call_sid": sid, "from": str(form.get("From", "")), "to": to, "direction": "inbound",
+                      "carrier": "telnyx", **profile_parameter(chosen.name)}
+        now = time.time()
+        url = signed_stream_url(websocket_url(public_base_url(request, settings), texml.MEDIA_STREAM_PATH),
+                                tokens, AGENT_STREAM, sid, now)
+        return xml(texml.connect_stream(url, tokens.with_token(parameters, now), chosen.fallback))
+
+    async def telnyx_status(request: Request) -> Response:
+        """Call Control webhooks of our outbound calls (JSON): progress is logged, AMD reaches the call."""
+        try:
+            event = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return error(400, "body is not JSON")
+        if not isinstance(event, dict):
+            return error(400, "body must be a JSON object")
+        verdict = telnyx_rest.amd_verdict(event)
+        if verdict is not None:
+            call_id, answered_by = verdict
+            log.info("Telnyx call answered by %s", answered_by)
+            if (bridge := by_sid.get(call_id)) is not None:
+                bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        return Response(status_code=204)
+
+    async def telnyx_media_stream(ws: WebSocket) -> None:
+        await serve_stream(ws, telnyx_wire.TelnyxMedia(), telnyx_rest_api())
+
+    async def place_telnyx_call(req: outbound.OutboundRequest, base: str) -> Response:
+        rest = telnyx_rest_api()
+        if rest is None or not settings.telnyx_connection_id:
+            return error(503, "Telnyx outbound calls need TELNYX_API_KEY and TELNYX_CONNECTION_ID")
+        # Telnyx names the call only once it is created, and opens the stream with no TeXML: our
+        # sid is chosen now, the stream URL and parameters (client_state) signed for it, good
+        # while the call rings (as Twilio's answer URL is).
+        sid, now = "CA" + uuid.uuid4().hex, time.time()
+        parameters = {**req.stream_parameters(), "call_sid": sid, "carrier": "telnyx"}
+        url = signed_stream_url(websocket_url(base, texml.MEDIA_STREAM_PATH), outbound_signer, AGENT_STREAM, sid, now)
+        state_text = telnyx_wire.client_state(outbound_signer.with_token(parameters, now))
+        try:
+            placed = await rest.place(req.to, req.from_, url, state_text, f"{base}{texml.STATUS_PATH}",
+                                      req.machine_detection)
+        except CarrierError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+            log.warning("Telnyx refused a call: %s %s", exc.status, exc)
+            return error(status, f"Telnyx: {exc}")
+        log.info("call %s placed on Telnyx", sid)
+        return JSONResponse({"call_sid": sid, "carrier": "telnyx", "carrier_call_id": placed.call_control_id,
+                             "status": "queued"}, status_code=201)
+
     # --- Media streams ---
 
     async def media_stream(ws: WebSocket) -> None:
+        await serve_stream(ws, TWILIO_MEDIA, call_control())
+
+    async def serve_stream(ws: WebSocket, wire: MediaWire, control: CarrierControl | None) -> None:
+        """One agent call on any carrier's media websocket: ``wire`` reads its frames into the
+        core's neutral events, ``control`` is its REST API (hang-up, transfer)."""
         log_ids = logs.bind_call()
-        if (start := await gate.admit(ws, AGENT_STREAM, ws.path_params.get("segment"))) is None:
+        if (start := await gate.admit(ws, AGENT_STREAM, ws.path_params.get("segment"), wire)) is None:
             return
         call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
         observer = CallObserver(metrics, settings.call_records_dir, log_ids,
-                                history=call_history("twilio", settings.realtime_dialect),
-                                trace=tracing.call("twilio") if tracing else None)
+                                history=call_history(wire.carrier, settings.realtime_dialect),
+                                trace=tracing.call(wire.carrier) if tracing else None)
 
         def on_record(call: Call, record: Record) -> None:
             observer.on_record(call, record)  # metrics, call record file, structured log
             if record.kind == "start":  # the call sid is known from here on
                 by_sid[call.call_sid] = bridge
+                if start.carrier_call_id:  # the carrier's AMD verdicts name its own id
+                    by_sid[start.carrier_call_id] = bridge
                 transcripts.begin(call.call_sid)
                 later(state.put_call(call.call_sid, call_entry(call.parameters)))
                 if state.shared and call.parameters.get("direction", "").startswith("outbound"):
@@ -329,10 +438,11 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             elif record.kind == "transcript":
                 transcripts.publish(call.call_sid, record.data)
 
-        bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=call_control(),
+        bridge = Bridge(ws, call, dialect, connector, on_record=on_record, call_control=control,
                         max_message_bytes=settings.max_message_bytes, observer=observer, tools=tool_runner,
                         prepare=handoff.resume if handoff else None,
-                        release_stream=lambda: gate.release(start, AGENT_STREAM), recordings=recorded)
+                        release_stream=lambda: gate.release(start, AGENT_STREAM), recordings=recorded,
+                        wire=wire, carrier_call_id=start.carrier_call_id)
         active.add(call)
         calls.add(bridge)
         try:
@@ -344,8 +454,9 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             active.discard(call)
             calls.discard(bridge)
             observer.close()
-            if call.call_sid and by_sid.get(call.call_sid) is bridge:
-                del by_sid[call.call_sid]
+            for key in (call.call_sid, start.carrier_call_id):
+                if key and by_sid.get(key) is bridge:
+                    del by_sid[key]
             if call.call_sid:  # a handed-over call goes on elsewhere: its feed and entry stay
                 transcripts.end(call.call_sid, handed_over=handed_over)
                 later(state.drop_call(call.call_sid, handed_over=handed_over))
@@ -424,6 +535,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             if not req.profile and len(profiles.by_name) > 1:  # our number's profile answers for it
                 req = replace(req, profile=profiles.for_number(req.from_).name)
             base = public_base_url(request, settings)
+            if req.carrier == "telnyx":
+                return await place_telnyx_call(req, base)
             url = outbound.answer_url(req, base, outbound_signer, time.time())
         except RequestError as exc:
             return error(exc.status, str(exc))
@@ -518,7 +631,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
-        for rest in control:
+        for rest in [*control, *telnyx_control]:
             await rest.aclose()
 
     app = Starlette(lifespan=lifespan, routes=[
@@ -532,6 +645,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         WebSocketRoute(TRANSCRIBE_STREAM_PATH + "/{segment:path}", transcribe_stream),
         WebSocketRoute(TRANSCRIBE_STREAM_PATH, transcribe_stream),
+        Route(texml.VOICE_PATH, telnyx_signed(telnyx_voice), methods=["GET", "POST"]),
+        Route(texml.STATUS_PATH, telnyx_signed(telnyx_status), methods=["POST"]),
+        WebSocketRoute(texml.MEDIA_STREAM_PATH + "/{segment:path}", telnyx_media_stream),
+        WebSocketRoute(texml.MEDIA_STREAM_PATH, telnyx_media_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}", call_detail, methods=["GET"]),

@@ -34,11 +34,11 @@ from telephony.serve.direct_lane import DIRECT_LANE, payload
 from telephony.serve.realtime_client import RealtimeTransport
 from telephony.serve.recordings import Recorder, Recordings
 from telephony.serve.tools import CallTools, ToolRunner
-from telephony.serve.twilio_rest import CallControl, TwilioError
+from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.upstream import Connector
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
-from telephony.wire.twiml import transfer
+from telephony.wire.media import TWILIO_MEDIA, MediaWire, UnusedEvent
 
 log = logging.getLogger("telephony.bridge")
 # How long the greeting may wait for a call's MCP servers to list their tools (the rest arrive later).
@@ -85,13 +85,18 @@ class Bridge:
             return False
 
     def __init__(self, ws: WebSocket, call: Call, dialect: rt.Dialect, connector: Connector,
-                 on_record: RecordSink | None = None, call_control: CallControl | None = None,
+                 on_record: RecordSink | None = None, call_control: CarrierControl | None = None,
                  max_message_bytes: int | None = None, observer: BridgeObserver | None = None,
                  tools: ToolRunner | None = None,
                  prepare: Callable[[Call], Awaitable[None]] | None = None,
                  release_stream: Callable[[], Awaitable[None]] | None = None,
-                 recordings: Recordings | None = None) -> None:
+                 recordings: Recordings | None = None, wire: MediaWire = TWILIO_MEDIA,
+                 carrier_call_id: str = "") -> None:
         self.ws = ws
+        # The carrier's media format (wire/media.py): its frames ⇄ the core's neutral events.
+        self.wire = wire
+        # The call's id at its carrier, for hang-up and transfer ("": the call sid, as on Twilio).
+        self.carrier_call_id = carrier_call_id
         self.recordings = recordings
         self.recorder: Recorder | None = None  # from the call's start, when its profile records
         # Gives up this stream's claim on its call (its admission's release): a handoff does so
@@ -144,11 +149,12 @@ class Bridge:
                 message = action.message
                 if self.recorder is not None:
                     self._record_sent(message, arrived)
-                text, kind = tw.serialize(message, self.call.stream_sid or ""), _KINDS.get(type(message), "")
-                if self._lane is None:
-                    self._enqueue(self._twilio_out, (text, arrived, kind), "Twilio")
-                else:
-                    batch.append((text, kind))
+                kind = _KINDS.get(type(message), "")
+                for text in self.wire.encode(message, self.call.stream_sid or ""):
+                    if self._lane is None:
+                        self._enqueue(self._twilio_out, (text, arrived, kind), self.wire.label)
+                    else:
+                        batch.append((text, kind))
             elif isinstance(action, ToRealtime):
                 self._to_realtime(self._serialize(action.command), arrived)
             elif isinstance(action, OpenRealtime):
@@ -263,16 +269,17 @@ class Bridge:
                         self.sid, len(raw), self.max_message_bytes)
             return
         try:
-            event = tw.parse(raw)
+            events = self.wire.parse(raw)
+        except UnusedEvent:
+            log.warning("call %s: %s event ignored: %.80s", self.sid, self.wire.label, raw)
+            return
         except tw.TwilioProtocolError as exc:
-            log.warning("call %s: bad Twilio message: %s", self.sid, exc)
+            log.warning("call %s: bad %s message: %s", self.sid, self.wire.label, exc)
             return
-        if event is None:
-            log.warning("call %s: Twilio event ignored: %.80s", self.sid, raw)
-            return
-        if self.recorder is not None and type(event) is tw.Media and event.track in ("inbound", "inbound_track"):
-            self.recorder.tape.caller(event.payload, event.timestamp_ms, arrived)
-        self.dispatch(self.call.on_twilio(event, arrived), arrived)
+        for event in events:
+            if self.recorder is not None and type(event) is tw.Media and event.track in ("inbound", "inbound_track"):
+                self.recorder.tape.caller(event.payload, event.timestamp_ms, arrived)
+            self.dispatch(self.call.on_twilio(event, arrived), arrived)
 
     async def _twilio_writer(self) -> None:
         while (item := await self._twilio_out.get()) is not None:
@@ -365,11 +372,11 @@ class Bridge:
         self.dispatch(self.call.on_tool_result(action.call_id, output, self.now(), outcome))
 
     async def _call_control(self, action: HangUp | Transfer) -> None:
-        """Hang-up and transfer go through Twilio's REST API; Twilio then stops the stream."""
-        sid = self.call.call_sid or ""
+        """Hang-up and transfer go through the carrier's REST API; the carrier then stops the stream."""
+        sid = self.carrier_call_id or self.call.call_sid or ""
         if self.call_control is None:
-            log.warning("call %s: %s needs TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN; closing the stream "
-                        "instead", self.sid, type(action).__name__)
+            log.warning("call %s: %s needs the %s REST credentials; closing the stream "
+                        "instead", self.sid, type(action).__name__, self.wire.label)
             self._done.set()
             return
         try:
@@ -379,9 +386,9 @@ class Bridge:
             else:
                 log.info("call %s: transferring to %s%s", self.sid, action.number,
                          " (SIP REFER)" if action.refer else "")
-                await self.call_control.redirect(sid, transfer(action.number, action.refer))
-        except TwilioError as exc:
-            log.error("call %s: Twilio refused %s (%s): %s", self.sid, type(action).__name__,
+                await self.call_control.transfer(sid, action.number, action.refer)
+        except CarrierError as exc:
+            log.error("call %s: %s refused %s (%s): %s", self.sid, self.wire.label, type(action).__name__,
                       exc.status, exc)
             if isinstance(action, HangUp):
                 self._done.set()

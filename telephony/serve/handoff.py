@@ -58,6 +58,8 @@ class Handoff:
         """Moves the call to a new stream; False when it cannot (it is then ended as in a drain)."""
         if not isinstance(bridge, Bridge):  # a call without a Twilio stream (OpenAI's SIP route)
             return False
+        if bridge.wire.carrier != "twilio":  # another carrier's call: Twilio cannot redirect it (drained)
+            return False
         call, sid = bridge.call, bridge.call.call_sid
         control = self.control()
         if not sid or call.ended or control is None:

@@ -17,6 +17,7 @@ from telephony.wire.twiml import (
     STATUS_CALLBACK_PATH,
 )
 
+CARRIERS = ("twilio", "telnyx")  # POST /calls "carrier"
 MAX_METADATA_BYTES = 512
 MAX_TEXT = {"instructions": 2000, "voice": 40, "greeting": 400, "voicemail": 400}
 # Twilio caps inline TwiML at 4000 characters (its error 32018); we hold the answer URL, which
@@ -40,6 +41,7 @@ class OutboundRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     machine_detection: bool = False
     profile: str = ""  # the profile named in the request ("": the one listing ``from_``, or the default)
+    carrier: str = "twilio"  # whose REST API places the call (serve/carriers)
 
     def stream_parameters(self) -> dict[str, str]:
         params = {"direction": "outbound-api", "from": self.from_, "to": self.to, **self.overrides}
@@ -63,15 +65,20 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
         raise RequestError(400, "body is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError(400, "body must be a JSON object")
-    unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", "barge_in", *MAX_TEXT}
+    unknown = set(data) - {"to", "from", "machine_detection", "metadata", "profile", "barge_in", "carrier",
+                           *MAX_TEXT}
     if unknown:
         raise RequestError(422, f"unknown fields: {', '.join(sorted(unknown))}")
     to = data.get("to")
     if not isinstance(to, str) or not E164.fullmatch(to):
         raise RequestError(422, "'to' must be an E.164 number such as +15551234567")
-    from_ = data.get("from", default_from)
+    carrier = data.get("carrier", "twilio")
+    if carrier not in CARRIERS:
+        raise RequestError(422, f"'carrier' must be one of {', '.join(CARRIERS)}")
+    from_ = data.get("from", default_from if carrier == "twilio" else "")
     if not from_:
-        raise RequestError(422, "'from' is missing and TWILIO_FROM_NUMBER is not set")
+        raise RequestError(422, "'from' is missing and TWILIO_FROM_NUMBER is not set" if carrier == "twilio"
+                           else f"'from' is required for carrier {carrier} (one of its numbers)")
     if not isinstance(from_, str) or not E164.fullmatch(from_):
         raise RequestError(422, "'from' must be an E.164 number such as +15551234567")
     overrides = {}
@@ -105,7 +112,7 @@ def parse_request(body: bytes, default_from: str, profiles: Collection[str] = ()
     profile = data.get("profile", "")
     if not isinstance(profile, str) or (profile and profile not in profiles):
         raise RequestError(422, f"'profile' must name a loaded profile: {', '.join(sorted(profiles)) or 'none'}")
-    return OutboundRequest(to, from_, overrides, metadata, detect, profile)
+    return OutboundRequest(to, from_, overrides, metadata, detect, profile, carrier)
 
 
 def _barge_in(value: Any) -> str:

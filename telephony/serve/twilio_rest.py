@@ -16,19 +16,16 @@ from twilio.http import AsyncHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
+from telephony.serve.carriers import CarrierError
 from telephony.settings import Settings
+from telephony.wire.twiml import transfer as transfer_twiml
 
 REQUEST_TIMEOUT_S = 10.0
 TWILIO_API = "https://api.twilio.com"
 
 
-class TwilioError(Exception):
+class TwilioError(CarrierError):
     """Twilio refused a request: ``status`` is its HTTP status, the text is Twilio's message."""
-
-    def __init__(self, status: int, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class HttpxTwilioClient(AsyncHttpClient):
@@ -64,7 +61,7 @@ class PlacedCall:
 
 
 class CallControl:
-    """Twilio's REST API for calls, awaited on the event loop (no threads)."""
+    """Twilio's REST API for calls, awaited on the event loop (no threads); Twilio's ``CarrierControl``."""
 
     def __init__(self, settings: Settings, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if not (settings.twilio_account_sid and settings.twilio_auth_token):
@@ -90,6 +87,10 @@ class CallControl:
 
     async def redirect(self, call_sid: str, twiml: str) -> None:
         await self._call(self._client.calls(call_sid).update_async(twiml=twiml))
+
+    async def transfer(self, call_sid: str, target: str, by_refer: bool = False) -> None:
+        """The carrier seam's transfer: the live call's TwiML becomes <Dial> (or <Refer>)."""
+        await self.redirect(call_sid, transfer_twiml(target, by_refer))
 
     async def aclose(self) -> None:
         await self._http.aclose()

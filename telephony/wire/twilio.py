@@ -41,6 +41,7 @@ class Start:
     encoding: str = "audio/x-mulaw"
     sample_rate: int = 8000
     channels: int = 1
+    carrier_call_id: str = ""  # the call's id at its carrier when it is not ``call_sid`` (wire/telnyx.py)
 
 
 @dataclass(frozen=True)
