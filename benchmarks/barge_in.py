@@ -9,8 +9,8 @@ transcript of the clip is what a recognizer made of the clip as the phone carrie
 sound stops the agent, as the bridge did) and "after" (the pause, then resume or stop).
 
 Per class it reports: false stops (a sound that should not have ended the answer did), missed
-interruptions, pause latency (the caller's sound starts → the agent's audio stops at the phone),
-resume latency (the caller's sound ends → the agent is heard again), and heard vs sent (how many
+interruptions, pause latency (the caller's sound starts, or under a noise bed the words over it →
+the agent's audio stops at the phone), resume latency (the caller's sound ends → the agent is heard again), and heard vs sent (how many
 ms of the answer the caller heard beyond its length: + repeated, − skipped), all from the
 simulated phone's own recording. Medians.
 
@@ -121,7 +121,10 @@ async def one_call(app, port: int, clip: corpus_mod.Clip, mode: str, transcript:
     kinds = server.connections[0].received_types()
     stopped = "response.cancel" in kinds or "conversation.item.truncate" in kinds or \
         "conversation.item.delete" in kinds
-    onset = LEAD_S + np.flatnonzero(np.abs(clip.pcm) > 300)[0] / 8000 if np.any(np.abs(clip.pcm) > 300) else None
+    # The pause is timed from the caller's sound, or under a noise bed from the words: the bed
+    # alone is meant not to pause the agent.
+    loud = np.flatnonzero(np.abs(clip.pcm[round(clip.speech_at * 8000):]) > 300)
+    onset = LEAD_S + clip.speech_at + loud[0] / 8000 if len(loud) else None
     sound_end = LEAD_S + clip.seconds
     agent = spans(result.agent)
     pause = resume = extra = None

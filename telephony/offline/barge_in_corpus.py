@@ -35,6 +35,7 @@ class Clip:
     expected: str  # RESUME or STOP
     pcm: np.ndarray  # int16 at 8 kHz
     text: str = ""  # what was said ("" for a noise)
+    speech_at: float = 0.0  # seconds into the clip the words start (after a noise bed's lead-in)
 
     @property
     def seconds(self) -> float:
@@ -78,9 +79,12 @@ def _trim(pcm: np.ndarray, threshold: int = 300) -> np.ndarray:
     return pcm[loud[0]:loud[-1] + 1] if len(loud) else pcm
 
 
+NOISE_LEAD_S = 0.2  # a noise bed starts this long before the words over it
+
+
 def _mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech`` with ``noise`` under it at ``snr_db``, the noise starting 200 ms before it."""
-    lead = RATE // 5
+    """``speech`` with ``noise`` under it at ``snr_db``, the noise starting NOISE_LEAD_S before it."""
+    lead = round(RATE * NOISE_LEAD_S)
     noise = np.resize(noise, len(speech) + 2 * lead).astype(np.float64)
     p_speech = np.mean(speech.astype(np.float64) ** 2)
     noise *= np.sqrt(p_speech / (np.mean(noise ** 2) * 10 ** (snr_db / 10)))
@@ -130,7 +134,7 @@ def corpus(quick: bool = False) -> list[Clip]:
         for snr in (20, 10):
             for word in ("mm-hmm", "yeah"):
                 clips.append(Clip(f"{word} under {background} at {snr} dB", "backchannel+noise", RESUME,
-                                  _mix(speak(word), noise, snr), word))
+                                  _mix(speak(word), noise, snr), word, speech_at=NOISE_LEAD_S))
     for text in (INTERRUPTIONS[:3] if quick else INTERRUPTIONS):
         for voice in voices:
             clips.append(Clip(f"{text!r} ({voice})", "interruption", STOP, speak(text, voice, 175), text))
