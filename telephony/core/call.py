@@ -314,13 +314,24 @@ class Call:
                 config.turn_detection, create_response=False, interrupt_response=False))
         return config
 
-    def on_realtime_closed(self, reason: str, call_over: bool = False) -> list[Action]:
+    def on_realtime_closed(self, reason: str, call_over: bool = False,
+                           close_code: int | None = None) -> list[Action]:
         """The upstream socket closed, or never opened. A drop mid-call is retried once.
-        ``call_over``: a sideband the server closed cleanly, as it does when the call ends."""
+        ``call_over``: a sideband the server closed cleanly, as it does when the call ends.
+        ``close_code``: the provider's close frame's code; a refusal (4000) is never retried."""
         was_open, self.realtime_open = self.realtime_open, False
         self._session_ready = not self.capabilities.ready_first
         if self.ended:
             return []
+        if close_code == rt.FINAL_CLOSE_CODE:  # a reconnect would get the same answer
+            if rt.RETIRED_SHAPE_CODE in reason:
+                log.error("call %s: %s", self.call_sid, rt.RETIRED_SHAPE_FIX)
+                reason = rt.RETIRED_SHAPE_FIX
+            else:
+                log.error("call %s: Realtime refused the session (%s); not retried", self.call_sid, reason)
+            if not self.carries_media:  # the call goes on at OpenAI: hang it up rather than leave it unsteered
+                return [HangUp(f"Realtime refused: {reason}", abnormal=True)]
+            return self._end(f"Realtime refused: {reason}", abnormal=True)
         if not self.carries_media:
             return self._sideband_closed(reason, was_open, call_over)
         if was_open and self._reconnects_left > 0:
@@ -877,6 +888,10 @@ class Call:
             self._transcripts[item_id] = [text[:cut]]
 
     def _on_error(self, event: rt.RealtimeError) -> list[Action]:
+        if event.retired:  # one line that says what to change, not the provider's message
+            log.error("call %s: %s", self.call_sid, rt.RETIRED_SHAPE_FIX)
+            return [Record("realtime_error", {"type": event.type, "code": event.code}),
+                    *self._end(f"Realtime refused: {rt.RETIRED_SHAPE_FIX}", abnormal=True)]
         # Our cancel racing the server's own VAD cancel is expected, not a fault.
         level = logging.INFO if event.benign else logging.ERROR
         log.log(level, "call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,

@@ -306,7 +306,8 @@ class SidebandCall:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sideband.close(), CLOSE_TIMEOUT_S)
         over = getattr(sideband, "close_code", None) == NORMAL_CLOSURE
-        self.dispatch(self.call.on_realtime_closed(reason, call_over=over))
+        self.dispatch(self.call.on_realtime_closed(reason, call_over=over,
+                                                   close_code=getattr(sideband, "close_code", None)))
 
     def _on_message(self, text: str) -> None:
         self._observer.received("realtime")
