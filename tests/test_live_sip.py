@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 
 from conftest import running_app
 from openai.types.webhooks import LiveCallIncomingWebhookEvent, LiveTransportIncomingWebhookEvent
@@ -87,7 +86,7 @@ async def test_a_live_call_is_accepted_greeted_steered_and_hung_up_after_the_goo
     # Hung up once the goodbye was heard: past its last reflected end_ms (despite the gap in the
     # middle of the reflections), and soon after.
     assert s.end_reason == "close_requested" and s.hung_up_ms is not None
-    assert s.goodbye_end_ms <= s.hung_up_ms <= s.goodbye_end_ms + 1500
+    assert s.goodbye_end_ms == s.speech_end_ms <= s.hung_up_ms <= s.goodbye_end_ms + 1500
     records = read_records(record_path(tmp_path, s.session_id))
     said = [(r["speaker"], r["text"]) for r in records if r["kind"] == "transcript"]
     assert ("caller", "I am done, thank you.") in said
@@ -98,12 +97,12 @@ async def test_a_live_call_is_accepted_greeted_steered_and_hung_up_after_the_goo
 
 
 async def test_the_hang_up_waits_for_the_session_clock_not_a_gap_in_the_reflections(profile):
-    # A 600 ms gap in the goodbye's reflections: longer than the quiet the hang-up waits for.
-    script = LiveScript(goodbye_ms=1800, gap_ms=1200, dtmf="")
+    # A 1.2 s gap in the goodbye's reflections (1.0-2.2 s of 3 s): longer than the quiet the hang-up waits for.
+    script = LiveScript(goodbye_ms=3000, gap_ms=1200, dtmf="")
     async with LiveSipPeer(script) as peer, running_app(app_settings(peer), profile) as (app, host):
         s = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
         await asyncio.wait_for(s.ended.wait(), 15)
-    assert s.hung_up_ms is not None and s.hung_up_ms >= s.goodbye_end_ms
+    assert s.hung_up_ms is not None and s.hung_up_ms >= s.speech_end_ms == s.goodbye_end_ms
 
 
 async def test_session_closed_ends_the_call_with_its_reason(profile, tmp_path):

@@ -478,8 +478,12 @@ class Call:
             return [Record("usage", {**event.usage, "final": True, "reason": event.reason}),
                     *self._end(f"session closed: {event.reason}",
                                abnormal=event.reason not in live_sip.NORMAL_CLOSE_REASONS)]
-        if isinstance(event, rt.TimedTranscript):  # the caller's words were said before they arrive
-            self.reflected.clock(event.end_ms, now)
+        if isinstance(event, rt.TimedTranscript) and self.capabilities is live_sip.capabilities:
+            if event.speaker == "agent":  # the words' range: speech, even where reflections have gaps
+                self.reflected.reflected(event.start_ms, event.end_ms, now)
+                self._agent_audible = True
+            else:  # the caller's words were said before they arrive
+                self.reflected.clock(event.end_ms, now)
             return None
         if isinstance(event, sideband.AgentAudioStarted):
             self._agent_audible = True

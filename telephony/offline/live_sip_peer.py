@@ -86,6 +86,7 @@ class LiveSession:
     referred_to: list[str] = field(default_factory=list)
     hung_up_ms: float | None = None  # session clock at the hang-up request
     goodbye_end_ms: int | None = None  # the last end_ms reflected
+    speech_end_ms: int | None = None  # where the latest speech ends, reflected yet or not
     received: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)  # client messages the SDK's models refuse
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -249,6 +250,7 @@ class LiveSipPeer:
     async def _speak(self, s: LiveSession, words: str, ms: int, gap_at: int | None = None) -> None:
         """Reflects ``ms`` of agent audio at playout pace, its words as one transcript delta."""
         start = int(self._now_ms(s))
+        s.speech_end_ms = start + ms
         await self._send(s, {"type": "session.output_transcript.delta", "event_id": _eid(), "delta": words,
                              "start_ms": start, "end_ms": start + ms})
         for at in range(0, ms, CHUNK_MS):
