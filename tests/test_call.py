@@ -220,6 +220,36 @@ def test_realtime_drop_reconnects_once_then_ends_abnormally(profile):
     assert [a for a in actions if isinstance(a, EndStream)][0].abnormal
 
 
+def test_a_refusal_close_4000_is_never_retried(profile):
+    call = started_call(profile)
+    actions = call.on_realtime_closed("closed by the provider (4000: invalid_request_error.x)", close_code=4000)
+    assert not any(isinstance(a, OpenRealtime) for a in actions)
+    end = [a for a in actions if isinstance(a, EndStream)][0]
+    assert end.abnormal and "4000" in end.reason and "REALTIME_DIALECT" not in end.reason
+
+
+def test_a_retired_beta_shape_names_the_setting_to_change(profile, caplog):
+    call = started_call(profile)
+    actions = call.on_realtime(rt.RealtimeError("invalid_request_error", "beta_api_shape_disabled",
+                                                "The Realtime Beta API is no longer supported.", None), 1.0)
+    end = [a for a in actions if isinstance(a, EndStream)][0]
+    assert end.abnormal and "REALTIME_DIALECT=ga" in end.reason
+    # The close 4000 that follows is not a second report, nor a reconnect.
+    assert call.on_realtime_closed("closed by the provider (4000: invalid_request_error.beta_api_shape_disabled)",
+                                   close_code=4000) == []
+    assert [r.getMessage().count("REALTIME_DIALECT=ga") for r in caplog.records] == [1]
+
+
+def test_a_sip_sideband_refused_with_4000_hangs_up_rather_than_reconnects(profile):
+    call = Call(profile, carries_media=False)
+    call.begin("rtc_1", {"call_sid": "rtc_1"}, 0.0)
+    call.on_realtime_open(0.1)
+    actions = call.on_realtime_closed("closed by the provider (4000: invalid_request_error.beta_api_shape_disabled)",
+                                      close_code=4000)
+    assert not any(isinstance(a, OpenRealtime) for a in actions)
+    assert [type(a).__name__ for a in actions] == ["HangUp"] and "REALTIME_DIALECT=ga" in actions[0].reason
+
+
 def test_connect_failure_ends_at_once(profile):
     call = Call(profile)
     call.on_twilio(tw.Start("MZ1", "CA1"), 0.0)

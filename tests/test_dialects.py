@@ -129,3 +129,21 @@ def test_serialize_matches_encode_and_escapes_passthrough_payloads(dialect):
     others = (rt.CreateResponse("Say hi."),) if dialect == "live" else (rt.CancelResponse(), rt.TruncateItem("item_1", 120))
     for command in (rt.AppendAudio("//8A/w=="), rt.AppendAudio('x","type":"response.create'), *others):
         assert json.loads(module.serialize(command)) == module.encode(command)
+
+
+async def test_doctor_warns_that_openai_refuses_the_beta_dialect():
+    import io
+
+    from telephony.ops.doctor import run_doctor
+    from telephony.settings import Settings
+
+    out = io.StringIO()
+    await run_doctor(Settings(twilio_validate_signatures=False, realtime_api_key="k", realtime_dialect="beta",
+                              realtime_url="wss://api.openai.com/v1/realtime"), connect=False, out=out)
+    line = [x for x in out.getvalue().splitlines() if x.startswith("Realtime dialect:")][0]
+    assert "WARNING" in line and "REALTIME_DIALECT=ga" in line and "retired" in line
+    for dialect, url in (("ga", "wss://api.openai.com/v1/realtime"), ("beta", "wss://proxy.example.com/v1/realtime")):
+        out = io.StringIO()
+        await run_doctor(Settings(twilio_validate_signatures=False, realtime_api_key="k", realtime_dialect=dialect,
+                                  realtime_url=url), connect=False, out=out)
+        assert "REALTIME_DIALECT=ga" not in out.getvalue()

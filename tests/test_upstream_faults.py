@@ -267,3 +267,23 @@ async def test_attached_consumer_gets_messages_in_order_and_its_failure_ends_the
             assert upstream.is_closing  # a consumer that failed closes the socket, not just itself
         finally:
             await upstream.close()
+
+
+# --- A provider that retired the protocol we speak ---
+
+
+async def test_a_retired_beta_shape_ends_the_stream_at_once_with_the_fix_and_no_reconnect(caplog):
+    # As api.openai.com answers since May 2026: error beta_api_shape_disabled, then close 4000.
+    async with ScriptedRealtimeServer(Script(beta_retired=True)) as server, \
+            running_app(settings_for(server)) as (app, host):
+        sim = simulated_call(app, host, caller_audio=ulaw_silence(5.0), hang_up=False)
+        result = await sim.run()
+        await closed(server)
+    assert len(server.connections) == 1  # a 4000 is final: no second try
+    assert result.closed_by_bridge_at is not None and result.closed_by_bridge_at < 1.0  # the fallback at once
+    fixes = [r for r in caplog.records if "REALTIME_DIALECT=ga" in r.getMessage()]
+    assert len(fixes) == 1 and fixes[0].levelno == logging.ERROR
+    assert f"call {sim.call_sid}: " in fixes[0].getMessage() and "beta_api_shape_disabled" in fixes[0].getMessage()
+    assert "reconnecting" not in caplog.text
+    assert "no longer supported" not in caplog.text  # the provider's message is replaced by what to do
+

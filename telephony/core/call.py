@@ -32,9 +32,11 @@ from telephony.core.function_tools import FunctionTool
 from telephony.core.pacing import AgentPacer
 from telephony.core.playout import PlayoutLedger, Unheard
 from telephony.core.profile import Profile
+from telephony.core.reflected import ReflectedPlayout
 from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
 from telephony.core.turns import Turn, TurnGrouper
 from telephony.core.vad import EnergyVad
+from telephony.wire import live_sip
 from telephony.wire import openai_sip as sideband
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw
@@ -100,7 +102,8 @@ class Call:
         self._opened_at: float | None = None  # when the upstream socket opened, until it is ready
         # Without truncate: agent audio paced to real time, the caller heard by our own VAD, and
         # transcripts grouped into turns from their timeline.
-        paced = not self.capabilities.truncate
+        paced = not self.capabilities.truncate and carries_media  # without media the SIP side plays
+        self.reflected = ReflectedPlayout()  # Live SIP: what the caller heard, by the session clock
         self.pacer = AgentPacer() if paced else None
         self.vad = EnergyVad() if paced else None
         self.turns = TurnGrouper()
@@ -314,13 +317,24 @@ class Call:
                 config.turn_detection, create_response=False, interrupt_response=False))
         return config
 
-    def on_realtime_closed(self, reason: str, call_over: bool = False) -> list[Action]:
+    def on_realtime_closed(self, reason: str, call_over: bool = False,
+                           close_code: int | None = None) -> list[Action]:
         """The upstream socket closed, or never opened. A drop mid-call is retried once.
-        ``call_over``: a sideband the server closed cleanly, as it does when the call ends."""
+        ``call_over``: a sideband the server closed cleanly, as it does when the call ends.
+        ``close_code``: the provider's close frame's code; a refusal (4000) is never retried."""
         was_open, self.realtime_open = self.realtime_open, False
         self._session_ready = not self.capabilities.ready_first
         if self.ended:
             return []
+        if close_code == rt.FINAL_CLOSE_CODE:  # a reconnect would get the same answer
+            if rt.RETIRED_SHAPE_CODE in reason:
+                log.error("call %s: %s", self.call_sid, rt.RETIRED_SHAPE_FIX)
+                reason = rt.RETIRED_SHAPE_FIX
+            else:
+                log.error("call %s: Realtime refused the session (%s); not retried", self.call_sid, reason)
+            if not self.carries_media:  # the call goes on at OpenAI: hang it up rather than leave it unsteered
+                return [HangUp(f"Realtime refused: {reason}", abnormal=True)]
+            return self._end(f"Realtime refused: {reason}", abnormal=True)
         if not self.carries_media:
             return self._sideband_closed(reason, was_open, call_over)
         if was_open and self._reconnects_left > 0:
@@ -381,7 +395,8 @@ class Call:
             else:
                 self._transcripts[item] = [text]
 
-    def on_realtime(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action]:
+    def on_realtime(self, event: rt.Event | sideband.SidebandEvent | live_sip.SidebandEvent,
+                    now: float) -> list[Action]:
         if self.ended:
             return []
         if not self.carries_media:
@@ -451,8 +466,25 @@ class Call:
             return [Record("usage", {**event.usage, "final": event.final})]
         return []
 
-    def _on_sideband(self, event: rt.Event | sideband.SidebandEvent, now: float) -> list[Action] | None:
+    def _on_sideband(self, event: rt.Event | sideband.SidebandEvent | live_sip.SidebandEvent,
+                     now: float) -> list[Action] | None:
         """What a call without media does differently; None: handle the event as usual."""
+        if isinstance(event, live_sip.AgentAudioReflected):  # heard once the session clock passes it
+            self.reflected.reflected(event.start_ms, event.end_ms, now)
+            self._agent_audible = True
+            return []
+        if isinstance(event, live_sip.SessionClosed):
+            log.info("call %s: session closed: %s", self.call_sid, event.reason)
+            return [Record("usage", {**event.usage, "final": True, "reason": event.reason}),
+                    *self._end(f"session closed: {event.reason}",
+                               abnormal=event.reason not in live_sip.NORMAL_CLOSE_REASONS)]
+        if isinstance(event, rt.TimedTranscript) and self.capabilities is live_sip.capabilities:
+            if event.speaker == "agent":  # the words' range: speech, even where reflections have gaps
+                self.reflected.reflected(event.start_ms, event.end_ms, now)
+                self._agent_audible = True
+            else:  # the caller's words were said before they arrive
+                self.reflected.clock(event.end_ms, now)
+            return None
         if isinstance(event, sideband.AgentAudioStarted):
             self._agent_audible = True
             return []
@@ -709,12 +741,21 @@ class Call:
         action, deadline = self._after_playout
         done = (not self._agent_busy() and not self._respond_when_done
                 and not self.ledger.unplayed and not self._agent_audible and not (self.pacer is not None and (
-                    self.pacer.holding or now - self._agent_active_at < QUIET_BEFORE_AFTER_PLAYOUT_S)))
+                    self.pacer.holding or now - self._agent_active_at < QUIET_BEFORE_AFTER_PLAYOUT_S))
+                and not self._goodbye_may_follow(now))
         if not done and now < deadline:
             return []
         self._after_playout = None
         return [Record("after_playout", {"action": type(action).__name__, "timed_out": not done}),
                 action]
+
+    def _goodbye_may_follow(self, now: float) -> bool:
+        """Live SIP: a delegated end_call often comes before the goodbye is spoken, and no event
+        announces speech: wait a quiet second after the tool call and the last reflection."""
+        if self.carries_media or self.capabilities.responses:
+            return False
+        last = max(self._agent_active_at, self.reflected.last_reflected_at or 0.0)
+        return now - last < QUIET_BEFORE_AFTER_PLAYOUT_S
 
     def on_answered_by(self, answered_by: str, now: float) -> list[Action]:
         """Twilio's async answering-machine detection has a verdict for this outbound call."""
@@ -877,6 +918,10 @@ class Call:
             self._transcripts[item_id] = [text[:cut]]
 
     def _on_error(self, event: rt.RealtimeError) -> list[Action]:
+        if event.retired:  # one line that says what to change, not the provider's message
+            log.error("call %s: %s", self.call_sid, rt.RETIRED_SHAPE_FIX)
+            return [Record("realtime_error", {"type": event.type, "code": event.code}),
+                    *self._end(f"Realtime refused: {rt.RETIRED_SHAPE_FIX}", abnormal=True)]
         # Our cancel racing the server's own VAD cancel is expected, not a fault.
         level = logging.INFO if event.benign else logging.ERROR
         log.log(level, "call %s: Realtime error %s/%s (event %s): %s", self.call_sid, event.type,
@@ -906,10 +951,22 @@ class Call:
         if self.pacer is not None:
             actions += self._release(now)
             actions += [self._turn_record(turn, now) for turn in self.turns.due(self._input_ms)]
+        if not self.carries_media:
+            actions += self._reflected_tick(now)
         actions += self._decide_pause(now) + self._check_after_playout(now) + self._tool_filler(now)
         if (name := self.ledger.due(now)) is not None:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
+
+    def _reflected_tick(self, now: float) -> list[Action]:
+        """Live SIP: the agent falls silent when the session clock passes its last reflected audio,
+        and a turn closes after its gap on that clock."""
+        if self._agent_audible and self.reflected.last_end_ms is not None and not self.reflected.playing(now):
+            self._agent_audible = False
+        position = self.reflected.session_ms(now)
+        if position is None:
+            return []
+        return [self._turn_record(turn, now) for turn in self.turns.due(position)]
 
     def _flush_dtmf(self, now: float) -> list[Action]:
         if not self._dtmf or now - self._dtmf_last < DTMF_GAP_S:

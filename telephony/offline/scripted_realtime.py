@@ -15,6 +15,7 @@ raw (malformed, unknown, error) events.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class Script:
     drop_after: int | None = None  # then drop the TCP connection without a close frame
     drop_connections: int = 1  # how many connections (the first ones) drop_after applies to
     inject: tuple[tuple[int, str], ...] = ()  # (after n client messages, raw text to send)
+    # Answer a beta-shaped session (header OpenAI-Beta) as api.openai.com does since May 2026:
+    # an error beta_api_shape_disabled, then a close 4000 (PROTOCOLS.md, "Realtime beta shutdown").
+    beta_retired: bool = False
 
     # Response number → (function name, JSON arguments) called after that response's audio.
     tool_calls: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -124,6 +128,19 @@ class Connection:
         (self.received if direction == "client" else self.sent).append(event)
 
 
+BETA_RETIRED_ERROR = {
+    "type": "error", "event_id": "event_retired",
+    "error": {"type": "invalid_request_error", "code": "beta_api_shape_disabled",
+              "message": "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API.",
+              "param": None, "event_id": None}}
+
+
+async def _refuse_beta_shape(ws: ServerConnection, conn: Connection) -> None:
+    conn.observe("server", BETA_RETIRED_ERROR)
+    await ws.send(json.dumps(BETA_RETIRED_ERROR))
+    await ws.close(4000, "invalid_request_error.beta_api_shape_disabled")
+
+
 class ScriptedRealtimeServer:
     """``async with ScriptedRealtimeServer() as server:`` → ``server.url`` to point the bridge at."""
 
@@ -183,6 +200,9 @@ class ScriptedRealtimeServer:
     async def _run(self, ws: ServerConnection, engine: RealtimeEngine, conn: Connection, index: int) -> None:
         """``run_session`` with the script's faults: injected raw events, drops and stalls."""
         script, inject = self.script, sorted(self.script.inject)
+        if script.beta_retired and "openai-beta" in conn.headers:
+            await _refuse_beta_shape(ws, conn)
+            return
 
         async def faults(n: int, session: ServedSession) -> bool:
             while inject and inject[0][0] <= n:

@@ -78,6 +78,15 @@ def _twilio_account(settings: Settings, out: TextIO, http_client: HttpClient | N
     return True
 
 
+def _retired_dialect(settings: Settings) -> str | None:
+    """Why the dialect cannot work at REALTIME_URL: api.openai.com refuses the beta shape (error
+    beta_api_shape_disabled, close 4000) on every call since May 2026."""
+    if settings.realtime_dialect == "beta" and settings.realtime_provider_is_openai():
+        return ("api.openai.com has retired the Realtime beta protocol and refuses every such session; "
+                "set REALTIME_DIALECT=ga")
+    return None
+
+
 def _api_key(settings: Settings) -> str:
     if settings.realtime_api_key:
         return "set"
@@ -89,11 +98,13 @@ def _api_key(settings: Settings) -> str:
 async def run_doctor(settings: Settings, connect: bool, out: TextIO,
                      twilio_http: HttpClient | None = None) -> int:
     dialect = DIALECTS[settings.realtime_dialect]
-    print(f"Realtime URL:     {realtime_client.realtime_url(settings, dialect=dialect)}", file=out)
-    print(f"Realtime dialect: {settings.realtime_dialect}", file=out)
+    url = realtime_client.realtime_url(settings, dialect=dialect)
+    print(f"Realtime URL:     {url}", file=out)
+    retired = _retired_dialect(settings)
+    print(f"Realtime dialect: {settings.realtime_dialect}" + (f"  WARNING: {retired}" if retired else ""), file=out)
     print(f"Audio codec:      {settings.audio_codec}", file=out)
     print(f"API key:          {_api_key(settings)}", file=out)
-    ok = _public_url(settings, out)
+    ok = _public_url(settings, out)  # a retired dialect warns: it may be on purpose, against a proxy
     ok = await asyncio.to_thread(_twilio_account, settings, out, twilio_http) and ok
     ok = await _traces(settings, connect, out) and ok
     if not connect:

@@ -317,7 +317,7 @@ class Bridge:
             reason = _describe(exc)
         upstream, self._upstream = self._upstream, None
         await _close_quietly(upstream)
-        self.dispatch(self.call.on_realtime_closed(reason))
+        self.dispatch(self.call.on_realtime_closed(reason, close_code=getattr(upstream, "close_code", None)))
 
     def _on_realtime_message(self, text: str) -> None:
         arrived = self.now()

@@ -1,15 +1,19 @@
 """OpenAI's SIP route: OpenAI answers the call and plays the audio; we accept it and steer it.
 
-``POST /openai/sip`` takes OpenAI's signed webhooks (verified by the openai package). For a
-``realtime.call.incoming`` it picks the profile from the SIP ``To`` header, then accepts the call
-with the profile's session (or rejects it with 486 while draining or at the call limit), and runs
-the call from the same Call core as a Twilio call, over the sideband websocket: greeting, tools
-(hang-up only once the goodbye has stopped playing, transfer by SIP REFER, and the business tools
-through the same runner as a Twilio stream's), keypad digits, transcripts. No audio passes
-through this process.
+``POST /openai/sip`` takes OpenAI's signed webhooks (verified by the openai package) and answers
+either engine OpenAI's SIP trunk offers: ``realtime.call.incoming`` as a Realtime session
+(``/v1/realtime/calls/{rtc_…}``, GA sideband), ``live.transport.incoming`` (or the deprecated
+``live.call.incoming``) as a GPT-Live session (``/v1/live/sessions/{live_…}``, ``/attach``
+sideband). It picks the profile from the SIP ``To`` header, then accepts the call with the
+profile's session (or rejects it with 486 while draining or at the call limit), and runs the call
+from the same Call core as a Twilio call, over the sideband websocket: greeting, tools (hang-up
+only once the goodbye has been heard, transfer by SIP REFER, and the business tools through the
+same runner as a Twilio stream's), keypad digits, transcripts. No audio passes through this process.
 
 Several instances may receive the same webhook (OpenAI redelivers until it sees a 2xx): the call
-id is claimed in the shared state, so one of them accepts it. A call's place under
+id is claimed in the shared state, so one of them accepts it. One INVITE fires both engines'
+events when the endpoint subscribes to both: its SIP Call-ID is claimed too, so the first event
+chooses the engine and the other is acknowledged and nothing else. A call's place under
 MAX_CONCURRENT_CALLS is held before the accept is awaited, and MAX_TOTAL_CALLS and GET /calls
 count these calls as they do Twilio's. A sideband that drops is reopened once; a call that can no
 longer be steered is hung up.
@@ -19,12 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Callable
 
 import openai
-from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
+from openai.types.webhooks import (
+    LiveCallIncomingWebhookEvent,
+    LiveTransportIncomingWebhookEvent,
+    RealtimeCallIncomingWebhookEvent,
+)
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -46,6 +55,7 @@ from telephony.serve.telemetry import CallObserver
 from telephony.serve.tools import CallTools, ToolRunner
 from telephony.serve.transcripts import TranscriptHub
 from telephony.settings import Settings
+from telephony.wire import live_sip
 from telephony.wire import openai_sip as wire
 from telephony.wire import realtime as rt
 
@@ -64,6 +74,67 @@ HELD_LIMIT = 200  # sideband messages kept while it reconnects (tool outputs, ke
 
 # The profile for a call, from the URI of its SIP To header; None: no profile answers there.
 ProfileChooser = Callable[[str], Profile | None]
+
+
+class RealtimeEngine:
+    """A call accepted as a Realtime session: ``/v1/realtime/calls/{rtc_…}``, GA sideband."""
+
+    name = "ga"
+    dialect = wire
+
+    def __init__(self, client: openai.AsyncOpenAI, settings: Settings, base_url: str) -> None:
+        self.client, self.settings, self.base_url = client, settings, base_url
+
+    def new_call(self, profile: Profile) -> Call:
+        return Call(profile, carries_media=False)
+
+    def accept(self, call_id: str, call: Call):
+        session = wire.accept_session(call.session_config(), self.settings.openai_sip_model)
+        return self.client.realtime.calls.accept(call_id, **session)
+
+    def reject(self, call_id: str, status: int):
+        return self.client.realtime.calls.reject(call_id, status_code=status)
+
+    def hangup(self, call_id: str):
+        return self.client.realtime.calls.hangup(call_id)
+
+    def refer(self, call_id: str, target: str):
+        return self.client.realtime.calls.refer(call_id, target_uri=target)
+
+    def sideband_url(self, call_id: str) -> str:
+        return wire.sideband_url(self.base_url, call_id)
+
+
+class LiveEngine(RealtimeEngine):
+    """A call accepted as a GPT-Live session: ``/v1/live/sessions/{live_…}``, ``/attach`` sideband."""
+
+    name = "live"
+    dialect = live_sip
+
+    def model(self) -> str:
+        """REALTIME_MODEL when it names a Live model (REALTIME_DIALECT=live), else OpenAI's default."""
+        s = self.settings
+        return s.realtime_model if s.realtime_dialect == "live" and s.realtime_model else live_sip.DEFAULT_MODEL
+
+    def new_call(self, profile: Profile) -> Call:
+        return Call(profile, carries_media=False, capabilities=live_sip.capabilities, model=self.model(),
+                    delegation_model=self.settings.live_delegation_model)
+
+    def accept(self, call_id: str, call: Call):
+        return self.client.live.sessions.accept(call_id, session=live_sip.accept_session(call.session_config(),
+                                                                                         self.model()))
+
+    def reject(self, call_id: str, status: int):
+        return self.client.live.sessions.reject(call_id, status_code=status)
+
+    def hangup(self, call_id: str):
+        return self.client.live.sessions.hangup(call_id)
+
+    def refer(self, call_id: str, target: str):
+        return self.client.live.sessions.refer(call_id, target_uri=target)
+
+    def sideband_url(self, call_id: str) -> str:
+        return live_sip.attach_url(self.base_url, call_id)
 
 
 class OpenAISipRoute:
@@ -91,6 +162,8 @@ class OpenAISipRoute:
         self.client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url,
                                          webhook_secret=settings.openai_webhook_secret or None,
                                          max_retries=1, timeout=REST_TIMEOUT_S)
+        self.engines = {"ga": RealtimeEngine(self.client, settings, self.base_url),
+                        "live": LiveEngine(self.client, settings, self.base_url)}
         self._tasks: set[asyncio.Task] = set()
 
     def routes(self) -> list[Route]:
@@ -112,31 +185,41 @@ class OpenAISipRoute:
             log.warning("OpenAI webhook refused: %s", exc)
             return _error(400, f"malformed webhook: {exc}")
         kind = getattr(event, "type", None)
-        if kind != wire.INCOMING:
+        model = _INCOMING_MODELS.get(kind)
+        if model is None:
             log.info("OpenAI webhook %s ignored", kind)
             return Response(status_code=200)
         try:
-            incoming = RealtimeCallIncomingWebhookEvent.model_validate_json(body)
+            incoming = model.model_validate_json(body)
         except ValidationError as exc:
-            return _error(400, f"malformed {wire.INCOMING}: {exc.error_count()} field error(s)")
-        return await self._incoming(incoming)
+            return _error(400, f"malformed {kind}: {exc.error_count()} field error(s)")
+        if isinstance(incoming, RealtimeCallIncomingWebhookEvent):
+            return await self._incoming(self.engines["ga"], incoming.data.call_id, incoming)
+        return await self._incoming(self.engines["live"], incoming.data.session_id, incoming)
 
-    async def _incoming(self, event: RealtimeCallIncomingWebhookEvent) -> Response:
-        call_id = event.data.call_id
+    async def _incoming(self, engine: RealtimeEngine, call_id: str, event) -> Response:
         if not await self.state.claim(_claim_key(call_id), CLAIM_TTL_S):  # OpenAI redelivers until it sees a 2xx
             log.info("call %s: webhook %s repeated; already handled here or on another instance", call_id, event.id)
             return Response(status_code=200)
+        headers = [h.model_dump() for h in event.data.sip_headers]
+        # One INVITE fires both realtime.call.incoming and live.transport.incoming when both are
+        # subscribed: the first to arrive chooses the engine, by the INVITE's SIP Call-ID.
+        invite = wire.header(headers, "Call-ID")
+        if invite and not await self.state.claim(_invite_key(invite), CLAIM_TTL_S):
+            log.info("call %s: SIP call %s already answered through the other API; %s acknowledged only",
+                     call_id, invite[:80], event.type)
+            return Response(status_code=200)
+        claims = (_claim_key(call_id), *((_invite_key(invite),) if invite else ()))
         place = self.calls.reserve()  # before any await: a burst of webhooks cannot overshoot the limit
         try:
-            return await self._answer(event, place)
+            return await self._answer(engine, call_id, headers, claims, place)
         finally:
             if place is not None:
                 place.release()  # a no-op once the call took it
 
-    async def _answer(self, event: RealtimeCallIncomingWebhookEvent, place: Place | None) -> Response:
+    async def _answer(self, engine: RealtimeEngine, call_id: str, headers: list[dict], claims: tuple[str, ...],
+                      place: Place | None) -> Response:
         """Accepts the call into the place held for it, or rejects it (no place: busy)."""
-        call_id = event.data.call_id
-        headers = [h.model_dump() for h in event.data.sip_headers]
         to = wire.address(wire.header(headers, "To"))
         busy = None if place is not None else self.calls.accepting() or "busy"
         profile = None if busy else self.choose_profile(to)
@@ -146,27 +229,26 @@ class OpenAISipRoute:
         if busy or profile is None:
             log.warning("call %s: rejected (%s)", call_id, busy or f"no profile answers {to!r}")
             status = wire.BUSY_HERE if busy else wire.NOT_FOUND
-            failed = await self._rest(call_id, "reject", self.client.realtime.calls.reject(call_id, status_code=status))
+            failed = await self._rest(call_id, "reject", engine.reject(call_id, status), claims)
             return failed or Response(status_code=200)
         parameters = {"call_sid": call_id, "from": wire.address(wire.header(headers, "From")), "to": to,
                       "direction": "inbound",
                       **sip.header_parameters(sip.select_headers(
                           profile.sip_headers, ((h["name"], h["value"]) for h in headers)))}
-        call = Call(profile, carries_media=False)
+        call = engine.new_call(profile)
         starting = call.begin(call_id, parameters, time.monotonic())
-        session = wire.accept_session(call.session_config(), self.settings.openai_sip_model)
-        failed = await self._rest(call_id, "accept", self.client.realtime.calls.accept(call_id, **session))
+        failed = await self._rest(call_id, "accept", engine.accept(call_id, call), claims)
         if failed is not None:
             return failed
-        log.info("call %s: accepted for %s", call_id, to)
-        sideband = SidebandCall(self, call, starting)
+        log.info("call %s: accepted (%s) for %s", call_id, engine.name, to)
+        sideband = SidebandCall(self, call, starting, engine)
         place.fill(sideband)  # held since the webhook arrived
         task = asyncio.create_task(sideband.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return Response(status_code=200)
 
-    async def _rest(self, call_id: str, verb: str, request) -> Response | None:
+    async def _rest(self, call_id: str, verb: str, request, claims: tuple[str, ...]) -> Response | None:
         """One REST call about ``call_id``: None when it went through, else the webhook's answer.
         On a failure the call id's claim is given up, so that OpenAI's redelivery of the webhook
         tries again (here or on another instance)."""
@@ -177,13 +259,17 @@ class OpenAISipRoute:
             return Response(status_code=200)
         except openai.APIStatusError as exc:
             log.error("call %s: OpenAI refused %s: HTTP %s", call_id, verb, exc.status_code)
-            await self.state.release(_claim_key(call_id))
+            await self._release(claims)
             return _error(502, f"OpenAI refused {verb}: HTTP {exc.status_code}")
         except openai.APIError as exc:  # unreachable, timed out
             log.error("call %s: %s failed: %s", call_id, verb, type(exc).__name__)
-            await self.state.release(_claim_key(call_id))
+            await self._release(claims)
             return _error(502, f"{verb} failed: {type(exc).__name__}")
         return None
+
+    async def _release(self, claims: tuple[str, ...]) -> None:
+        for key in claims:
+            await self.state.release(key)
 
     async def close(self) -> None:
         """Stops following the calls (they go on at OpenAI without tools); the REST client closes."""
@@ -197,8 +283,10 @@ class SidebandCall:
     """The shell around one call without media: the sideband socket, the clock, REST control,
     the business tools."""
 
-    def __init__(self, route: OpenAISipRoute, call: Call, starting: list[Action]) -> None:
+    def __init__(self, route: OpenAISipRoute, call: Call, starting: list[Action],
+                 engine: RealtimeEngine | None = None) -> None:
         self.route = route
+        self.engine = engine or route.engines["ga"]
         self.call = call
         self.call_id = call.call_sid or ""
         self.tools = CallTools(route.tools, call)
@@ -216,9 +304,9 @@ class SidebandCall:
     async def run(self) -> None:
         """Serves the call until it ends; the route has already registered it in its CallRegistry."""
         route = self.route
+        trace = route.tracing.call(ROUTE, self.engine.name, audio=False) if route.tracing else None
         self._observer = CallObserver(route.metrics, route.settings.call_records_dir, logs.bind_call(), route=ROUTE,
-                                      history=route.history(),
-                                      trace=route.tracing.call(ROUTE, "ga", audio=False) if route.tracing else None)
+                                      history=route.history(), trace=trace)
         transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
         # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.
@@ -254,7 +342,7 @@ class SidebandCall:
     def dispatch(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, ToRealtime):
-                self._send(wire.serialize(action.command))
+                self._send(self.engine.dialect.serialize(action.command))
             elif isinstance(action, Record):
                 self._observer.on_record(self.call, action)
                 if action.kind == "transcript":
@@ -281,7 +369,7 @@ class SidebandCall:
         self._tasks.append(asyncio.create_task(coro))
 
     async def _pump(self) -> None:
-        url = wire.sideband_url(self.route.base_url, self.call_id)
+        url = self.engine.sideband_url(self.call_id)
         headers = {"Authorization": f"Bearer {self.route.api_key}"}
         try:
             sideband = await realtime_client.connect_to(url, headers, self.route.settings)
@@ -306,12 +394,13 @@ class SidebandCall:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sideband.close(), CLOSE_TIMEOUT_S)
         over = getattr(sideband, "close_code", None) == NORMAL_CLOSURE
-        self.dispatch(self.call.on_realtime_closed(reason, call_over=over))
+        self.dispatch(self.call.on_realtime_closed(reason, call_over=over,
+                                                   close_code=getattr(sideband, "close_code", None)))
 
     def _on_message(self, text: str) -> None:
         self._observer.received("realtime")
         try:
-            event = wire.decode(text)
+            event = self.engine.dialect.decode(text)
         except rt.RealtimeProtocolError as exc:
             log.warning("call %s: bad sideband message: %s", self.call_id, exc)
             return
@@ -333,16 +422,15 @@ class SidebandCall:
         self.dispatch(self.call.on_tool_result(action.call_id, output, self.now(), outcome))
 
     async def _control(self, action: HangUp | Transfer) -> None:
-        calls = self.route.client.realtime.calls
         try:
             if isinstance(action, HangUp):
                 log.info("call %s: hanging up: %s", self.call_id, action.loggable)
-                await calls.hangup(self.call_id)
+                await self.engine.hangup(self.call_id)
                 self.dispatch(self.call.on_hung_up(action.reason, action.abnormal))
             else:
                 target = sip.refer_uri(action.number)
                 log.info("call %s: transferring to %s (SIP REFER)", self.call_id, target)
-                await calls.refer(self.call_id, target_uri=target)
+                await self.engine.refer(self.call_id, target)
                 self.dispatch([Record("transferred", {"target": target})])
         except openai.APIError as exc:
             status = getattr(exc, "status_code", None)
@@ -354,6 +442,16 @@ class SidebandCall:
 
 def _claim_key(call_id: str) -> str:
     return f"openai_sip:{call_id}"
+
+
+def _invite_key(sip_call_id: str) -> str:
+    """The INVITE both engines' events came from (its SIP Call-ID: untrusted text, so hashed)."""
+    return "openai_sip:invite:" + hashlib.sha256(sip_call_id.encode()).hexdigest()[:32]
+
+
+_INCOMING_MODELS = {wire.INCOMING: RealtimeCallIncomingWebhookEvent,
+                    live_sip.INCOMING: LiveTransportIncomingWebhookEvent,
+                    live_sip.INCOMING_DEPRECATED: LiveCallIncomingWebhookEvent}
 
 
 def _error(status: int, message: str) -> JSONResponse:

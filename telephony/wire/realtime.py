@@ -288,13 +288,26 @@ class RealtimeError:
         return (self.type in FATAL_ERROR_TYPES or (self.code or "") in FATAL_ERROR_CODES)
 
     @property
+    def retired(self) -> bool:
+        """The provider no longer speaks the protocol shape we spoke: no session will ever start."""
+        return self.code == RETIRED_SHAPE_CODE
+
+    @property
     def benign(self) -> bool:
         """Expected races: our cancel after the server's own VAD cancel, a commit of nothing."""
         return (self.code or "") in BENIGN_ERROR_CODES
 
 
 FATAL_ERROR_TYPES = frozenset({"server_error", "authentication_error", "permission_error"})
-FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficient_quota"})
+# api.openai.com answers a beta-shaped session (header ``OpenAI-Beta: realtime=v1``) so since
+# May 2026, then closes with FINAL_CLOSE_CODE (PROTOCOLS.md, "Realtime beta shutdown").
+RETIRED_SHAPE_CODE = "beta_api_shape_disabled"
+# A close for a refused request: reconnecting gets the same answer.
+FINAL_CLOSE_CODE = 4000
+# What to change when the provider retired the beta shape (OpenAI and Azure speak GA).
+RETIRED_SHAPE_FIX = ("the provider has retired the Realtime beta protocol (beta_api_shape_disabled): "
+                     "set REALTIME_DIALECT=ga (OpenAI, Azure) and restart")
+FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficient_quota", RETIRED_SHAPE_CODE})
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 
 
