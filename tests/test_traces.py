@@ -41,6 +41,20 @@ parameters = { type = "object", properties = { item = { type = "string" } }, req
 """
 
 
+@pytest.fixture(autouse=True)
+def exporters_finish(monkeypatch):
+    """An exporter left retrying a refusing or hung collector after its test logs an ERROR later,
+    in whatever test runs next in this process: each test waits for its exporters' threads."""
+    import threading
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds: a hung export gives up soon
+    before = set(threading.enumerate())
+    yield
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.startswith("OtelBatch"):
+            thread.join(15)
+
+
 def settings(server: ScriptedRealtimeServer, collector: str, dialect: str = "beta", **kw) -> Settings:
     return Settings(twilio_validate_signatures=False, realtime_url=server.url, realtime_api_key="sk-test",
                     realtime_dialect=dialect, audio_codec="g711_ulaw", otel_exporter_otlp_endpoint=collector, **kw)
