@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 modules=("$@")
 if [ ${#modules[@]} -eq 0 ]; then
-    modules=(telephony.core.playout telephony.core.call telephony.serve.security telephony.core.audio)
+    modules=(telephony.core.playout telephony.core.call telephony.core.interruptions telephony.serve.security telephony.core.audio)
 fi
 mkdir -p mutants
 for module in "${modules[@]}"; do

@@ -21,19 +21,21 @@ from telephony.core.actions import (
     HangUp,
     OpenRealtime,
     Record,
-    RunTool,
     ToRealtime,
     ToTwilio,
     Transfer,
 )
 from telephony.core.audio import ULAW_BYTES_PER_MS, ModelAudio, make_codec
-from telephony.core.barge_in import RESUME, STOP, BargeInPolicy, ItemEnd, Pause
+from telephony.core.barge_in import BargeInPolicy, ItemEnd, Pause
+from telephony.core.business_tools import BusinessTools
 from telephony.core.function_tools import FunctionTool
+from telephony.core.interruptions import Interruptions
+from telephony.core.paced import PacedAgent
 from telephony.core.pacing import AgentPacer
 from telephony.core.playout import PlayoutLedger, Unheard
 from telephony.core.profile import Profile
 from telephony.core.reflected import ReflectedPlayout
-from telephony.core.tool_calls import FILLER_INSTRUCTIONS, PendingTools, ToolCall, output_text, parse_arguments
+from telephony.core.tool_calls import PendingTools
 from telephony.core.turns import Turn, TurnGrouper
 from telephony.core.vad import EnergyVad
 from telephony.wire import live_sip
@@ -53,9 +55,6 @@ MARK_NAME_LOGGED = 24  # characters of a stranger's mark name in a log line (our
 AFTER_PLAYOUT_TIMEOUT_S = 20.0
 MACHINE_ANSWERS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
 RECONNECTS = 1  # a dropped Realtime socket is reopened this many times per call
-# Without truncate (Live), agent audio arriving while the caller talks over the agent is the
-# interrupted utterance's tail: dropped until the caller stops, but never longer than this.
-MUTE_AFTER_BARGE_IN_S = 3.0
 # A session that must be started (Live) and is not within this long is dead: the caller would
 # otherwise sit in silence. (Connecting has its own, shorter, deadline in the shell.)
 SESSION_START_TIMEOUT_S = 5.0
@@ -75,8 +74,12 @@ class _Response:
     items: dict[str, None] = field(default_factory=dict)  # its audio items, in order (an ordered set)
 
 
-class Call:
+class Call(Interruptions, PacedAgent, BusinessTools):
     """One call's state. Not thread-safe; the shells feed it from one event loop.
+
+    Its modes' parts live in modules of their own, mixed in here: ``core.interruptions`` (the
+    caller speaking over the agent, with truncate), ``core.paced`` (without truncate: Live over
+    a media stream) and ``core.business_tools`` (tools the shell runs).
 
     ``carries_media=False`` is a call whose audio never passes through us (OpenAI's SIP route):
     it starts with ``begin`` instead of a Twilio start, its session was configured when the call
@@ -542,62 +545,6 @@ class Call:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
 
-    # --- Barge-in without truncate: pacing, our own VAD, the server's own interruptions ---
-
-    def _pace(self, item_id: str, chunk: ModelAudio, now: float) -> list[Action]:
-        if self._muted_until is not None and now < self._muted_until:
-            return []  # the tail of the utterance the caller is talking over
-        if not self.pacer.queued(now):
-            self._agent_from_ms = self._input_ms
-        self._agent_active_at = now
-        self.pacer.hold(item_id, chunk)
-        return self._release(now)
-
-    def _release(self, now: float) -> list[Action]:
-        return [action for item, piece in self.pacer.release(now)
-                for action in self._send_agent_audio(item, piece, now)]
-
-    def _listen(self, payload: str, now: float) -> list[Action]:
-        """Our VAD on the caller's frame: speech starting over queued agent audio is a barge-in."""
-        change = self.vad.feed(payload)
-        if change is False:
-            self._muted_until = None
-        elif change is True and (self.pacer.queued(now) or self.ledger.unplayed):
-            self._muted_until = now + MUTE_AFTER_BARGE_IN_S
-            return self._interrupt_agent("caller_speech", now)
-        return []
-
-    def _interrupt_agent(self, cause: str, now: float) -> list[Action]:
-        """Drops the held agent audio and what Twilio has queued; the model is not told."""
-        dropped_ms = self.pacer.drop()
-        actions: list[Action] = []
-        if self.ledger.unplayed:
-            actions.append(ToTwilio(tw.SendClear()))
-            self.ledger.clear()
-            self.codec.interrupted()
-        self.turns.interrupt("agent")
-        log.info("call %s: caller talked over the agent (%s); %.0f ms of held audio dropped",
-                 self.call_sid, cause, dropped_ms)
-        actions.append(Record("barge_in", {"cause": cause, "dropped_ms": round(dropped_ms)}))
-        return actions
-
-    def _on_timed_transcript(self, event: rt.TimedTranscript, now: float) -> list[Action]:
-        actions: list[Action] = []
-        # The caller heard speaking after the agent's queued audio began: the server stops its
-        # output for that itself, so what we still hold or Twilio still plays is stale.
-        if (event.speaker == "caller" and self.pacer is not None and event.end_ms > self._agent_from_ms
-                and self.pacer.queued(now)):
-            actions.extend(self._interrupt_agent("server_heard_caller", now))
-        closed = self.turns.add(event.speaker, event.delta, event.start_ms, event.end_ms)
-        return actions + [self._turn_record(turn, now) for turn in closed]
-
-    def _turn_record(self, turn: Turn, now: float) -> Record:
-        self._turns_said.append(turn)
-        extra: dict[str, Any] = {"start_ms": turn.start_ms, "end_ms": turn.end_ms}
-        if turn.interrupted:
-            extra["interrupted"] = True
-        return self._transcript(turn.speaker, f"{turn.speaker}_{turn.start_ms}", turn.text, now, **extra)
-
     def _on_response_done(self, event: rt.ResponseDone, now: float) -> list[Action]:
         if self._response and self._response.id == event.response_id:
             self._response = None
@@ -637,90 +584,10 @@ class Call:
                 self._respond_when_done = True
         return actions
 
-    # --- Business tools: run by the shell, answered when their output comes back ---
-
-    def add_function_tools(self, found: list[FunctionTool]) -> list[Action]:
-        """Tools found at call time (an MCP server's), offered when the session is configured, or
-        at once if it already is (a call without media: its session came with the accept)."""
-        added = False
-        for tool in found:
-            if tool.name in self._function_tools or tool.name in tools.REGISTRY:
-                log.warning("call %s: tool %r is declared twice; the first one is kept", self.call_sid, tool.name)
-                continue
-            self._function_tools[tool.name] = tool
-            added = True
-        if not added:
-            return []
-        if self.realtime_open and self._session_ready:
-            if self.carries_media and not self.capabilities.late_tools:
-                log.warning("call %s: tools found after the session opened cannot be added in this dialect",
-                            self.call_sid)
-                return []
-            return [ToRealtime(rt.UpdateTools(self.session_config()))]
-        self._tools_unsent = not self.carries_media  # a media session is configured with them as it opens
-        return []
-
-    def _start_tool(self, call_id: str, tool: FunctionTool, arguments: str, now: float) -> list[Action]:
-        args, problem = parse_arguments(arguments)
-        if problem is None:
-            problem = tool.check_arguments(args)
-        if problem is not None:  # the model is told and may try again; nothing reaches the business
-            # Not the problem itself: a validator's message quotes the value (a card number, say).
-            log.info("call %s: tool %s called with invalid arguments", self.call_sid, tool.name)
-            output = {"error": f"invalid arguments: {problem}"}
-            return self._tool_answer(call_id, tool.name, arguments, output, "invalid_arguments", 0.0)
-        self._tool_calls.start(ToolCall(call_id, tool, args, now, self._session_number()))
-        return [RunTool(call_id, tool, args)]
-
-    def on_tool_result(self, call_id: str, output: Any, now: float, outcome: str = "ok") -> list[Action]:
-        """The shell ran a tool: ``output`` is its JSON output (``{"error": ...}`` unless ``outcome`` is "ok")."""
-        running = self._tool_calls.finish(call_id)
-        if running is None or self.ended:
-            return []
-        log.info("call %s: tool %s → %s (%.0f ms)", self.call_sid, running.tool.name, outcome,
-                 (now - running.started) * 1000)
-        return self._tool_answer(call_id, running.tool.name, running.arguments, output, outcome,
-                                 now - running.started, same_session=running.session == self._session_number())
-
-    def _session_number(self) -> int:
-        """Which model session a tool call belongs to. A sideband reconnects to the same session
-        (the server keeps it), so its tool calls' ids stay valid across a reconnect."""
-        return self._sessions if self.carries_media else 1
-
-    def _tool_answer(self, call_id: str, name: str, arguments: Any, output: Any, outcome: str,
-                     latency_s: float, same_session: bool = True) -> list[Action]:
-        """The output to the model, then a response about it (after the one in progress, if any)."""
-        result_key = "output" if outcome == "ok" else "error"
-        result = output if outcome == "ok" else (output.get("error") if isinstance(output, dict) else output)
-        # A session reopened since the call does not know its call id: the output goes as text.
-        answer = (rt.AddFunctionOutput(call_id, output_text(output)) if same_session else
-                  rt.AddUserText(f"(The {name} tool you called has answered: {output_text(output)})"))
-        actions: list[Action] = [
-            ToRealtime(answer),
-            Record("tool_call", {"name": name, "arguments": arguments, result_key: result,
-                                 "outcome": outcome, "latency_ms": round(latency_s * 1000, 1)})]
-        if not self._agent_busy():
-            actions.append(self._create_response())
-        else:
-            self._respond_when_done = True
-        return actions
-
     def _agent_busy(self) -> bool:
         """The agent is talking, about to, or paused by the caller: a new answer waits."""
         return (self._response is not None or self._awaiting_response or self._pause is not None
                 or self._cancelling is not None)
-
-    def _tool_filler(self, now: float) -> list[Action]:
-        """A tool slower than the profile's filler delay: the model says a holding phrase, once."""
-        if not len(self._tool_calls) or not self.realtime_open:
-            return []
-        due = self._tool_calls.due_for_filler(now, self.profile.filler_after_ms / 1000)
-        if not due or self._agent_busy():
-            return []  # the agent is talking already: ask once it is quiet
-        for running in due:
-            running.filler_asked = True
-        return [self._create_response(FILLER_INSTRUCTIONS),
-                Record("tool_filler", {"names": [r.tool.name for r in due]})]
 
     def _by_refer(self, action: Action) -> Action:
         """A transfer to a SIP URI on a call that came in over SIP goes by REFER when the profile
@@ -801,121 +668,10 @@ class Call:
             actions.append(ToTwilio(tw.SendMark(name)))
         return actions
 
-    # --- Barge-in: pause at the caller's first sound, then stop or resume (core.barge_in) ---
-
-    def _on_speech_started(self, event: rt.SpeechStarted, now: float) -> list[Action]:
-        if self._pause is not None:
-            self._pause.new_burst(event.item_id, now)
-            return self._decide_pause(now)
-        if not self.ledger.unplayed and self._response is None:
-            return []  # the agent is silent: an ordinary turn, answered when it is committed
-        return self._pause_agent(event, now)
-
-    def _pause_agent(self, event: rt.SpeechStarted, now: float) -> list[Action]:
-        """The caller stops hearing the agent now; what they had not heard yet is kept, in order."""
-        playing = self.ledger.unplayed_items()
-        heard = {item: min(self.ledger.heard_ms(item, now), self.ledger.sent_ms(item)) for item in playing}
-        self._pause = Pause(now, now, event.item_id, heard, list(self.ledger.take_unheard(now)))
-        actions: list[Action] = [ToTwilio(tw.SendClear())] if playing else []
-        first = playing[0] if playing else (next(iter(self._response.items), None) if self._response else None)
-        heard_first = None if first is None else round(heard.get(first, self.ledger.heard_ms(first, now)))
-        actions.append(Record("barge_in", {"item_id": first, "heard_ms": heard_first}))
-        return actions + self._decide_pause(now)
-
-    def _decide_pause(self, now: float) -> list[Action]:
-        pause = self._pause
-        if pause is None:
-            return []
-        decision = pause.decide(self.barge_in, now, transcribing=bool(self.profile.transcription_model),
-                                silence_s=self._vad_silence_s())
-        if decision is None:
-            return []
-        self._pause = None
-        log.info("call %s: caller spoke over the agent for %.0f ms: %s", self.call_sid,
-                 ((pause.stopped_at or now) - pause.speech_at) * 1000, decision)
-        return self._stop_agent(pause, now) if decision == STOP else self._resume_agent(pause, now)
-
-    def _vad_silence_s(self) -> float:
-        """The quiet the server's VAD waits for before it says the caller stopped."""
-        return self.profile.turn_detection.silence_duration_ms / 1000
-
-    def _stop_agent(self, pause: Pause, now: float) -> list[Action]:
-        """A real interruption: the answer ends at what was heard. Every agent item the caller was
-        still to hear is truncated there, or deleted if they heard none of it (the server refuses
-        to truncate audio it never played, and a whole unheard item would tell the model the
-        caller heard it). The caller's turn is answered once it is committed."""
-        actions: list[Action] = []
-        items = pause.items()
-        if self._response is not None:
-            actions.append(ToRealtime(rt.CancelResponse()))
-            self._dropped_responses.add(self._response.id)
-            self._cancelling = self._response.id
-            items += [item for item in self._response.items if item not in items]
-            self._response = None
-        for item in items:
-            heard = round(pause.heard.get(item, self.ledger.heard_ms(item, now)))
-            actions.append(ToRealtime(rt.TruncateItem(item, heard) if heard > 0 else rt.DeleteItem(item)))
-            self._dropped_items.add(item)
-            self._cut_transcript(item, heard, self.ledger.sent_ms(item) + pause.held_ms(item))
-            actions.append(self._transcript("agent", item, self.agent_transcript(item), now,
-                                            interrupted=True, heard_ms=heard))
-        self.codec.interrupted()
-        actions.append(Record("interruption", pause.record(STOP, now)))
-        if pause.committed:
-            actions += self._answer_turn()
-        return actions
-
-    def _resume_agent(self, pause: Pause, now: float) -> list[Action]:
-        """A backchannel or a noise: the caller hears the rest from where they stopped hearing it,
-        then what the model sent meanwhile. The model is told nothing: its answer stays whole."""
-        actions: list[Action] = []
-        for piece in pause.held:
-            if isinstance(piece, ItemEnd):
-                if (name := self.ledger.seal()) is not None:
-                    actions.append(ToTwilio(tw.SendMark(name)))
-            else:
-                actions += self._send_agent_audio(piece.item_id, ModelAudio(piece.payload, piece.ms), now)
-        self._resumed_items.update(pause.items())
-        actions += [self._transcript("agent", item, text, now, resumed=True)
-                    for item, text in pause.transcripts_done.items()]
-        actions.append(Record("interruption", pause.record(RESUME, now)))
-        if self._respond_when_done and not self._agent_busy():
-            self._respond_when_done = False
-            actions.append(self._create_response())
-        return actions + self._check_after_playout(now)
-
-    def _on_turn_committed(self, event: rt.TurnCommitted, now: float) -> list[Action]:
-        """The server no longer answers by itself (``create_response: false``): the bridge asks,
-        at once when the agent is silent, after the decision when the turn paused it."""
-        if self.pacer is not None:
-            return []
-        if self._pause is not None:
-            if self._pause.speech_item == event.item_id:
-                self._pause.committed = True
-            return self._decide_pause(now)
-        return self._answer_turn()
-
-    def _answer_turn(self) -> list[Action]:
-        if self._agent_busy():
-            self._respond_when_done = True  # a tool's answer is under way: the turn's comes next
-            return []
-        self._respond_when_done = False
-        return [self._create_response()]
-
     def _transcript(self, speaker: str, item_id: str, text: str, now: float, **extra: Any) -> Record:
         """One turn of the call's transcript; ``at`` is seconds since the stream started."""
         return Record("transcript", {"speaker": speaker, "item_id": item_id, "text": text,
                                      "at": round(now - self._started_at, 3), **extra})
-
-    def _cut_transcript(self, item_id: str, heard_ms: int, sent: float) -> None:
-        """Keeps the share of the agent's text that matches the share of its audio heard."""
-        parts = self._transcripts.get(item_id)
-        if parts and sent > 0:
-            text = "".join(parts)
-            cut = round(len(text) * heard_ms / sent)
-            if cut < len(text) and not text[cut].isspace():
-                cut = text.rfind(" ", 0, cut) + 1  # a word cut short was not really said
-            self._transcripts[item_id] = [text[:cut]]
 
     def _on_error(self, event: rt.RealtimeError) -> list[Action]:
         if event.retired:  # one line that says what to change, not the provider's message
