@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     twilio_from_number: str = ""
     twilio_api_base_url: HttpUrl = None
     calls_api_token: str = Field("", repr=False)
+    dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30)  # a dashboard sign-in lasts this long
     forward_to_number: str = ""
     transcript_webhook_url: HttpUrl = None
     # Telnyx (TeXML inbound, Call Control outbound and in-call control).

@@ -27,6 +27,7 @@ from telephony.core.call import Call
 from telephony.core.profile import Profile
 from telephony.core.profile_choice import Profiles, load_profiles
 from telephony.core.transcription import ForkTranscription
+from telephony.history import reader as history_reader
 from telephony.history.api import HistoryApi
 from telephony.history.database import database_for
 from telephony.history.recorder import CallHistory
@@ -38,6 +39,8 @@ from telephony.ops.tracing import call_tracing
 from telephony.serve import outbound, recordings, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
+from telephony.serve.dashboard import Dashboard
+from telephony.serve.dashboard import Sources as DashboardSources
 from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.carriers import telnyx as telnyx_rest
 from telephony.serve.claims import Claims
@@ -515,10 +518,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     # --- The calls API ---
 
-    def api_refusal(request: Request) -> Response | None:
-        """The calls API's bearer-token check; None when the request may go on."""
+    def api_refusal(request: Request, session_ok: bool = False) -> Response | None:
+        """The calls API's bearer-token check; None when the request may go on. ``session_ok``:
+        a read-only endpoint, which the dashboard's session cookie also opens (never a POST: a
+        cookie is sent by the browser on its own, the bearer header only by who holds the token)."""
         if not settings.calls_api_token:
             return error(503, "the calls API is disabled: set CALLS_API_TOKEN")
+        if session_ok and dashboard.signed_in(request):
+            return None
         given = request.headers.get("authorization", "")
         expected = f"Bearer {settings.calls_api_token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -553,7 +560,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
 
     async def list_calls(request: Request) -> Response:
-        if (refusal := api_refusal(request)) is not None:
+        if (refusal := api_refusal(request, session_ok=True)) is not None:
             return refusal
         wanted = request.query_params.get("state", "live")
         if wanted == "ended":  # the history, newest first, paged
@@ -563,12 +570,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return JSONResponse({"calls": await state.list_calls()})
 
     async def call_detail(request: Request) -> Response:
-        if (refusal := api_refusal(request)) is not None:
+        if (refusal := api_refusal(request, session_ok=True)) is not None:
             return refusal
         return await history_api.call(request)
 
     async def call_recording(request: Request) -> Response:
-        if (refusal := api_refusal(request)) is not None:
+        if (refusal := api_refusal(request, session_ok=True)) is not None:
             return refusal
         sid = request.path_params["call_sid"]
         if recorded is None:
@@ -585,7 +592,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return error(502, f"the recordings store did not answer ({type(exc).__name__})")
 
     async def transcript_feed(request: Request) -> Response:
-        if (refusal := api_refusal(request)) is not None:
+        if (refusal := api_refusal(request, session_ok=True)) is not None:
             return refusal
         sid = request.path_params["call_sid"]
         if not await transcripts.followable(sid):
@@ -599,6 +606,26 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- The dashboard: the same reads, for a signed-in browser ---
+
+    async def history_page(limit: int, before) -> list | str:
+        if history is None:
+            return "the call history is off (CALL_HISTORY=false)"
+        return await history.read(lambda connection: history_reader.ended_calls(connection, limit, before))
+
+    async def history_call(call_sid: str):
+        if history is None:
+            return "the call history is off (CALL_HISTORY=false)"
+        return await history.read(lambda connection: history_reader.call_detail(connection, call_sid))
+
+    async def recording_parts(call_sid: str) -> int:
+        if recorded is None or not valid_call_sid(call_sid):
+            return 0
+        return len(await recorded.store.list(call_sid))
+
+    dashboard = Dashboard(settings.calls_api_token, settings.dashboard_session_hours,
+                          DashboardSources(state.list_calls, history_page, history_call, recording_parts))
 
     async def openai_sip_off(request: Request) -> Response:
         return error(503, "OpenAI's SIP route is off: set OPENAI_WEBHOOK_SECRET")
@@ -655,6 +682,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route("/calls/{call_sid}/transcript", transcript_feed, methods=["GET"]),
         Route("/calls/{call_sid}/recording", call_recording, methods=["GET"]),
         *(openai_sip.routes() if openai_sip else [Route(OPENAI_SIP_PATH, openai_sip_off, methods=["POST"])]),
+        *dashboard.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ])
