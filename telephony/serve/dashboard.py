@@ -242,7 +242,7 @@ def _home_body(live: Any, history: Any, before: datetime | None) -> str:
     if isinstance(live, str):
         parts.append(f"<p class=error>{_e(live)}</p>")
     parts.append("<table id=live><thead><tr><th>Call</th><th>Direction</th><th>From</th><th>To</th>"
-                 "<th>Started</th><th>Instance</th></tr></thead><tbody>")
+                 "<th>Started (UTC)</th><th>Instance</th></tr></thead><tbody>")
     for call in live if isinstance(live, list) else []:
         parts.append(_live_row(call))
     parts.append("</tbody></table>")
@@ -281,10 +281,11 @@ def _live_row(call: dict[str, Any]) -> str:
     sid = str(call.get("call_sid") or "")
     started = call.get("started")
     when = (datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            if isinstance(started, (int, float)) else _e(started))
+            if isinstance(started, (int, float)) else _when(started))
     return (f"<tr><td class=sid><a href='{PATH}/calls/{quote(sid, safe='')}'>{_e(sid)}</a></td>"
             f"<td>{_e(call.get('direction'))}</td><td class=num>{_e(call.get('from'))}</td>"
-            f"<td class=num>{_e(call.get('to'))}</td><td>{when}</td><td>{_e(call.get('instance'))}</td></tr>")
+            f"<td class=num>{_e(call.get('to'))}</td><td class=when>{when}</td>"
+            f"<td>{_e(call.get('instance'))}</td></tr>")
 
 
 # --- A call's page ---
@@ -474,13 +475,14 @@ LIVE_LIST_SCRIPT = """
       count=document.getElementById('live-count');
   function cell(row,text,cls){var td=document.createElement('td');if(cls)td.className=cls;
     td.textContent=text==null?'':String(text);row.appendChild(td);return td;}
-  function when(t){return typeof t==='number'?new Date(t*1000).toISOString().replace('T',' ').slice(0,19):(t||'');}
+  function when(t){return typeof t==='number'?new Date(t*1000).toISOString().replace('T',' ').slice(0,19):
+    String(t||'').replace('T',' ').replace('Z','').slice(0,19);}
   function draw(calls){
     body.textContent='';
     calls.forEach(function(c){
       var row=document.createElement('tr'),td=cell(row,'','sid'),a=document.createElement('a');
       a.href='/dashboard/calls/'+encodeURIComponent(c.call_sid);a.textContent=c.call_sid;td.appendChild(a);
-      cell(row,c.direction);cell(row,c.from,'num');cell(row,c.to,'num');cell(row,when(c.started));
+      cell(row,c.direction);cell(row,c.from,'num');cell(row,c.to,'num');cell(row,when(c.started),'when');
       cell(row,c.instance);body.appendChild(row);});
     empty.classList.toggle('hidden',calls.length>0);count.textContent=calls.length?String(calls.length):'';
   }
