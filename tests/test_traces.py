@@ -51,7 +51,7 @@ def exporters_finish(monkeypatch):
     before = set(threading.enumerate())
     yield
     for thread in set(threading.enumerate()) - before:
-        if thread.name.startswith("OtelBatch"):
+        if thread.name.startswith(("OtelBatch", "telephony-traces")):
             thread.join(15)
 
 
