@@ -93,7 +93,9 @@ async def test_metrics_records_and_json_logs_after_a_barge_in_call(tmp_path, jso
     assert entries[0]["parameters"] == {"call_sid": sim.call_sid, "from": "+15551230000"}  # no token
     assert kinds[-2:] == ["end", "summary"] and entries[-1]["outcome"] == "normal"
     (barge,) = [e for e in entries if e["kind"] == "barge_in"]
-    assert 900 <= barge["heard_ms"] <= 1200  # the greeting played from ~0 s to the 1.0 s interruption
+    # The greeting played from ~0 s (later on a loaded machine: its first audio is late) to the
+    # caller's interruption at 1.0 s.
+    assert 700 <= barge["heard_ms"] <= 1200
     assert "clear_sent" in kinds and "response_latency" in kinds
     usages = [e["usage"] for e in entries if e["kind"] == "response_done" and e.get("usage")]
     assert usages and all(u["total_tokens"] == u["input_tokens"] + u["output_tokens"] > 0 for u in usages)
