@@ -44,6 +44,17 @@ HttpUrl = Annotated[str | None, BeforeValidator(_http_url)]
 Lowercase = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
 
 
+def _speaks_only_ga(url: str) -> bool:
+    """A Realtime endpoint that refuses the beta shape: OpenAI's (beta_api_shape_disabled since May
+    2026) and Azure OpenAI's GA path (/openai/v1/). Unset, REALTIME_DIALECT follows the URL there:
+    the default ``beta`` would fail every call. An explicit REALTIME_DIALECT is always kept."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host == "api.openai.com":
+        return parts.path.rstrip("/").endswith("/realtime")
+    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com")) and "/openai/v1/" in parts.path
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_by_name=True,
                                       str_strip_whitespace=True)
@@ -127,6 +138,8 @@ class Settings(BaseSettings):
             data = {k: v for k, v in data.items() if v != ""}
             if str(data.get("realtime_dialect", "")).lower() == "live":
                 data = {**LIVE_DEFAULTS, **data}
+            elif "realtime_dialect" not in data and _speaks_only_ga(str(data.get("realtime_url", ""))):
+                data = {**data, "realtime_dialect": "ga"}
         return data
 
     @field_validator("recordings_url")

@@ -113,3 +113,20 @@ def test_profile_refuses_unknown_tools_and_non_e164_transfer_numbers(tmp_path):
         load_profile(bad_number)
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("url, dialect", [
+    ("wss://api.openai.com/v1/realtime", "ga"),  # beta refused there since May 2026
+    ("wss://api.openai.com/v1/realtime/", "ga"),
+    ("wss://my-res.openai.azure.com/openai/v1/realtime", "ga"),  # Azure's GA path
+    ("wss://my-res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview", "beta"),  # Azure's preview
+    ("wss://api-platform.ope.ai/v1/realtime", "beta"),  # the default provider
+    ("ws://127.0.0.1:9999/v1/realtime", "beta"),
+])
+def test_an_unset_dialect_follows_an_endpoint_that_speaks_only_ga(url, dialect):
+    assert Settings.from_env({"REALTIME_URL": url}).realtime_dialect == dialect
+
+
+def test_an_explicit_dialect_is_kept_whatever_the_endpoint():
+    env = {"REALTIME_URL": "wss://api.openai.com/v1/realtime", "REALTIME_DIALECT": "beta"}
+    assert Settings.from_env(env).realtime_dialect == "beta"  # refused there: the call says so (test_upstream_faults)
