@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     telnyx_connection_id: str = ""  # the Call Control application outbound calls are placed on
     telnyx_api_base_url: HttpUrl = None  # default https://api.telnyx.com (tests: a loopback fake)
     telnyx_validate_signatures: bool = True  # false: /telnyx/* serves unsigned webhooks (development only)
+    # SignalWire (Compatibility API: cXML webhooks, Twilio-shaped media streams, LaML REST).
+    signalwire_project_id: str = ""
+    signalwire_token: str = Field("", repr=False)  # the project's API token (REST)
+    signalwire_signing_key: str = Field("", repr=False)  # signs SignalWire's webhooks
+    signalwire_space_url: HttpUrl = None  # https://<space>.signalwire.com (tests: a loopback fake)
+    signalwire_validate_signatures: bool = True  # false: /signalwire/* serves unsigned webhooks (development only)
     # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
     openai_webhook_secret: str = Field("", repr=False)
     openai_api_key: str = Field("", repr=False)  # OpenAI's key: never another provider's

@@ -4,7 +4,8 @@
 download at run time). pocketsphinx holds the GIL while it decodes (a whole sentence takes
 0.3-1 s), which would stall the event loop that plays the call, so decoding runs in one worker
 process; the caller of ``transcribe`` only waits on a pipe (the GIL is free meanwhile), and the
-engine's shell calls it from a thread (the engine emits the transcript some ms after the commit, as the real service does).
+engine's shell calls it from a thread (the engine emits the transcript some ms after the commit,
+as the real service does).
 
 The model is 16 kHz wide-band and the phone line is 8 kHz: turns are resampled up, which keeps
 the features in the model's range but cannot restore what the line cut off above 4 kHz, so

@@ -43,6 +43,7 @@ from telephony.serve.dashboard import Dashboard
 from telephony.serve.dashboard import Sources as DashboardSources
 from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.carriers import telnyx as telnyx_rest
+from telephony.serve.carriers.signalwire import SignalWireControl, SignalWireSignatures
 from telephony.serve.claims import Claims
 from telephony.serve.fork import ForkBridge
 from telephony.serve.handoff import Handoff
@@ -56,6 +57,7 @@ from telephony.serve.security import (
     StreamTokens,
     WebhookGuard,
     read_capped_body,
+    signed_url,
     stream_key,
     valid_call_sid,
 )
@@ -68,6 +70,7 @@ from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.settings import Settings, SettingsError
 from telephony.wire.dialects import DIALECTS
+from telephony.wire import signalwire as signalwire_wire
 from telephony.wire import telnyx as telnyx_wire
 from telephony.wire import texml
 from telephony.wire.media import TWILIO_MEDIA, MediaWire
@@ -219,6 +222,19 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if not telnyx_control and settings.telnyx_api_key:
             telnyx_control.append(telnyx_rest.TelnyxControl(settings))
         return telnyx_control[0] if telnyx_control else None
+
+    signalwire_signatures = (SignalWireSignatures(settings.signalwire_signing_key)
+                             if settings.signalwire_signing_key else None)
+    if not settings.signalwire_validate_signatures:
+        log.warning("SIGNALWIRE_VALIDATE_SIGNATURES=false: SignalWire webhook signatures are NOT checked (for "
+                    "local development only)")
+    signalwire_control: list[SignalWireControl] = []
+
+    def signalwire_rest_api() -> SignalWireControl | None:
+        if (not signalwire_control and settings.signalwire_project_id and settings.signalwire_token
+                and settings.signalwire_space_url):
+            signalwire_control.append(SignalWireControl(settings))
+        return signalwire_control[0] if signalwire_control else None
 
     handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and Twilio's REST API
     if state.shared and settings.public_url and settings.twilio_account_sid and settings.twilio_auth_token:
@@ -383,6 +399,97 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
         return Response(status_code=204)
 
+    # --- SignalWire: cXML (Twilio's markup), Twilio-shaped media streams, the LaML REST API ---
+
+    def signalwire_signed(endpoint):
+        """SignalWire's webhooks: signed with the project's Signing Key, else off with a 503, unless
+        SIGNALWIRE_VALIDATE_SIGNATURES=false (development). A refusal names no stream URL."""
+        async def guarded(request: Request) -> Response:
+            if signalwire_signatures is None and settings.signalwire_validate_signatures:
+                return error(503, "the SignalWire routes are off: set SIGNALWIRE_SIGNING_KEY")
+            body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
+            if isinstance(body, Response):
+                return body
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind not in ("", "application/x-www-form-urlencoded"):
+                return error(400, "SignalWire's webhooks are application/x-www-form-urlencoded")
+            if signalwire_signatures is not None:
+                reason = await signalwire_signatures.refusal(request, signed_url(request, public_base_url(request,
+                                                                                                          settings)))
+                if reason:
+                    log.warning("webhook %s rejected (%s) from %s", request.url.path, reason,
+                                request.client.host if request.client else "?")
+                    return PlainTextResponse(f"Forbidden: {reason}", status_code=403)
+            return await endpoint(request)
+        return guarded
+
+    async def signalwire_voice(request: Request) -> Response:
+        """An incoming call, or an outbound one answered (its signed overrides in the query)."""
+        form = await request.form()
+        call_id = str(form.get("CallSid", ""))
+        if not signalwire_wire.valid_call_id(call_id):
+            return error(400, "CallSid (SignalWire's call id) is missing or not an id")
+        sid = signalwire_wire.call_sid_for(call_id)
+        overrides: dict[str, str] = {}
+        if request.url.path == signalwire_wire.OUTBOUND_ANSWER_PATH:
+            overrides = dict(request.query_params)
+            if refused := outbound_signer.verify(overrides, None, time.time(), OUTBOUND_ANSWER):
+                log.warning("call %s: outbound answer URL refused: %s", sid, refused)
+                return Response(f"answer URL refused: {refused}", status_code=403)
+            overrides.pop("token")
+        else:
+            busy = calls.accepting()
+            if not busy and settings.max_total_calls and not await state.admit(sid, settings.max_total_calls):
+                busy = f"at the limit of {settings.max_total_calls} calls across instances"
+            if busy:
+                log.warning("SignalWire call %s rejected as busy: %s", sid, busy)
+                return xml(reject_busy())
+        to = str(form.get("To", ""))
+        parameters = {"from": str(form.get("From", "")), "to": to, "direction": str(form.get("Direction", "")),
+                      **profile_parameter(profiles.for_number(to).name), **overrides,
+                      "call_sid": sid, "carrier": "signalwire"}
+        now = time.time()
+        url = signed_stream_url(websocket_url(public_base_url(request, settings), signalwire_wire.MEDIA_STREAM_PATH),
+                                tokens, AGENT_STREAM, sid, now)
+        chosen = profiles.named(parameters.get("profile", ""))
+        announce = chosen.recording_announce if recorded is not None and chosen.recording_enabled else ""
+        return xml(connect_stream(url, tokens.with_token(parameters, now), chosen.fallback, announce))
+
+    async def signalwire_amd(request: Request) -> Response:
+        """Asynchronous AMD of an outbound call (Twilio's fields: ``AnsweredBy``; unverified)."""
+        form = await request.form()
+        call_id, answered_by = str(form.get("CallSid", "")), str(form.get("AnsweredBy", ""))
+        log.info("SignalWire call answered by %s", answered_by)
+        if (bridge := by_sid.get(call_id)) is not None:
+            bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        return Response(status_code=204)
+
+    async def signalwire_status(request: Request) -> Response:
+        form = await request.form()
+        log.info("SignalWire call status %s", str(form.get("CallStatus", ""))[:32])
+        return Response(status_code=204)
+
+    async def signalwire_media_stream(ws: WebSocket) -> None:
+        await serve_stream(ws, signalwire_wire.SignalWireMedia(), signalwire_rest_api())
+
+    async def place_signalwire_call(req: outbound.OutboundRequest, base: str) -> Response:
+        rest = signalwire_rest_api()
+        if rest is None:
+            return error(503, "SignalWire outbound calls need SIGNALWIRE_PROJECT_ID, SIGNALWIRE_TOKEN and "
+                              "SIGNALWIRE_SPACE_URL")
+        url = outbound.answer_url(req, base, outbound_signer, time.time(), signalwire_wire.OUTBOUND_ANSWER_PATH)
+        try:
+            placed = await rest.place(req.to, req.from_, url, f"{base}{signalwire_wire.STATUS_CALLBACK_PATH}",
+                                      f"{base}{signalwire_wire.AMD_CALLBACK_PATH}" if req.machine_detection else None)
+        except CarrierError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+            log.warning("SignalWire refused a call: %s %s", exc.status, exc)
+            return error(status, f"SignalWire: {exc}")
+        sid = signalwire_wire.call_sid_for(placed.sid)
+        log.info("call %s placed on SignalWire", sid)
+        return JSONResponse({"call_sid": sid, "carrier": "signalwire", "carrier_call_id": placed.sid,
+                             "status": placed.status}, status_code=201)
+
     async def telnyx_media_stream(ws: WebSocket) -> None:
         await serve_stream(ws, telnyx_wire.TelnyxMedia(), telnyx_rest_api())
 
@@ -544,6 +651,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             base = public_base_url(request, settings)
             if req.carrier == "telnyx":
                 return await place_telnyx_call(req, base)
+            if req.carrier == "signalwire":
+                return await place_signalwire_call(req, base)
             url = outbound.answer_url(req, base, outbound_signer, time.time())
         except RequestError as exc:
             return error(exc.status, str(exc))
@@ -658,7 +767,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
-        for rest in [*control, *telnyx_control]:
+        for rest in [*control, *telnyx_control, *signalwire_control]:
             await rest.aclose()
 
     app = Starlette(lifespan=lifespan, routes=[
@@ -676,6 +785,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route(texml.STATUS_PATH, telnyx_signed(telnyx_status), methods=["POST"]),
         WebSocketRoute(texml.MEDIA_STREAM_PATH + "/{segment:path}", telnyx_media_stream),
         WebSocketRoute(texml.MEDIA_STREAM_PATH, telnyx_media_stream),
+        Route(signalwire_wire.VOICE_PATH, signalwire_signed(signalwire_voice), methods=["POST"]),
+        Route(signalwire_wire.OUTBOUND_ANSWER_PATH, signalwire_signed(signalwire_voice), methods=["POST"]),
+        Route(signalwire_wire.AMD_CALLBACK_PATH, signalwire_signed(signalwire_amd), methods=["POST"]),
+        Route(signalwire_wire.STATUS_CALLBACK_PATH, signalwire_signed(signalwire_status), methods=["POST"]),
+        WebSocketRoute(signalwire_wire.MEDIA_STREAM_PATH + "/{segment:path}", signalwire_media_stream),
+        WebSocketRoute(signalwire_wire.MEDIA_STREAM_PATH, signalwire_media_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}", call_detail, methods=["GET"]),

@@ -17,7 +17,7 @@ from telephony.wire.twiml import (
     STATUS_CALLBACK_PATH,
 )
 
-CARRIERS = ("twilio", "telnyx")  # POST /calls "carrier"
+CARRIERS = ("twilio", "telnyx", "signalwire")  # POST /calls "carrier"
 MAX_METADATA_BYTES = 512
 MAX_TEXT = {"instructions": 2000, "voice": 40, "greeting": 400, "voicemail": 400}
 # Twilio caps inline TwiML at 4000 characters (its error 32018); we hold the answer URL, which
@@ -126,7 +126,8 @@ def _barge_in(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now: float) -> str:
+def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now: float,
+               path: str = OUTBOUND_ANSWER_PATH) -> str:
     """Where Twilio fetches the call's TwiML once it is answered.
 
     The call sid does not exist until Twilio creates the call, so the stream token (bound to the
@@ -134,7 +135,7 @@ def answer_url(req: OutboundRequest, public_base: str, signer: StreamTokens, now
     one else can forge them, and ``/twilio/outbound`` turns them into the stream's parameters.
     """
     signed = signer.with_token(req.stream_parameters(), now, OUTBOUND_ANSWER)
-    url = f"{public_base}{OUTBOUND_ANSWER_PATH}?{urlencode(signed)}"
+    url = f"{public_base}{path}?{urlencode(signed)}"
     if len(url) > URL_LIMIT:
         raise RequestError(422, f"the call's answer URL would be {len(url)} characters; keep it under "
                                 f"{URL_LIMIT}: shorten instructions, greeting or metadata")

@@ -63,11 +63,18 @@ class PlacedCall:
 class CallControl:
     """Twilio's REST API for calls, awaited on the event loop (no threads); Twilio's ``CarrierControl``."""
 
+    label = "Twilio"
+
     def __init__(self, settings: Settings, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if not (settings.twilio_account_sid and settings.twilio_auth_token):
             raise TwilioError(503, "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set")
-        self._http = HttpxTwilioClient(settings.twilio_api_base_url, timeout)
-        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=self._http)
+        self._connect(settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url, timeout)
+
+    def _connect(self, account: str, token: str, base_url: str | None, timeout: float) -> None:
+        """The twilio package's client on our httpx transport, for this account at ``base_url``
+        (a Twilio-compatible API: SignalWire's LaML API is one, carriers/signalwire.py)."""
+        self._http = HttpxTwilioClient(base_url, timeout)
+        self._client = Client(account, token, http_client=self._http)
 
     async def place(self, to: str, from_: str, answer_url: str, status_callback: str,
                     amd_callback: str | None) -> PlacedCall:
@@ -95,13 +102,12 @@ class CallControl:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    @staticmethod
-    async def _call(request):
+    async def _call(self, request):
         try:
             return await request
         except TwilioRestException as exc:
-            raise TwilioError(exc.status, exc.msg or "Twilio refused the request", exc.code) from None
+            raise TwilioError(exc.status, exc.msg or f"{self.label} refused the request", exc.code) from None
         except httpx.TimeoutException:
-            raise TwilioError(504, "Twilio did not answer in time") from None
+            raise TwilioError(504, f"{self.label} did not answer in time") from None
         except (httpx.TransportError, OSError) as exc:  # unreachable, reset
-            raise TwilioError(502, f"Twilio is unreachable: {type(exc).__name__}") from None
+            raise TwilioError(502, f"{self.label} is unreachable: {type(exc).__name__}") from None
