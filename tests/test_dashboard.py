@@ -187,3 +187,12 @@ async def test_without_a_token_the_dashboard_is_off(tmp_path):
             page = await client.get("/dashboard")
             assert page.status_code == 503 and "CALLS_API_TOKEN" in page.text
             assert (await client.post("/dashboard/login", data={"token": ""})).status_code == 503
+
+
+async def test_the_cookie_is_secure_when_the_public_url_is_https(tmp_path):
+    """Behind a proxy that ends TLS the request reaches us over HTTP: PUBLIC_URL says it is https."""
+    async with ScriptedRealtimeServer(Script()) as server, \
+            running_app(settings(server, tmp_path, public_url="https://bridge.example.com")) as (app, host):
+        async with httpx.AsyncClient(base_url=f"http://{host}") as client:
+            signed = await client.post("/dashboard/login", data={"token": TOKEN})
+    assert signed.status_code == 303 and "Secure" in signed.headers["set-cookie"]

@@ -734,7 +734,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return len(await recorded.store.list(call_sid))
 
     dashboard = Dashboard(settings.calls_api_token, settings.dashboard_session_hours,
-                          DashboardSources(state.list_calls, history_page, history_call, recording_parts))
+                          DashboardSources(state.list_calls, history_page, history_call, recording_parts),
+                          public_https=str(settings.public_url or "").startswith("https://"))
 
     async def openai_sip_off(request: Request) -> Response:
         return error(503, "OpenAI's SIP route is off: set OPENAI_WEBHOOK_SECRET")

@@ -103,8 +103,11 @@ class LoginThrottle:
 
 
 class Dashboard:
-    def __init__(self, token: str, hours: float, sources: Sources) -> None:
+    def __init__(self, token: str, hours: float, sources: Sources, public_https: bool = False) -> None:
+        """``public_https``: PUBLIC_URL is https, so the cookie is Secure even where a proxy that
+        ends TLS talks plain HTTP to us."""
         self.token = token
+        self.public_https = public_https
         self.sessions = Sessions(token, hours) if token else None
         self.sources = sources
         self.throttle = LoginThrottle()
@@ -188,14 +191,16 @@ class Dashboard:
             return self._login_page(request, "Wrong token.", status=401)
         response = RedirectResponse(PATH, status_code=303)
         response.set_cookie(COOKIE, self.sessions.issue(time.time()), max_age=self.sessions.seconds, path="/",
-                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                            httponly=True, samesite="strict", secure=self._secure(request))
         return response
 
     async def logout(self, request: Request) -> Response:
         response = RedirectResponse(PATH, status_code=303)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=request.url.scheme == "https")
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=self._secure(request))
         return response
+
+    def _secure(self, request: Request) -> bool:
+        return self.public_https or request.url.scheme == "https"
 
 
 async def _guarded(read: Callable[[], Awaitable[Any]], what: str) -> Any:
