@@ -162,6 +162,14 @@ async def test_a_call_both_ways_with_barge_in_and_a_key_press(profile):
             await ws.send(json.dumps({"event": "stop", "sequenceNumber": "999"}))
             await asyncio.wait_for(reader, 5)
             player.cancel()
+        # Counted under its carrier's name while it ran, and no longer once it has ended.
+        for _ in range(50):
+            records = [r for r in app.state.metrics.render().decode().splitlines()
+                       if r.startswith("telephony_active_calls_by_route")]
+            if 'telephony_active_calls_by_route{route="signalwire"} 0.0' in records:
+                break
+            await asyncio.sleep(0.1)
+        assert 'telephony_active_calls_by_route{route="signalwire"} 0.0' in records, records
     conn = server.connections[0]
     assert len(heard) > 8000 and abs(dominant_hz(bytes(heard[:8000])) - 440) < 10  # the greeting, heard
     assert len(clears) == 1  # the caller spoke over it: SignalWire's queue cleared

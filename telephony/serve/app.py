@@ -529,7 +529,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         call = Call(profile, settings.audio_codec, media_timeout_s=settings.media_timeout_seconds,
                     pick_profile=profiles.named, capabilities=dialect.capabilities, model=settings.realtime_model,
                     delegation_model=settings.live_delegation_model)
-        observer = CallObserver(metrics, settings.call_records_dir, log_ids,
+        observer = CallObserver(metrics, settings.call_records_dir, log_ids, route=wire.carrier,
                                 history=call_history(wire.carrier, settings.realtime_dialect),
                                 trace=tracing.call(wire.carrier) if tracing else None)
 
