@@ -62,13 +62,15 @@ def check_recording(wav: bytes, result) -> None:
     phone_caller, phone_agent = (pcm_of(result.caller), pcm_of(result.agent))
     recorded, phone = edges(caller) + edges(agent), edges(phone_caller) + edges(phone_agent)
     assert len(edges(caller)) == len(edges(phone_caller)) == 2
-    assert len(edges(agent)) == len(edges(phone_agent)) == 4  # on, paused, on again, off
+    # On, paused, on again, off; the scripted model streams only a little faster than real time,
+    # so a loaded machine may starve the phone for a moment: the recording must show that gap too.
+    assert len(edges(agent)) == len(edges(phone_agent)) and len(edges(agent)) in (4, 6, 8)
     # One clock for both sides: every edge is where the phone had it, give or take a 20 ms frame,
     # after one shift for the whole recording (it starts at the stream's start, the phone earlier).
     shift = np.median([r - p for r, p in zip(recorded, phone)])
     assert all(abs(r - p - shift) <= 0.02 for r, p in zip(recorded, phone)), (recorded, phone, shift)
     heard = edges(agent)
-    assert heard[1] - heard[0] + heard[3] - heard[2] == pytest.approx(3.0, abs=0.05)  # all of it, once
+    assert sum(off - on for on, off in zip(heard[::2], heard[1::2])) == pytest.approx(3.0, abs=0.05)  # all, once
     assert len(wav) <= 1_000_000 * len(audio) / 8000 / 60  # at most 1 MB per call-minute
 
 
