@@ -253,13 +253,22 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return signed_stream_url(websocket_url(public_base_url(request, settings), path), tokens, purpose,
                                  call_sid, now)
 
-    def stream_twiml(request: Request, parameters: dict[str, str]) -> Response:
-        """<Connect><Stream> to this call's signed URL, whose parameters carry a token bound to the call."""
+    def stream_twiml(request: Request, parameters: dict[str, str], path: str = MEDIA_STREAM_PATH) -> Response:
+        """<Connect><Stream> to this call's signed URL (on the media route ``path``: Twilio's, or
+        SignalWire's, whose cXML is the same markup), whose parameters carry a token bound to the call."""
         now = time.time()
-        url = stream_url(request, MEDIA_STREAM_PATH, AGENT_STREAM, parameters.get("call_sid", ""), now)
+        url = stream_url(request, path, AGENT_STREAM, parameters.get("call_sid", ""), now)
         chosen = profiles.named(parameters.get("profile", ""))
         announce = chosen.recording_announce if recorded is not None and chosen.recording_enabled else ""
         return xml(connect_stream(url, tokens.with_token(parameters, now), chosen.fallback, announce))
+
+    async def busy(call_sid: str) -> str:
+        """Why a new call is refused as busy ("" when it may come in): this instance's limits and
+        draining, then the limit across instances."""
+        reason = calls.accepting()
+        if not reason and settings.max_total_calls and not await state.admit(call_sid, settings.max_total_calls):
+            reason = f"at the limit of {settings.max_total_calls} calls across instances"
+        return reason
 
     def profile_parameter(name: str) -> dict[str, str]:
         """The chosen profile travels with the call (signed), when there is a choice to carry."""
@@ -269,12 +278,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     async def voice(request: Request) -> Response:
         form = await request.form()
-        busy = calls.accepting()
-        if not busy and settings.max_total_calls and not await state.admit(
-                str(form.get("CallSid", "")), settings.max_total_calls):
-            busy = f"at the limit of {settings.max_total_calls} calls across instances"
-        if busy:
-            log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), busy)
+        if refused := await busy(str(form.get("CallSid", ""))):
+            log.warning("call %s rejected as busy: %s", form.get("CallSid", "?"), refused)
             return xml(reject_busy())
         to = str(form.get("To", ""))
         chosen = profiles.for_number(to)
@@ -343,24 +348,35 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     # --- Telnyx: TeXML answer, Call Control webhooks, media stream ---
 
-    def telnyx_signed(endpoint):
-        """Telnyx's webhooks: Ed25519-signed (TELNYX_PUBLIC_KEY), else off with a 503, unless
-        TELNYX_VALIDATE_SIGNATURES=false (development). A refusal names no stream URL."""
-        async def guarded(request: Request) -> Response:
-            if telnyx_key is None and settings.telnyx_validate_signatures:
-                return error(503, "the Telnyx routes are off: set TELNYX_PUBLIC_KEY")
-            body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
-            if isinstance(body, Response):
-                return body
-            if telnyx_key is not None:
-                query = request.url.query.encode() if request.method == "GET" else b""  # unverified: see README
-                reason = telnyx_rest.signature_refusal(telnyx_key, request.headers, body or query, time.time())
-                if reason:
+    def carrier_webhook(carrier: str, variable: str, check, validate: bool, forms_only: bool = False):
+        """A carrier's webhook routes: ``check(request, body)`` gives why a request is refused
+        (None: signed), or is None when ``variable`` (the carrier's key) is unset; then the routes
+        are off with a 503, unless ``validate`` is false (development). A refusal names no stream URL."""
+        def wrap(endpoint):
+            async def guarded(request: Request) -> Response:
+                if check is None and validate:
+                    return error(503, f"the {carrier} routes are off: set {variable}")
+                body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
+                if isinstance(body, Response):
+                    return body
+                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if forms_only and kind not in ("", "application/x-www-form-urlencoded"):
+                    return error(400, f"{carrier}'s webhooks are application/x-www-form-urlencoded")
+                if check is not None and (reason := await check(request, body)):
                     log.warning("webhook %s rejected (%s) from %s", request.url.path, reason,
                                 request.client.host if request.client else "?")
                     return PlainTextResponse(f"Forbidden: {reason}", status_code=403)
-            return await endpoint(request)
-        return guarded
+                return await endpoint(request)
+            return guarded
+        return wrap
+
+    async def telnyx_refusal(request: Request, body: bytes) -> str | None:
+        """Ed25519 over the body, or on a GET over its query (unverified: see README)."""
+        query = request.url.query.encode() if request.method == "GET" else b""
+        return telnyx_rest.signature_refusal(telnyx_key, request.headers, body or query, time.time())
+
+    telnyx_signed = carrier_webhook("Telnyx", "TELNYX_PUBLIC_KEY", telnyx_refusal if telnyx_key else None,
+                                    settings.telnyx_validate_signatures)
 
     async def telnyx_voice(request: Request) -> Response:
         form = await request.form() if request.method == "POST" else request.query_params
@@ -368,11 +384,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         if not call_id or len(call_id) > 256:
             return error(400, "CallSid (Telnyx's call_control_id) is missing or too long")
         sid = telnyx_wire.call_sid_for(call_id)
-        busy = calls.accepting()
-        if not busy and settings.max_total_calls and not await state.admit(sid, settings.max_total_calls):
-            busy = f"at the limit of {settings.max_total_calls} calls across instances"
-        if busy:
-            log.warning("Telnyx call %s rejected as busy: %s", sid, busy)
+        if refused := await busy(sid):
+            log.warning("Telnyx call %s rejected as busy: %s", sid, refused)
             return xml('<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>')
         to = str(form.get("To", ""))
         chosen = profiles.for_number(to)
@@ -401,27 +414,12 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     # --- SignalWire: cXML (Twilio's markup), Twilio-shaped media streams, the LaML REST API ---
 
-    def signalwire_signed(endpoint):
-        """SignalWire's webhooks: signed with the project's Signing Key, else off with a 503, unless
-        SIGNALWIRE_VALIDATE_SIGNATURES=false (development). A refusal names no stream URL."""
-        async def guarded(request: Request) -> Response:
-            if signalwire_signatures is None and settings.signalwire_validate_signatures:
-                return error(503, "the SignalWire routes are off: set SIGNALWIRE_SIGNING_KEY")
-            body = await read_capped_body(request, WEBHOOK_BODY_LIMIT)
-            if isinstance(body, Response):
-                return body
-            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind not in ("", "application/x-www-form-urlencoded"):
-                return error(400, "SignalWire's webhooks are application/x-www-form-urlencoded")
-            if signalwire_signatures is not None:
-                reason = await signalwire_signatures.refusal(request, signed_url(request, public_base_url(request,
-                                                                                                          settings)))
-                if reason:
-                    log.warning("webhook %s rejected (%s) from %s", request.url.path, reason,
-                                request.client.host if request.client else "?")
-                    return PlainTextResponse(f"Forbidden: {reason}", status_code=403)
-            return await endpoint(request)
-        return guarded
+    async def signalwire_refusal(request: Request, body: bytes) -> str | None:
+        return await signalwire_signatures.refusal(request, signed_url(request, public_base_url(request, settings)))
+
+    signalwire_signed = carrier_webhook("SignalWire", "SIGNALWIRE_SIGNING_KEY",
+                                        signalwire_refusal if signalwire_signatures else None,
+                                        settings.signalwire_validate_signatures, forms_only=True)
 
     async def signalwire_voice(request: Request) -> Response:
         """An incoming call, or an outbound one answered (its signed overrides in the query)."""
@@ -437,23 +435,14 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 log.warning("call %s: outbound answer URL refused: %s", sid, refused)
                 return Response(f"answer URL refused: {refused}", status_code=403)
             overrides.pop("token")
-        else:
-            busy = calls.accepting()
-            if not busy and settings.max_total_calls and not await state.admit(sid, settings.max_total_calls):
-                busy = f"at the limit of {settings.max_total_calls} calls across instances"
-            if busy:
-                log.warning("SignalWire call %s rejected as busy: %s", sid, busy)
-                return xml(reject_busy())
+        elif refused := await busy(sid):
+            log.warning("SignalWire call %s rejected as busy: %s", sid, refused)
+            return xml(reject_busy())
         to = str(form.get("To", ""))
-        parameters = {"from": str(form.get("From", "")), "to": to, "direction": str(form.get("Direction", "")),
-                      **profile_parameter(profiles.for_number(to).name), **overrides,
-                      "call_sid": sid, "carrier": "signalwire"}
-        now = time.time()
-        url = signed_stream_url(websocket_url(public_base_url(request, settings), signalwire_wire.MEDIA_STREAM_PATH),
-                                tokens, AGENT_STREAM, sid, now)
-        chosen = profiles.named(parameters.get("profile", ""))
-        announce = chosen.recording_announce if recorded is not None and chosen.recording_enabled else ""
-        return xml(connect_stream(url, tokens.with_token(parameters, now), chosen.fallback, announce))
+        return stream_twiml(request, {
+            "from": str(form.get("From", "")), "to": to, "direction": str(form.get("Direction", "")),
+            **profile_parameter(profiles.for_number(to).name), **overrides, "call_sid": sid, "carrier": "signalwire"},
+            signalwire_wire.MEDIA_STREAM_PATH)
 
     async def signalwire_amd(request: Request) -> Response:
         """Asynchronous AMD of an outbound call (Twilio's fields: ``AnsweredBy``; unverified)."""
