@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     signalwire_signing_key: str = Field("", repr=False)  # signs SignalWire's webhooks
     signalwire_space_url: HttpUrl = None  # https://<space>.signalwire.com (tests: a loopback fake)
     signalwire_validate_signatures: bool = True  # false: /signalwire/* serves unsigned webhooks (development only)
+    # Plivo (Plivo XML <Stream> inbound, REST outbound and in-call control).
+    plivo_auth_id: str = ""
+    plivo_auth_token: str = Field("", repr=False)  # signs Plivo's webhooks (V3) and authorises its REST API
+    plivo_api_base_url: HttpUrl = None  # default https://api.plivo.com (tests: a loopback fake)
+    plivo_validate_signatures: bool = True  # false: /plivo/* serves unsigned webhooks (development only)
     # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
     openai_webhook_secret: str = Field("", repr=False)
     openai_api_key: str = Field("", repr=False)  # OpenAI's key: never another provider's

@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import replace
 from typing import Callable
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,21 +40,22 @@ from telephony.ops.tracing import call_tracing
 from telephony.serve import outbound, recordings, upstream
 from telephony.serve.admission import BUSY, NOT_CALLS, ROUTE_OFF, StreamGate
 from telephony.serve.bridge import Bridge
-from telephony.serve.dashboard import Dashboard
-from telephony.serve.dashboard import Sources as DashboardSources
 from telephony.serve.carriers import CarrierControl, CarrierError
+from telephony.serve.carriers import plivo as plivo_rest
 from telephony.serve.carriers import telnyx as telnyx_rest
 from telephony.serve.carriers.signalwire import SignalWireControl, SignalWireSignatures
 from telephony.serve.claims import Claims
+from telephony.serve.dashboard import Dashboard
+from telephony.serve.dashboard import Sources as DashboardSources
 from telephony.serve.fork import ForkBridge
 from telephony.serve.handoff import Handoff
 from telephony.serve.limits import CallRegistry
 from telephony.serve.outbound import RequestError
 from telephony.serve.security import (
     AGENT_STREAM,
-    WEBHOOK_BODY_LIMIT,
     OUTBOUND_ANSWER,
     TRANSCRIPTION_STREAM,
+    WEBHOOK_BODY_LIMIT,
     StreamTokens,
     WebhookGuard,
     read_capped_body,
@@ -69,10 +71,11 @@ from telephony.serve.transcripts import TranscriptHub
 from telephony.serve.twilio_rest import CallControl, TwilioError
 from telephony.serve.upstream import Connector
 from telephony.settings import Settings, SettingsError
-from telephony.wire.dialects import DIALECTS
+from telephony.wire import plivo as plivo_wire
 from telephony.wire import signalwire as signalwire_wire
 from telephony.wire import telnyx as telnyx_wire
 from telephony.wire import texml
+from telephony.wire.dialects import DIALECTS
 from telephony.wire.media import TWILIO_MEDIA, MediaWire
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
 from telephony.wire.twiml import (
@@ -235,6 +238,19 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 and settings.signalwire_space_url):
             signalwire_control.append(SignalWireControl(settings))
         return signalwire_control[0] if signalwire_control else None
+    plivo_control: list[plivo_rest.PlivoControl] = []
+    if not settings.plivo_validate_signatures:
+        log.warning("PLIVO_VALIDATE_SIGNATURES=false: Plivo webhook signatures are NOT checked (for local "
+                    "development only)")
+
+    def plivo_transfer_url(target: str) -> str:
+        return f"{settings.public_url}{plivo_wire.TRANSFER_PATH}?{urlencode({'to': target})}"
+
+    def plivo_rest_api() -> plivo_rest.PlivoControl | None:
+        if not plivo_control and settings.plivo_auth_id and settings.plivo_auth_token:
+            plivo_control.append(plivo_rest.PlivoControl(
+                settings, plivo_transfer_url if settings.public_url else None))
+        return plivo_control[0] if plivo_control else None
 
     handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and Twilio's REST API
     if state.shared and settings.public_url and settings.twilio_account_sid and settings.twilio_auth_token:
@@ -478,6 +494,110 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         log.info("call %s placed on SignalWire", sid)
         return JSONResponse({"call_sid": sid, "carrier": "signalwire", "carrier_call_id": placed.sid,
                              "status": placed.status}, status_code=201)
+    # --- Plivo: Plivo XML answer (inbound and outbound), status/AMD callbacks, media stream ---
+
+    def plivo_fields(request: Request, body: bytes) -> list[tuple[str, str]]:
+        """The posted form's fields (a GET carries its fields in the query, which the URL signs)."""
+        form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+        return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if form and body else []
+
+    async def plivo_refusal(request: Request, body: bytes) -> str | None:
+        """V3 over PUBLIC_URL + path + query and the form (Plivo signs the URL it was given)."""
+        url = public_base_url(request, settings) + request.url.path
+        url += f"?{request.url.query}" if request.url.query else ""
+        return plivo_rest.signature_refusal(settings.plivo_auth_token, request.headers, request.method, url,
+                                            plivo_fields(request, body))
+
+    plivo_guard = carrier_webhook("Plivo", "PLIVO_AUTH_TOKEN (and PLIVO_AUTH_ID)",
+                                  plivo_refusal if settings.plivo_auth_token else None,
+                                  settings.plivo_validate_signatures)
+
+    def plivo_signed(endpoint):
+        """Plivo's webhooks, guarded; the endpoint gets the fields (the form, or a GET's query)."""
+        async def with_fields(request: Request) -> Response:
+            fields = (dict(plivo_fields(request, await request.body())) if request.method == "POST"
+                      else dict(request.query_params))
+            return await endpoint(request, fields)
+        return plivo_guard(with_fields)
+
+    async def plivo_voice(request: Request, fields: dict[str, str]) -> Response:
+        call_uuid = fields.get("CallUUID", "")
+        if not call_uuid or len(call_uuid) > 128:
+            return error(400, "CallUUID is missing or too long")
+        signed_overrides = dict(request.query_params)
+        if "token" in signed_overrides:  # our outbound call, answered: its signed overrides
+            refused = outbound_signer.verify(signed_overrides, None, time.time(), OUTBOUND_ANSWER)
+            if refused:
+                log.warning("Plivo call: outbound answer URL refused: %s", refused)
+                return Response(f"answer URL refused: {refused}", status_code=403)
+            signed_overrides.pop("token")
+            parameters = signed_overrides
+            sid = parameters.get("call_sid", "")
+        else:
+            sid = plivo_wire.call_sid_for(call_uuid)
+            # Plivo writes numbers as E.164 digits without the "+".
+            to, from_ = (("+" + n if n.isdigit() else n) for n in (fields.get("To", ""), fields.get("From", "")))
+            parameters = {"call_sid": sid, "from": from_, "to": to, "direction": "inbound", "carrier": "plivo",
+                          **profile_parameter(profiles.for_number(to).name)}
+        if refused := await busy(sid):
+            log.warning("Plivo call %s rejected as busy: %s", sid, refused)
+            return xml(plivo_wire.busy_xml())
+        now = time.time()
+        url = signed_stream_url(websocket_url(public_base_url(request, settings), plivo_wire.MEDIA_STREAM_PATH),
+                                tokens, AGENT_STREAM, sid, now)
+        url += "/" + plivo_wire.parameters_segment(tokens.with_token(parameters, now))
+        return xml(plivo_wire.stream_xml(url, profiles.named(parameters.get("profile", "")).fallback))
+
+    async def plivo_status(request: Request, fields: dict[str, str]) -> Response:
+        """Plivo's hang-up, stream-status and machine-detection callbacks: logged; AMD reaches the call."""
+        answered_by = plivo_rest.amd_verdict(fields)
+        if answered_by is not None:
+            log.info("Plivo call answered by %s", answered_by)
+            if (bridge := by_sid.get(fields.get("CallUUID", ""))) is not None:
+                bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        else:
+            log.info("Plivo callback %s %s", fields.get("Event", ""), fields.get("CallStatus", ""))
+        return Response(status_code=204)
+
+    async def plivo_transfer(request: Request, fields: dict[str, str]) -> Response:
+        target = request.query_params.get("to", "")
+        if not (outbound.E164.fullmatch(target) or (target.startswith("sip:") and len(target) < 256)):
+            return error(400, "'to' must be an E.164 number or a sip: URI")
+        return xml(plivo_wire.dial_xml(target))
+
+    async def plivo_media_stream(ws: WebSocket) -> None:
+        segment, _, rest = (ws.path_params.get("segment") or "").partition("/")
+        try:
+            parameters = plivo_wire.parameters_from_segment(rest)
+        except Exception:  # a URL not ours: its start carries no token, and the gate refuses it
+            parameters = {}
+        ws.path_params["segment"] = segment or None
+        await serve_stream(ws, plivo_wire.PlivoMedia(parameters), plivo_rest_api())
+
+    async def place_plivo_call(req: outbound.OutboundRequest, base: str) -> Response:
+        rest = plivo_rest_api()
+        if rest is None:
+            return error(503, "Plivo outbound calls need PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN")
+        # Plivo names the call (CallUUID) only in the answer webhook: our sid is chosen now and
+        # rides, signed with the overrides, in the answer URL (as Twilio's outbound answer does).
+        sid, now = "CA" + uuid.uuid4().hex, time.time()
+        signed_params = outbound_signer.with_token({**req.stream_parameters(), "call_sid": sid, "carrier": "plivo"},
+                                                   now, OUTBOUND_ANSWER)
+        answer = f"{base}{plivo_wire.VOICE_PATH}?{urlencode(signed_params)}"
+        if len(answer) > outbound.URL_LIMIT:
+            return error(422, f"the call's answer URL would be {len(answer)} characters; keep it under "
+                              f"{outbound.URL_LIMIT}: shorten instructions, greeting or metadata")
+        status_url = f"{base}{plivo_wire.STATUS_PATH}"
+        try:
+            placed = await rest.place(req.to, req.from_, answer, status_url,
+                                      status_url if req.machine_detection else None)
+        except CarrierError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+            log.warning("Plivo refused a call: %s %s", exc.status, exc)
+            return error(status, f"Plivo: {exc}")
+        log.info("call %s placed on Plivo", sid)
+        return JSONResponse({"call_sid": sid, "carrier": "plivo", "carrier_request_id": placed.request_uuid,
+                             "status": "queued"}, status_code=201)
 
     async def telnyx_media_stream(ws: WebSocket) -> None:
         await serve_stream(ws, telnyx_wire.TelnyxMedia(), telnyx_rest_api())
@@ -642,6 +762,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 return await place_telnyx_call(req, base)
             if req.carrier == "signalwire":
                 return await place_signalwire_call(req, base)
+            if req.carrier == "plivo":
+                return await place_plivo_call(req, base)
             url = outbound.answer_url(req, base, outbound_signer, time.time())
         except RequestError as exc:
             return error(exc.status, str(exc))
@@ -757,7 +879,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
-        for rest in [*control, *telnyx_control, *signalwire_control]:
+        for rest in [*control, *telnyx_control, *signalwire_control, *plivo_control]:
             await rest.aclose()
 
     app = Starlette(lifespan=lifespan, routes=[
@@ -781,6 +903,11 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route(signalwire_wire.STATUS_CALLBACK_PATH, signalwire_signed(signalwire_status), methods=["POST"]),
         WebSocketRoute(signalwire_wire.MEDIA_STREAM_PATH + "/{segment:path}", signalwire_media_stream),
         WebSocketRoute(signalwire_wire.MEDIA_STREAM_PATH, signalwire_media_stream),
+        Route(plivo_wire.VOICE_PATH, plivo_signed(plivo_voice), methods=["GET", "POST"]),
+        Route(plivo_wire.STATUS_PATH, plivo_signed(plivo_status), methods=["GET", "POST"]),
+        Route(plivo_wire.TRANSFER_PATH, plivo_signed(plivo_transfer), methods=["GET", "POST"]),
+        WebSocketRoute(plivo_wire.MEDIA_STREAM_PATH + "/{segment:path}", plivo_media_stream),
+        WebSocketRoute(plivo_wire.MEDIA_STREAM_PATH, plivo_media_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}", call_detail, methods=["GET"]),

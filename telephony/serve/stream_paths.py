@@ -29,7 +29,8 @@ from telephony.serve.security import PURPOSES, StreamTokens, valid_call_sid
 
 _VERSION = "s1"
 _SEGMENT = re.compile(r"s1\.([0-9]{1,12})\.([A-Za-z0-9]{1,64})\.([A-Za-z0-9_-]{43})")
-_MAC_IN_TEXT = re.compile(r"(s1\.[0-9]{1,12}\.[A-Za-z0-9]{1,64}\.)[A-Za-z0-9_-]{43}")
+# (A Plivo stream URL carries its parameters, token included, as one more segment: masked too.)
+_MAC_IN_TEXT = re.compile(r"(s1\.[0-9]{1,12}\.[A-Za-z0-9]{1,64}\.)[A-Za-z0-9_-]{43}(/p\.[A-Za-z0-9_-]+)?")
 
 # Why a socket was refused at the handshake, as counted (``telephony_streams_refused_total``).
 MISSING_PATH = "missing_path"  # the bare route: no segment at all
@@ -97,4 +98,6 @@ def check_segment(tokens: StreamTokens, segment: str | None, purpose: str, now: 
 def redact_segments(text: str) -> str:
     """``text`` with the MAC of any stream URL segment in it masked: uvicorn logs each websocket's
     path, and a URL that is still valid would hold a pending slot for its call."""
-    return _MAC_IN_TEXT.sub(r"\1[redacted]", text) if "s1." in text else text
+    if "s1." not in text:
+        return text
+    return _MAC_IN_TEXT.sub(lambda m: m[1] + "[redacted]" + ("/p.[redacted]" if m[2] else ""), text)
