@@ -40,9 +40,8 @@ async def answered(host: str, call_uuid: str = CALL_UUID) -> str:
 
 
 def test_our_v3_check_agrees_with_plivo_python():
-    from plivo.utils import validate_v3_signature
-
     from fake_plivo import sign
+    from plivo.utils import validate_v3_signature
 
     for method, url, fields in [("POST", "https://h.example/plivo/voice", {"CallUUID": "x", "From": "1"}),
                                 ("POST", "https://h.example/plivo/voice?b=2&a=1", {"To": "+1 5"}),

@@ -78,6 +78,7 @@ from telephony.wire import texml
 from telephony.wire.dialects import DIALECTS
 from telephony.wire.media import TWILIO_MEDIA, MediaWire
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
+from telephony.wire.twilio import BadStart
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
     MEDIA_STREAM_PATH,
@@ -569,7 +570,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         segment, _, rest = (ws.path_params.get("segment") or "").partition("/")
         try:
             parameters = plivo_wire.parameters_from_segment(rest)
-        except Exception:  # a URL not ours: its start carries no token, and the gate refuses it
+        except BadStart:  # a URL not ours: its start carries no token, and the gate refuses it
             parameters = {}
         ws.path_params["segment"] = segment or None
         await serve_stream(ws, plivo_wire.PlivoMedia(parameters), plivo_rest_api())

@@ -19,8 +19,9 @@ import base64
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
