@@ -423,6 +423,7 @@ class SidebandCall:
                   "transcript": self.route.transcripts.turns(self.call_id),
                   "parked_by": self.route.state.instance, "parked_at": time.time(),
                   "expires_at": time.time() + self.route.settings.handoff_ttl_seconds}
+        await self.route.state.flush(CLOSE_TIMEOUT_S)  # its turns reach the feed before the next instance adds to it
         if not await lot.park(record):
             log.error("call %s: could not be parked; hanging up", self.call_id)
             with contextlib.suppress(openai.APIError):
