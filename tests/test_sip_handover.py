@@ -92,7 +92,7 @@ class ServeProcess:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.proc.wait(), 20)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         self.log = (await self.proc.stdout.read()).decode()
@@ -102,6 +102,11 @@ class ServeProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+def sip_settings(peer, **kw) -> Settings:
+    return Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url, openai_api_key=peer.api_key,
+                    twilio_validate_signatures=False, **kw)
 
 
 async def slow_booking(call) -> dict:
@@ -124,8 +129,8 @@ async def test_a_live_sip_call_moves_to_another_instance_on_sigterm(profile, red
     script = LiveScript(dtmf="", tool_after_sidebands=2, listen_s=6.0)
     async with LiveSipPeer(script) as peer, httpx.AsyncClient() as client:
         settings_b = Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url,
-                              openai_api_key=peer.api_key, twilio_validate_signatures=False, redis_url=redis_server.url, calls_api_token=TOKEN,
-                              call_records_dir=tmp_path / "b")
+                              openai_api_key=peer.api_key, twilio_validate_signatures=False,
+                              redis_url=redis_server.url, calls_api_token=TOKEN, call_records_dir=tmp_path / "b")
         a = ServeProcess(peer, tmp_path, REDIS_URL=redis_server.url, CALL_RECORDS_DIR=str(tmp_path / "a"))
         async with running_app(settings_b, profile) as (b, host_b):
             b.state.openai_sip.start_adopting()  # the lifespan's job (off under the test server)
@@ -146,7 +151,8 @@ async def test_a_live_sip_call_moves_to_another_instance_on_sigterm(profile, red
                 await a.kill()
 
     detached, attached = s.detached_at[0], s.attached_at[1]
-    print(f"\nLive SIP handover: A's sideband closed at {detached:.0f} ms, B attached {attached - detached:.0f} ms later")
+    print(f"\nLive SIP handover: A's sideband closed at {detached:.0f} ms, "
+          f"B attached {attached - detached:.0f} ms later")
     assert attached - detached < 2000
     assert s.accepts == 1 and s.invalid == []
     # A parked it and closed its sideband; it never hung up.
@@ -179,8 +185,8 @@ async def test_a_realtime_sip_call_moves_to_another_instance_on_sigterm(profile,
     caller = ulaw_silence(6.0) + ulaw_tone(500, 0.5)
     async with peer_for(script, caller_audio=caller, listen_s=8.0) as peer, httpx.AsyncClient() as client:
         settings_b = Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url,
-                              openai_api_key=peer.api_key, twilio_validate_signatures=False, redis_url=redis_server.url, calls_api_token=TOKEN,
-                              call_records_dir=tmp_path / "b")
+                              openai_api_key=peer.api_key, twilio_validate_signatures=False,
+                              redis_url=redis_server.url, calls_api_token=TOKEN, call_records_dir=tmp_path / "b")
         a = ServeProcess(peer, tmp_path, REDIS_URL=redis_server.url, CALL_RECORDS_DIR=str(tmp_path / "a"))
         async with running_app(settings_b, profile) as (b, host_b):
             b.state.openai_sip.start_adopting()
@@ -256,8 +262,7 @@ async def test_without_redis_a_single_instance_reattaches_after_its_own_restart(
 async def test_without_a_place_to_park_sip_calls_are_hung_up_at_shutdown(profile):
     """No Redis and no STATE_DIR: nobody could take the call on, so it is hung up as before."""
     async with LiveSipPeer(LiveScript(dtmf="", tool=None, listen_s=10.0)) as peer, \
-            running_app(Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url,
-                                 openai_api_key=peer.api_key, twilio_validate_signatures=False), profile) as (app, host):
+            running_app(sip_settings(peer), profile) as (app, host):
         assert app.state.openai_sip.lot is None
         s = await peer.ring(f"http://{host}/openai/sip", LIVE_SIP_HEADERS)
         await until(lambda: s.sidebands == 1 and s.received, what="the sideband")
@@ -276,14 +281,13 @@ async def test_a_tool_still_running_when_parked_is_answered_as_interrupted_not_r
     profile = replace(profile, function_tools=(slow,))
     script = LiveScript(dtmf="", tool=("book_table", "{}"), listen_s=6.0)
     async with LiveSipPeer(script) as peer:
-        common = dict(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url, openai_api_key=peer.api_key,
-                      twilio_validate_signatures=False, state_dir=tmp_path / "state", call_records_dir=tmp_path)
-        async with running_app(Settings(**common), profile) as (a, host_a):
+        common = {"state_dir": tmp_path / "state", "call_records_dir": tmp_path}
+        async with running_app(sip_settings(peer, **common), profile) as (a, host_a):
             s = await peer.ring(f"http://{host_a}/openai/sip", LIVE_SIP_HEADERS)
             await until(lambda: s.sent and any(e["type"] == "response.event" for e in s.sent), what="the tool call")
             await asyncio.sleep(0.2)
             await a.state.calls.drain(3.2)
-        async with running_app(Settings(**common), profile) as (b, _):
+        async with running_app(sip_settings(peer, **common), profile) as (b, _):
             b.state.openai_sip.start_adopting()
             await until(lambda: s.sidebands == 2, 5, "the second sideband")
             await until(lambda: len(s.of_type("response.item.create")) == 1, 5, "the interrupted tool's answer")

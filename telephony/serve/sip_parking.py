@@ -130,6 +130,6 @@ async def watch(lot: Lot, ready, adopt, poll_s: float = ADOPT_POLL_S) -> None:
                 if not await adopt(record):
                     await lot.park(record)
                     break
-        except Exception:  # noqa: BLE001 - one bad record must not stop the watch
+        except Exception:  # one bad record must not stop the watch
             log.exception("adopting a parked SIP call failed")
         await asyncio.sleep(poll_s)
