@@ -295,3 +295,34 @@ async def test_a_tool_still_running_when_parked_is_answered_as_interrupted_not_r
     (answer,) = s.of_type("response.item.create")
     assert s.received_on[s.received.index(answer)] == 2
     assert answer["item"]["call_id"] == "call_1" and json.loads(answer["item"]["output"])["error"] == INTERRUPTED_TOOL
+
+
+async def test_each_parked_call_is_taken_by_exactly_one_instance(profile, redis_server):
+    """Three instances share Redis; A stops mid-call: B and C both watch, one of them takes it."""
+    script = LiveScript(dtmf="", tool_after_sidebands=2, listen_s=2.0)
+    async with LiveSipPeer(script) as peer:
+        settings = sip_settings(peer, redis_url=redis_server.url)
+        async with running_app(settings, profile) as (a, host_a), running_app(settings, profile) as (b, _), \
+                running_app(settings, profile) as (c, _):
+            for app in (a, b, c):
+                app.state.openai_sip.start_adopting()
+            s = await peer.ring(f"http://{host_a}/openai/sip", LIVE_SIP_HEADERS)
+            await until(lambda: s.goodbye_end_ms, what="the greeting")
+            await a.state.calls.drain(3.2)
+            await until(lambda: s.sidebands == 2, 5, "the second sideband")
+            await asyncio.wait_for(s.ended.wait(), 15)
+            resumed = ['outcome="resumed"} 1.0' in app.state.metrics.render().decode() for app in (b, c)]
+    assert s.sidebands == 2 and sorted(resumed) == [False, True]
+    assert s.hung_up_ms is not None
+
+
+async def test_a_parked_file_is_taken_once_by_two_takers(tmp_path):
+    from telephony.serve.sip_parking import FileLot
+
+    one, two = FileLot(tmp_path, 60), FileLot(tmp_path, 60)
+    two._taker = "other"
+    assert await one.park({"call_id": "live_1/../x", "expires_at": time.time() + 60})
+    assert await one.park({"call_id": "live_old", "expires_at": time.time() - 1})  # lapsed: never taken
+    taken = await asyncio.gather(one.take(), two.take())
+    assert sorted(str(t and t["call_id"]) for t in taken) == ["None", "live_1/../x"]
+    assert not list(tmp_path.iterdir())
