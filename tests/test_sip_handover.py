@@ -326,3 +326,26 @@ async def test_a_parked_file_is_taken_once_by_two_takers(tmp_path):
     taken = await asyncio.gather(one.take(), two.take())
     assert sorted(str(t and t["call_id"]) for t in taken) == ["None", "live_1/../x"]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_hang_up_waiting_for_the_goodbye_is_armed_again_where_the_call_goes(profile):
+    """end_call came just before the deploy: the adopting instance hangs up once the goodbye is heard."""
+    from telephony.core.actions import HangUp, Record, ToRealtime
+    from telephony.core.call import Call
+    from telephony.wire import realtime as rt
+
+    old = Call(profile, carries_media=False)
+    old.begin("rtc_1", {"call_sid": "rtc_1", "to": "sip:+15550100002@x"}, 0.0)
+    old.on_realtime_open(0.0)
+    old.on_realtime(rt.FunctionCall("resp_1", "item_1", "call_1", "end_call", '{"reason": "done"}'), 1.0)
+    saved = json.loads(json.dumps(old.parked()))
+    assert saved["greeted"] is True and saved["after_playout"]["hang_up"].startswith("end_call")
+
+    new = Call(profile, carries_media=False)
+    new.begin("rtc_1", saved["parameters"], 100.0)
+    new.adopt(saved, 100.0)
+    opened = new.on_realtime_open(100.0)
+    assert not [a for a in opened if isinstance(a, ToRealtime)]  # no second greeting
+    assert [a.kind for a in opened if isinstance(a, Record)] == ["resumed"]
+    later = new.on_tick(102.0)
+    assert any(isinstance(a, HangUp) for a in later), later
