@@ -167,3 +167,38 @@ async def test_the_model_is_realtime_model_when_the_dialect_is_live(profile):
     assert s.accepted["model"] == "gpt-live-1.1"
 
 
+
+
+async def test_transfer_call_refers_only_once_the_goodbye_was_heard(profile, tmp_path):
+    """transfer_call on a Live SIP call: /refer (never /hangup), and only once the session clock has
+    passed the last reflected end_ms of the words said before it (a gap in the reflections too)."""
+    from dataclasses import replace
+
+    profile = replace(profile, transfer_targets={"desk": "sip:desk@pbx.example.com"})
+    script = LiveScript(dtmf="", tool=("transfer_call", '{"destination": "desk"}'), goodbye_ms=2000, gap_ms=800)
+    async with LiveSipPeer(script) as peer, \
+            running_app(app_settings(peer, call_records_dir=tmp_path), profile) as (app, host):
+        s = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await asyncio.wait_for(s.ended.wait(), 15)
+        await until(lambda: not app.state.calls._calls)
+    assert {t["name"] for t in s.accepted["delegation"]["responses"]["tools"]} == {"end_call", "transfer_call"}
+    assert s.referred_to == ["sip:desk@pbx.example.com"] and s.hung_up_ms is None
+    assert s.speech_end_ms == s.goodbye_end_ms <= s.referred_ms <= s.goodbye_end_ms + 1500
+    (output,) = s.of_type("response.item.create")
+    assert json.loads(output["item"]["output"])["ok"] is True
+    records = read_records(record_path(tmp_path, s.session_id))
+    assert any(r["kind"] == "transferred" and r["target"] == "sip:desk@pbx.example.com" for r in records)
+
+
+async def test_transfer_to_a_target_not_allowed_is_refused_on_a_live_call(profile):
+    from dataclasses import replace
+
+    profile = replace(profile, transfer_targets={"desk": "sip:desk@pbx.example.com"})
+    script = LiveScript(dtmf="", tool=("transfer_call", '{"destination": "sip:boss@elsewhere.example.com"}'),
+                        listen_s=0.5)
+    async with LiveSipPeer(script) as peer, running_app(app_settings(peer), profile) as (app, host):
+        s = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await asyncio.wait_for(s.ended.wait(), 15)
+    assert s.referred_to == [] and s.end_reason == "remote_hangup"
+    (output,) = s.of_type("response.item.create")
+    assert "cannot transfer" in json.loads(output["item"]["output"])["error"]

@@ -61,6 +61,10 @@ SESSION_START_TIMEOUT_S = 5.0
 # Without response events (Live) the only sign the agent has finished is silence: a hang-up or
 # transfer after a tool call waits for this much of it, so the model's last words are not cut.
 QUIET_BEFORE_AFTER_PLAYOUT_S = 1.0
+# A tool that was running when its call moved to another instance: its outcome is unknown there,
+# and running it again could act twice (a booking, a payment), so the model is told so instead.
+INTERRUPTED_TOOL = ("this tool was interrupted by a service restart: it may or may not have completed. "
+                    "Do not assume it did; tell the caller and check before calling it again.")
 
 # Decides whether a stream may start (e.g. checks its signed token): None, or why not.
 StartVerifier = Callable[[tw.Start], Union[str, None]]
@@ -152,6 +156,8 @@ class Call(Interruptions, PacedAgent, BusinessTools):
         # refused (conversation_already_has_active_response).
         self._cancelling: str | None = None
         self._resumed_items: set[str] = set()  # agent items a false interruption paused, played whole
+        self._greeted_elsewhere = True  # an adopted call without media: its first instance greeted
+        self._interrupted: list[tuple[str, str, Any]] = []  # adopted: tools that were running there
 
     # --- Twilio side ---
 
@@ -273,7 +279,7 @@ class Call(Interruptions, PacedAgent, BusinessTools):
                 self._tools_unsent = False
                 actions.append(ToRealtime(rt.ConfigureSession(self.session_config())))
             if self._sessions == 1:
-                return actions + self._greet()
+                return actions + (self._adopted() if self.resumed else self._greet())
             return actions + [Record("realtime_reconnected", {"items": len(self._history)})]
         actions = [ToRealtime(rt.ConfigureSession(self.session_config()))]
         if not self._session_ready:
@@ -397,6 +403,49 @@ class Call(Interruptions, PacedAgent, BusinessTools):
                 self._caller_text[item] = text
             else:
                 self._transcripts[item] = [text]
+
+    # --- A call without media moved to another instance: its sideband is attached there ---
+
+    def parked(self) -> dict[str, Any]:
+        """What another instance needs to steer this call on (``adopt``): its settings, the
+        conversation, whether the greeting was asked for, the tools still running here, and a
+        hang-up or transfer waiting for the goodbye to be heard."""
+        waiting = None
+        if self._after_playout is not None:
+            action = self._after_playout[0]
+            waiting = ({"hang_up": action.reason} if isinstance(action, HangUp) else
+                       {"transfer": action.number, "refer": action.refer} if isinstance(action, Transfer) else None)
+        return {"parameters": dict(self.parameters), "conversation": self.conversation(),
+                "greeted": self._sessions > 0, "after_playout": waiting,
+                "pending_tools": [{"call_id": c.call_id, "name": c.tool.name, "arguments": c.arguments}
+                                  for c in self._tool_calls.running()]}
+
+    def adopt(self, saved: dict[str, Any], now: float) -> None:
+        """After ``begin``: this call was steered by another instance until it stopped (``parked``).
+        The session goes on at OpenAI, so nothing is restored to it: no second greeting, the tools
+        that were running there are answered as interrupted, a pending hang-up is armed again."""
+        self.resume({"conversation": saved.get("conversation", ())})
+        self._greeted_elsewhere = bool(saved.get("greeted", True))
+        self._interrupted = [(t["call_id"], t["name"], t.get("arguments")) for t in saved.get("pending_tools", ())
+                             if isinstance(t, dict) and t.get("call_id")]
+        waiting = saved.get("after_playout") or {}
+        action = (HangUp(str(waiting["hang_up"])) if "hang_up" in waiting else
+                  Transfer(str(waiting["transfer"]), bool(waiting.get("refer"))) if "transfer" in waiting else None)
+        if action is not None:
+            self._after_playout = (action, now + AFTER_PLAYOUT_TIMEOUT_S)
+
+    def _adopted(self) -> list[Action]:
+        """The first sideband of an adopted call."""
+        greeting = [] if self._greeted_elsewhere else self._greet()
+        actions: list[Action] = list(greeting)
+        interrupted, self._interrupted = self._interrupted, []
+        for call_id, name, arguments in interrupted:
+            actions += [ToRealtime(rt.AddFunctionOutput(call_id, output_text({"error": INTERRUPTED_TOOL}))),
+                        Record("tool_call", {"name": name, "arguments": arguments, "error": INTERRUPTED_TOOL,
+                                             "outcome": "interrupted"})]
+        if interrupted and not greeting:  # the model speaks about them
+            actions.append(self._create_response())
+        return actions + [Record("resumed", {"items": len(self._history), "interrupted_tools": len(interrupted)})]
 
     def on_realtime(self, event: rt.Event | sideband.SidebandEvent | live_sip.SidebandEvent,
                     now: float) -> list[Action]:

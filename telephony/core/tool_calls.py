@@ -56,6 +56,9 @@ class PendingTools:
     def finish(self, call_id: str) -> ToolCall | None:
         return self._calls.pop(call_id, None)
 
+    def running(self) -> list[ToolCall]:
+        return list(self._calls.values())
+
     def due_for_filler(self, now: float, after_s: float) -> list[ToolCall]:
         """Tools running longer than ``after_s`` whose caller has not been told to hold on."""
         return [c for c in self._calls.values() if not c.filler_asked and now - c.started >= after_s]

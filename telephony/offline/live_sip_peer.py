@@ -73,6 +73,8 @@ class LiveScript:
     goodbye_ms: int = 900  # reflected after the tool call arrives
     gap_ms: int = 200  # a dropped-frames gap in the middle of the goodbye's reflections
     listen_s: float = 6.0  # then the caller hangs up (session.closed remote_hangup)
+    # The delegated tool call waits until this many sidebands have attached (2: one deploy between).
+    tool_after_sidebands: int = 1
 
 
 @dataclass
@@ -85,15 +87,23 @@ class LiveSession:
     rejected: int | None = None
     referred_to: list[str] = field(default_factory=list)
     hung_up_ms: float | None = None  # session clock at the hang-up request
+    referred_ms: float | None = None  # session clock at the (first) refer request
     goodbye_end_ms: int | None = None  # the last end_ms reflected
     speech_end_ms: int | None = None  # where the latest speech ends, reflected yet or not
     received: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)  # client messages the SDK's models refuse
     sent: list[dict[str, Any]] = field(default_factory=list)
     sidebands: int = 0
+    received_on: list[int] = field(default_factory=list)  # which sideband (1, 2, …) each message came on
+    attached_at: list[float] = field(default_factory=list)  # session ms of each attach
+    detached_at: list[float] = field(default_factory=list)  # session ms of each sideband's close
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
     t0: float = 0.0  # loop time of the accept: session time 0
+    # The call itself, which outlives any sideband: closing one detaches only that observer.
+    greeted: asyncio.Event = field(default_factory=asyncio.Event)
+    attached: asyncio.Condition = field(default_factory=asyncio.Condition)
+    play: asyncio.Task | None = None
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.received if e.get("type") == kind]
@@ -133,6 +143,8 @@ class LiveSipPeer:
     async def __aexit__(self, *exc: object) -> None:
         for s in self.sessions.values():
             s.ended.set()
+            if s.play is not None:
+                s.play.cancel()
         self._server.should_exit = True
         await self._task
 
@@ -177,6 +189,7 @@ class LiveSipPeer:
             if set(body) - {"target_uri"} or not str(body.get("target_uri") or "").strip():
                 return _err(400, "invalid_value", "target_uri is required")
             s.referred_to.append(body["target_uri"])
+            s.referred_ms = s.referred_ms if s.referred_ms is not None else self._now_ms(s)
         else:
             s.hung_up_ms = self._now_ms(s)
         await self._close(s, "close_requested")
@@ -209,27 +222,32 @@ class LiveSipPeer:
             return
         await ws.accept()
         s.sidebands += 1
+        number = s.sidebands
+        s.attached_at.append(self._now_ms(s))
         self._ws[s.session_id] = ws
-        greeted = asyncio.Event()
-        results = asyncio.Queue()
         await self._send(s, {"type": "session.started", "event_id": _eid(), "session": {
             "id": s.session_id, "object": "live.session", "expires_at": int(time.time()) + 3600,
             "model": s.accepted["model"], "status": "active"}})
-        play = asyncio.create_task(self._play(s, greeted, results))
+        async with s.attached:
+            s.attached.notify_all()
+        if s.play is None:  # the call plays on whoever is attached, and while no one is
+            s.play = asyncio.create_task(self._play(s))
         try:
             while True:
                 text = await ws.receive_text()
+                before = len(s.received)
                 self._check(s, text)
+                if len(s.received) > before:
+                    s.received_on.append(number)
                 msg = s.received[-1] if s.received else {}
                 if msg.get("type") == "session.instructions.append":
-                    greeted.set()
-                elif msg.get("type") == "response.item.create":
-                    results.put_nowait(msg)
+                    s.greeted.set()
         except WebSocketDisconnect:
             pass
         finally:
-            play.cancel()
-            self._ws.pop(s.session_id, None)
+            s.detached_at.append(self._now_ms(s))
+            if self._ws.get(s.session_id) is ws:
+                del self._ws[s.session_id]
 
     def _check(self, s: LiveSession, text: str) -> None:
         try:
@@ -262,9 +280,9 @@ class LiveSipPeer:
             s.goodbye_end_ms = start + at + CHUNK_MS
             await asyncio.sleep(CHUNK_MS / 1000)
 
-    async def _play(self, s: LiveSession, greeted: asyncio.Event, results: asyncio.Queue) -> None:
+    async def _play(self, s: LiveSession) -> None:
         sc = self.script
-        await greeted.wait()
+        await s.greeted.wait()
         await self._speak(s, "Hello, how can I help?", sc.greeting_ms)
         start = int(self._now_ms(s))
         await asyncio.sleep(sc.caller_ms / 1000)
@@ -272,6 +290,8 @@ class LiveSipPeer:
                              "delta": sc.caller_says, "start_ms": start, "end_ms": start + sc.caller_ms})
         if sc.dtmf:
             await self._send(s, {"type": "transport.dtmf.received", "event_id": _eid(), "event": sc.dtmf})
+        async with s.attached:  # e.g. the instance steering it stopped: the call waits for the next
+            await s.attached.wait_for(lambda: s.sidebands >= sc.tool_after_sidebands and s.session_id in self._ws)
         if sc.tool is not None:
             name, arguments = sc.tool
             await self._send(s, {"type": "response.event", "event_id": _eid(), "delegation_id": "del_1", "event": {
@@ -292,6 +312,8 @@ class LiveSipPeer:
                                          "model": (s.accepted or {}).get("model", ""), "status": "active"},
                              "usage": {"seconds": round(self._now_ms(s) / 1000, 3)}})
         s.ended.set()
+        if s.play is not None and s.play is not asyncio.current_task():
+            s.play.cancel()  # the call is over: nothing more is said
         ws = self._ws.get(s.session_id)
         if ws is not None:
             with contextlib.suppress(Exception):

@@ -172,6 +172,8 @@ class PhoneLine:
         except WebSocketDisconnect:
             pass
         finally:
+            # Closing a sideband detaches only that observer: the call goes on, and another may attach.
+            self.call.timeline.append((self._loop.time(), "sideband_closed", ""))
             if self._ws is ws:
                 self._ws = None
 

@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         from telephony.serve.openai_sip import OpenAISipRoute
 
         openai_sip = OpenAISipRoute(settings, profiles.for_number, calls, metrics, transcripts, state, tool_runner,
-                                    history=lambda: call_history("openai_sip", "ga"))
+                                    history=lambda: call_history("openai_sip", "ga"), profile_named=profiles.named)
         openai_sip.tracing = tracing
 
     def default_connector(s: Settings) -> Connector:
@@ -863,6 +863,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        if openai_sip is not None:
+            openai_sip.start_adopting()  # SIP calls a stopped instance left (this one, before a restart)
         yield
         # The calls have ended (GracefulServer drained them first): what they left queued is sent
         # now, bounded, inside the platform's kill timeout (Heroku: SIGKILL 30 s after SIGTERM,

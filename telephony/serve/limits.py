@@ -29,6 +29,9 @@ class CallRegistry:
         self._changed = asyncio.Event()
         # Set when calls can be moved to another instance at shutdown (serve/handoff.py): True if moved.
         self.hand_over: Callable[[Endable], Awaitable[bool]] | None = None
+        # Set when calls without media can be left for another instance (serve/sip_parking.py):
+        # done at once, since such a call loses nothing by moving and gains nothing by waiting.
+        self.park: Callable[[Endable], Awaitable[bool]] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -76,6 +79,11 @@ class CallRegistry:
         (when it can: the last HANDOFF_BUDGET_S of the grace is kept for that) or ends them.
         ``hurry`` (polled; a second Ctrl-C): True ends them at once, without waiting for them to close."""
         self.draining = True
+        if self.park is not None and self._calls and not hurry():
+            parked = await asyncio.gather(*(asyncio.wait_for(self.park(call), HANDOFF_BUDGET_S)
+                                            for call in list(self._calls)), return_exceptions=True)
+            if n := sum(ok is True for ok in parked):
+                log.info("shutting down: %d SIP call(s) left for another instance", n)
         wait_s = grace_s if self.hand_over is None else max(0.0, grace_s - HANDOFF_BUDGET_S)
         if self._calls:
             log.info("shutting down: waiting up to %g s for %d call(s)", wait_s, len(self._calls))

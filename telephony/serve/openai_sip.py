@@ -46,7 +46,7 @@ from telephony.core.profile import Profile
 from telephony.history.recorder import CallHistory
 from telephony.ops import logs
 from telephony.ops.metrics import Metrics
-from telephony.serve import realtime_client
+from telephony.serve import realtime_client, sip_parking
 from telephony.serve.limits import CallRegistry, Place
 from telephony.serve.realtime_client import RealtimeTransport
 from telephony.serve.security import read_capped_body
@@ -71,6 +71,7 @@ CLOSE_TIMEOUT_S = 1.0
 REST_TIMEOUT_S = 10.0
 NORMAL_CLOSURE = 1000  # OpenAI closes the sideband so when the call ends; anything else is a drop
 HELD_LIMIT = 200  # sideband messages kept while it reconnects (tool outputs, keypad digits)
+PARK_TOOL_WAIT_S = 1.0  # at shutdown, a running tool gets this long to answer before its call is parked
 
 # The profile for a call, from the URI of its SIP To header; None: no profile answers there.
 ProfileChooser = Callable[[str], Profile | None]
@@ -145,9 +146,11 @@ class OpenAISipRoute:
     def __init__(self, settings: Settings, choose_profile: ProfileChooser, calls: CallRegistry,
                  metrics: Metrics, transcripts: TranscriptHub, state: LocalState | RedisState | None = None,
                  tools: ToolRunner | None = None,
-                 history: Callable[[], CallHistory | None] = lambda: None) -> None:
+                 history: Callable[[], CallHistory | None] = lambda: None,
+                 profile_named: Callable[[str], Profile] | None = None) -> None:
         """``state``: where call ids are claimed and calls listed (the app's: shared with REDIS_URL).
         ``history``: a new call's history recorder (None: the history is off).
+        ``profile_named``: the profile of that name, for a call adopted from another instance.
         Raises SettingsError naming OPENAI_API_KEY when there is no key of OpenAI's to send."""
         self.api_key = settings.require_openai_key()
         self.settings = settings
@@ -165,6 +168,57 @@ class OpenAISipRoute:
         self.engines = {"ga": RealtimeEngine(self.client, settings, self.base_url),
                         "live": LiveEngine(self.client, settings, self.base_url)}
         self._tasks: set[asyncio.Task] = set()
+        self.profile_named = profile_named
+        # Where calls wait for another instance when this one stops (Redis, or STATE_DIR); none:
+        # they are hung up at shutdown, as a call nobody steers has no tools and no end_call.
+        self.lot = sip_parking.make_lot(self.state, settings.state_dir, settings.handoff_ttl_seconds)
+        self._watcher: asyncio.Task | None = None
+        if self.lot is not None:
+            calls.park = self.park
+
+    def start_adopting(self) -> None:
+        """Watches for calls other instances (or this one before a restart) parked; the app's
+        lifespan starts it."""
+        if self.lot is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.create_task(sip_parking.watch(
+                self.lot, lambda: self.calls.accepting() is None, self._adopt))
+
+    async def park(self, call) -> bool:
+        """Shutdown: leaves a steered call for another instance instead of hanging it up."""
+        if self.lot is None or not isinstance(call, SidebandCall):
+            return False
+        return await call.park(self.lot)
+
+    async def _adopt(self, record: dict) -> bool:
+        """A call another instance parked: steered from here on, over a new sideband."""
+        engine = self.engines.get(record.get("engine", ""))
+        call_id = str(record.get("call_id") or "")
+        if engine is None or not call_id:
+            log.error("parked call %r of unknown engine %r dropped", call_id, record.get("engine"))
+            return True
+        place = self.calls.reserve()
+        if place is None:
+            return False
+        parameters = {str(k): str(v) for k, v in (record.get("parameters") or {}).items()}
+        name = str(record.get("profile") or "")
+        profile = (self.profile_named(name) if self.profile_named and name else None) \
+            or self.choose_profile(parameters.get("to", ""))
+        if profile is None:
+            place.release()
+            log.error("call %s: no profile here for the parked call; left to OpenAI", call_id)
+            return True
+        call = engine.new_call(profile)
+        starting = call.begin(call_id, parameters, time.monotonic())
+        call.adopt(record, asyncio.get_running_loop().time())
+        log.info("call %s: adopted (%s) from %s; attaching its sideband", call_id, engine.name,
+                 record.get("parked_by", "another instance"))
+        self.metrics.handoffs.labels("resumed").inc()
+        sideband = SidebandCall(self, call, starting, engine, earlier=record.get("transcript") or [])
+        place.fill(sideband)
+        task = asyncio.create_task(sideband.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
 
     def routes(self) -> list[Route]:
         return [Route(wire.OPENAI_SIP_PATH, self.webhook, methods=["POST"])]
@@ -273,6 +327,9 @@ class OpenAISipRoute:
 
     async def close(self) -> None:
         """Stops following the calls (they go on at OpenAI without tools); the REST client closes."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -284,7 +341,8 @@ class SidebandCall:
     the business tools."""
 
     def __init__(self, route: OpenAISipRoute, call: Call, starting: list[Action],
-                 engine: RealtimeEngine | None = None) -> None:
+                 engine: RealtimeEngine | None = None, earlier: list[dict] | None = None) -> None:
+        """``earlier``: an adopted call's transcript on its first instance (seq goes on from it)."""
         self.route = route
         self.engine = engine or route.engines["ga"]
         self.call = call
@@ -297,6 +355,8 @@ class SidebandCall:
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._observer: CallObserver | None = None  # made in run(): the call's log context is its task's
+        self._earlier = earlier or []
+        self._parked = False  # left for another instance at shutdown: the call goes on there
 
     def now(self) -> float:
         return self._loop.time()
@@ -309,6 +369,8 @@ class SidebandCall:
                                       history=route.history(), trace=trace)
         transcripts, state = route.transcripts, route.state
         transcripts.begin(self.call_id)
+        if self._earlier:
+            transcripts.carry_on(self.call_id, self._earlier)
         # Listed for GET /calls (on every instance, with Redis) beside the call, never before it.
         listed = asyncio.create_task(state.put_call(self.call_id, {**call_entry(self.call.parameters),
                                                                    "route": ROUTE}))
@@ -325,17 +387,55 @@ class SidebandCall:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             route.calls.discard(self)
-            transcripts.end(self.call_id)
+            transcripts.end(self.call_id, handed_over=self._parked)  # parked: its feed goes on elsewhere
             self._observer.close()
             await self.tools.aclose()
             await asyncio.gather(listed, return_exceptions=True)  # listed first, so that the drop is last
             with contextlib.suppress(Exception):
-                await state.drop_call(self.call_id)
+                await state.drop_call(self.call_id, handed_over=self._parked)
 
     def end(self, reason: str) -> None:
         """The service is shutting down: hang the call up rather than leave it without tools."""
         log.info("call %s: ending: %s", self.call_id, reason)
         self._spawn(self._control(HangUp(reason)))
+
+    async def park(self, lot: sip_parking.Lot) -> bool:
+        """Shutdown: stops steering the call and leaves it in ``lot`` for another instance. The
+        sideband is closed (which detaches only us: the call goes on at OpenAI); never hung up.
+        False: it could not be parked, and the drain ends it as before."""
+        if self.call.ended or self._parked:
+            return False
+        deadline = self.now() + PARK_TOOL_WAIT_S
+        while len(self.call._tool_calls) and self.now() < deadline:  # their outputs still go out from here
+            await asyncio.sleep(0.05)
+        for task in self._tasks:  # nothing more happens here: the pump, the clock, the tools stop
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        sideband, self._sideband = self._sideband, None
+        if sideband is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sideband.close(), CLOSE_TIMEOUT_S)
+        saved = self.call.parked()  # before the record ends: what is still running, what waits
+        self.dispatch(self.call.on_handing_over())
+        self.dispatch(self.call.on_handoff_result(True, len(saved["conversation"])))  # its last turns published
+        record = {**saved, "engine": self.engine.name, "call_id": self.call_id, "profile": self.call.profile.name,
+                  "transcript": self.route.transcripts.turns(self.call_id),
+                  "parked_by": self.route.state.instance, "parked_at": time.time(),
+                  "expires_at": time.time() + self.route.settings.handoff_ttl_seconds}
+        await self.route.state.flush(CLOSE_TIMEOUT_S)  # its turns reach the feed before the next instance adds to it
+        if not await lot.park(record):
+            log.error("call %s: could not be parked; hanging up", self.call_id)
+            with contextlib.suppress(openai.APIError):
+                await self.engine.hangup(self.call_id)
+            self._done.set()
+            return True  # ended here: nothing more for the drain to do
+        self._parked = True
+        log.info("call %s: parked for another instance (%s, %d transcript turns, %d tools running)",
+                 self.call_id, self.engine.name, len(record["transcript"]), len(saved["pending_tools"]))
+        self.route.metrics.handoffs.labels("handed_over").inc()
+        self._done.set()
+        return True
 
     # --- Actions into I/O ---
 

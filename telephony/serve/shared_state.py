@@ -69,6 +69,7 @@ class LocalState:
         self._values: dict[str, tuple[dict, float]] = {}
         self._streams: dict[str, list[dict[str, Any]]] = {}
         self._followers: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self._queues: dict[str, list[dict]] = {}
 
     async def flush(self, timeout: float) -> int:
         return 0  # nothing waits: feeds are in this process
@@ -112,6 +113,16 @@ class LocalState:
     async def take(self, key: str) -> dict | None:
         value, expiry = self._values.pop(key, (None, 0.0))
         return value if expiry > time.monotonic() else None
+
+    # --- queues: items any instance may take, each taken once (SIP calls left by a stopping instance) ---
+
+    async def push(self, name: str, value: dict, ttl_s: float) -> bool:
+        self._queues.setdefault(name, []).append(value)
+        return True
+
+    async def pop(self, name: str) -> dict | None:
+        queue = self._queues.get(name)
+        return queue.pop(0) if queue else None
 
     # --- streams (a call's transcript): items in order, followed live ---
 
@@ -336,6 +347,20 @@ class RedisState:
 
     async def take(self, key: str) -> dict | None:
         raw = await self._safely("take", self.redis.getdel(self._key("value", key)))
+        return orjson.loads(raw) if raw else None
+
+    # --- queues: a list each; LPOP is atomic, so each item goes to exactly one instance ---
+
+    async def push(self, name: str, value: dict, ttl_s: float) -> bool:
+        """Appends ``value``; the whole list lapses ``ttl_s`` after its last push."""
+        key = self._key("queue", name)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(key, orjson.dumps(value))
+        pipe.expire(key, max(1, int(ttl_s)))
+        return await self._safely("push", pipe.execute()) is not None
+
+    async def pop(self, name: str) -> dict | None:
+        raw = await self._safely("pop", self.redis.lpop(self._key("queue", name)))
         return orjson.loads(raw) if raw else None
 
     # --- streams: a list per stream (what a late follower reads) and a channel (what is new) ---
