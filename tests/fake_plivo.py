@@ -169,6 +169,7 @@ class FakePlivoRest:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict, str]] = []
         self.hangup_status = 204
+        self.transfer_status = 202  # 404: the call is gone (hung up meanwhile)
 
     def app(self) -> Starlette:
         async def record(request: Request) -> dict:
@@ -187,6 +188,8 @@ class FakePlivoRest:
                 if self.hangup_status == 404:
                     return JSONResponse({"api_id": "api-2", "error": "not found"}, status_code=404)
                 return Response(status_code=self.hangup_status)
+            if self.transfer_status == 404:
+                return JSONResponse({"api_id": "api-3", "error": "call not found"}, status_code=404)
             return JSONResponse({"api_id": "api-3", "message": "call transferred"}, status_code=202)
 
         return Starlette(routes=[Route("/v1/Account/{auth_id}/Call/", create, methods=["POST"]),

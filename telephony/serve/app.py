@@ -253,10 +253,19 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 settings, plivo_transfer_url if settings.public_url else None))
         return plivo_control[0] if plivo_control else None
 
-    handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and Twilio's REST API
-    if state.shared and settings.public_url and settings.twilio_account_sid and settings.twilio_auth_token:
+    def resume_url(path: str) -> Callable[[dict[str, str], float], str]:
+        """A carrier's answer route for a handed-over call: its parameters signed in the query, as
+        an outbound call's answer URL (the route then streams with them, ``resume`` included)."""
+        def url(parameters: dict[str, str], now: float) -> str:
+            return f"{settings.public_url}{path}?{urlencode(outbound_signer.with_token(parameters, now, OUTBOUND_ANSWER))}"
+        return url
+
+    handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and the carrier's REST API
+    if state.shared and settings.public_url:
         handoff = Handoff(state, call_control, websocket_url(settings.public_url, MEDIA_STREAM_PATH), tokens,
-                          transcripts, metrics, profile.fallback, settings.handoff_ttl_seconds)
+                          transcripts, metrics, profile.fallback, settings.handoff_ttl_seconds,
+                          resume_urls={"signalwire": resume_url(signalwire_wire.OUTBOUND_ANSWER_PATH),
+                                       "plivo": resume_url(plivo_wire.VOICE_PATH)})
         calls.hand_over = handoff.hand_over
 
     def error(status: int, message: str) -> JSONResponse:

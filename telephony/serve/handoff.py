@@ -6,6 +6,12 @@ state under its call sid, with a TTL, then updates the live Twilio call with new
 stops the old stream and opens the new one, on whichever instance its router picks; there the
 bridge fetches the saved call while the Realtime handshake runs, and the new session gets the
 conversation instead of a greeting, as after a Realtime reconnect. The caller hears a short pause.
+
+Other carriers whose REST API can point a live call at new markup by URL (``MovableCall``:
+SignalWire's LaML update, Plivo's A-leg transfer) are moved the same way, except that the markup is
+fetched: the call is sent to that carrier's answer route with the call's sid and ``resume`` signed
+in the URL (as an outbound call's answer URL is), and the carrier verifies the fetch like any
+webhook. A carrier without it (Telnyx) is drained, as before.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
 from telephony.serve.bridge import Bridge
+from telephony.serve.carriers import CarrierError
 from telephony.serve.security import AGENT_STREAM, StreamTokens
 from telephony.serve.shared_state import LocalState, RedisState
 from telephony.serve.stream_paths import signed_stream_url
@@ -44,8 +51,10 @@ def handoff_key(call_sid: str) -> str:
 class Handoff:
     def __init__(self, state: LocalState | RedisState, control: Callable[[], CallControl | None], stream_url: str,
                  tokens: StreamTokens, transcripts: TranscriptHub, metrics: Metrics, fallback: str,
-                 ttl_s: float) -> None:
+                 ttl_s: float, resume_urls: Mapping[str, Callable[[dict[str, str], float], str]] = {}) -> None:
         self.state = state
+        # Per carrier moved by URL: its signed answer URL for a call's parameters (MovableCall).
+        self.resume_urls = resume_urls
         self.control = control
         self.stream_url = stream_url
         self.tokens = tokens
@@ -58,16 +67,27 @@ class Handoff:
         """Moves the call to a new stream; False when it cannot (it is then ended as in a drain)."""
         if not isinstance(bridge, Bridge):  # a call without a Twilio stream (OpenAI's SIP route)
             return False
-        if bridge.wire.carrier != "twilio":  # another carrier's call: Twilio cannot redirect it (drained)
+        call, sid, carrier = bridge.call, bridge.call.call_sid, bridge.wire.carrier
+        if not sid or call.ended:
             return False
-        call, sid = bridge.call, bridge.call.call_sid
-        control = self.control()
-        if not sid or call.ended or control is None:
-            return False
+        if carrier == "twilio":
+            if (control := self.control()) is None:
+                return False
+            twiml = self.redirect_twiml(call, time.time())
+
+            def move():
+                return control.redirect(sid, twiml)
+        else:  # moved by URL, where the carrier can (else drained)
+            mover, resume_url = bridge.call_control, self.resume_urls.get(carrier)
+            if resume_url is None or not hasattr(mover, "move"):
+                return False
+            url = resume_url(self.resume_parameters(call), time.time())
+
+            def move():
+                return mover.move(bridge.carrier_call_id or sid, url)
         saved = {**call.snapshot(), "transcript": self.transcripts.turns(sid)}
         if not await self.state.put(handoff_key(sid), saved, self.ttl_s):
             return self._failed(sid, "its state could not be saved")
-        twiml = self.redirect_twiml(call, time.time())
         # Twilio may stop this stream before its REST answer arrives: the stream's cleanup waits for
         # the outcome (Bridge.handoff_settled) instead of guessing it.
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -77,13 +97,13 @@ class Handoff:
         try:
             # The new stream (same call sid) usually opens before this one ends: let it claim the call.
             await bridge.release_stream()
-            await asyncio.wait_for(control.redirect(sid, twiml), REDIRECT_DEADLINE_S)
+            await asyncio.wait_for(move(), REDIRECT_DEADLINE_S)
             moved = True
-        except TwilioError as exc:  # refused (the caller hung up meanwhile, say): the state is not needed
+        except (TwilioError, CarrierError) as exc:  # refused (the caller hung up meanwhile, say): state not needed
             await self.state.take(handoff_key(sid))
-            return self._failed(sid, f"Twilio refused the update ({exc.status}): {exc}")
-        except asyncio.TimeoutError:  # unknown whether Twilio acted: the saved state lapses with its TTL
-            return self._failed(sid, f"Twilio did not answer within {REDIRECT_DEADLINE_S:g} s")
+            return self._failed(sid, f"{bridge.wire.label} refused the update ({exc.status}): {exc}")
+        except asyncio.TimeoutError:  # unknown whether the carrier acted: the saved state lapses with its TTL
+            return self._failed(sid, f"{bridge.wire.label} did not answer within {REDIRECT_DEADLINE_S:g} s")
         finally:  # the record first, then the stream's cleanup may go on (it waits for the outcome)
             bridge.dispatch(call.on_handoff_result(moved, len(saved["conversation"])))
             if not outcome.done():
@@ -92,13 +112,16 @@ class Handoff:
         self.metrics.handoffs.labels("handed_over").inc()
         return True
 
+    @staticmethod
+    def resume_parameters(call: Call) -> dict[str, str]:
+        """What the new stream carries: small, whatever the call's parameters (the rest is saved)."""
+        return {"call_sid": call.call_sid, RESUME: "1",
+                **{k: call.parameters[k] for k in INLINE_PARAMETERS if call.parameters.get(k)}}
+
     def redirect_twiml(self, call: Call, now: float) -> str:
-        """The <Connect><Stream> that carries the call on: small, whatever the call's parameters."""
-        sid = call.call_sid
-        parameters = {"call_sid": sid, RESUME: "1",
-                      **{k: call.parameters[k] for k in INLINE_PARAMETERS if call.parameters.get(k)}}
-        url = signed_stream_url(self.stream_url, self.tokens, AGENT_STREAM, sid, now)  # the route's URL, this call's
-        return connect_stream(url, self.tokens.with_token(parameters, now), self.fallback)
+        """The <Connect><Stream> that carries a Twilio call on."""
+        url = signed_stream_url(self.stream_url, self.tokens, AGENT_STREAM, call.call_sid, now)  # this call's
+        return connect_stream(url, self.tokens.with_token(self.resume_parameters(call), now), self.fallback)
 
     def _failed(self, sid: str, why: str) -> bool:
         log.warning("call %s: handoff failed: %s; the call ends as in a drain", sid, why)

@@ -95,6 +95,11 @@ class CallControl:
     async def redirect(self, call_sid: str, twiml: str) -> None:
         await self._call(self._client.calls(call_sid).update_async(twiml=twiml))
 
+    async def move(self, call_sid: str, answer_url: str) -> None:
+        """The live call fetches new markup from ``answer_url`` (a handoff by URL, where the carrier
+        verifies fetching it as every webhook: SignalWire's, whose inline ``Twiml`` is unverified)."""
+        await self._call(self._client.calls(call_sid).update_async(url=answer_url, method="POST"))
+
     async def transfer(self, call_sid: str, target: str, by_refer: bool = False) -> None:
         """The carrier seam's transfer: the live call's TwiML becomes <Dial> (or <Refer>)."""
         await self.redirect(call_sid, transfer_twiml(target, by_refer))

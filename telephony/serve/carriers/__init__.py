@@ -36,3 +36,10 @@ class CarrierControl(Protocol):
     async def transfer(self, call_id: str, target: str, by_refer: bool = False) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class MovableCall(CarrierControl, Protocol):
+    """A carrier that can point a live call at new markup by URL, so a call can be handed over on a
+    deploy (Twilio's own handoff sends its TwiML inline instead)."""
+
+    async def move(self, call_id: str, answer_url: str) -> None: ...

@@ -124,6 +124,11 @@ class PlivoControl:
         await self._request("POST", f"/Call/{quote(call_id, safe='')}/",
                             {"legs": "aleg", "aleg_url": self.transfer_url(target), "aleg_method": "POST"})
 
+    async def move(self, call_id: str, answer_url: str) -> None:
+        """The live call's A leg fetches new XML from ``answer_url`` (a handoff): Plivo's transfer."""
+        await self._request("POST", f"/Call/{quote(call_id, safe='')}/",
+                            {"legs": "aleg", "aleg_url": answer_url, "aleg_method": "POST"})
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
