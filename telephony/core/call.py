@@ -35,7 +35,7 @@ from telephony.core.pacing import AgentPacer
 from telephony.core.playout import PlayoutLedger, Unheard
 from telephony.core.profile import Profile
 from telephony.core.reflected import ReflectedPlayout
-from telephony.core.tool_calls import PendingTools
+from telephony.core.tool_calls import PendingTools, output_text
 from telephony.core.turns import Turn, TurnGrouper
 from telephony.core.vad import EnergyVad
 from telephony.wire import live_sip

@@ -466,7 +466,15 @@ class SidebandCall:
             log.warning("call %s: sideband away; message dropped", self.call_id)
 
     def _spawn(self, coro) -> None:
-        self._tasks.append(asyncio.create_task(coro))
+        task = asyncio.create_task(coro)
+        task.add_done_callback(self._log_failure)
+        self._tasks.append(task)
+
+    def _log_failure(self, task: asyncio.Task) -> None:
+        """A task of this call that died of a bug says so now, with the call's id (not when it is
+        collected, with none): the sideband's pump dying silently left a call unsteered."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("call %s: %s failed", self.call_id, task.get_coro().__qualname__, exc_info=exc)
 
     async def _pump(self) -> None:
         url = self.engine.sideband_url(self.call_id)
