@@ -93,14 +93,18 @@ class RealtimeEngine:
         session = wire.accept_session(call.session_config(), self.settings.openai_sip_model)
         return self.client.realtime.calls.accept(call_id, **session)
 
+    def calls(self):
+        """The openai client's resource for this engine's calls (same verbs on both engines)."""
+        return self.client.realtime.calls
+
     def reject(self, call_id: str, status: int):
-        return self.client.realtime.calls.reject(call_id, status_code=status)
+        return self.calls().reject(call_id, status_code=status)
 
     def hangup(self, call_id: str):
-        return self.client.realtime.calls.hangup(call_id)
+        return self.calls().hangup(call_id)
 
     def refer(self, call_id: str, target: str):
-        return self.client.realtime.calls.refer(call_id, target_uri=target)
+        return self.calls().refer(call_id, target_uri=target)
 
     def sideband_url(self, call_id: str) -> str:
         return wire.sideband_url(self.base_url, call_id)
@@ -122,17 +126,10 @@ class LiveEngine(RealtimeEngine):
                     delegation_model=self.settings.live_delegation_model)
 
     def accept(self, call_id: str, call: Call):
-        return self.client.live.sessions.accept(call_id, session=live_sip.accept_session(call.session_config(),
-                                                                                         self.model()))
+        return self.calls().accept(call_id, session=live_sip.accept_session(call.session_config(), self.model()))
 
-    def reject(self, call_id: str, status: int):
-        return self.client.live.sessions.reject(call_id, status_code=status)
-
-    def hangup(self, call_id: str):
-        return self.client.live.sessions.hangup(call_id)
-
-    def refer(self, call_id: str, target: str):
-        return self.client.live.sessions.refer(call_id, target_uri=target)
+    def calls(self):
+        return self.client.live.sessions
 
     def sideband_url(self, call_id: str) -> str:
         return live_sip.attach_url(self.base_url, call_id)
