@@ -136,8 +136,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("", repr=False)
     redis_timeout_seconds: float = Field(0.3, gt=0)  # each operation on a call's path; then Redis is skipped
     handoff_ttl_seconds: int = Field(120, gt=0)
-    # Without REDIS_URL: where SIP calls left by a stopping instance wait for it to come back (off: hung up).
-    state_dir: Path | None = None
+    # Without REDIS_URL: where SIP calls left by a stopping instance wait for it to come back. In the
+    # working directory by default (as the call history's SQLite file), so that a single instance
+    # re-attaches to its calls after a restart without being told where; nothing is written there
+    # until a call is parked.
+    state_dir: Path | None = Path("telephony-state")  # None (in code): calls are hung up at shutdown
     stream_start_timeout_seconds: float = Field(5.0, gt=0)
     max_pending_streams: int = Field(0, ge=0)  # 0: as many as MAX_CONCURRENT_CALLS (50 if that is 0)
     http_request_timeout_seconds: float = Field(5.0, gt=0)

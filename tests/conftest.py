@@ -38,6 +38,14 @@ def history_in_a_temporary_file(monkeypatch, tmp_path_factory):
                         str(tmp_path_factory.mktemp("history") / "telephony.sqlite3"))
 
 
+@pytest.fixture(autouse=True)
+def parked_calls_in_a_temporary_directory(monkeypatch, tmp_path_factory):
+    """SIP calls a test's app parks without Redis go to a directory of that test's own (the
+    service's default is ./telephony-state, which every test and worker would share, and adopt
+    each other's calls from). Set in the environment, so a `telephony serve` subprocess gets it too."""
+    monkeypatch.setenv("STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def profile() -> Profile:
     return load_profile(ROOT / "config" / "agent.toml")

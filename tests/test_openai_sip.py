@@ -265,7 +265,9 @@ async def test_signed_but_unusable_webhooks(profile, body, status, reason):
 
 async def test_draining_hangs_up_sip_calls_still_going_after_the_grace(profile):
     script = Script(response_ms=300, speed=5.0)
-    async with peer_for(script, listen_s=10.0) as peer, running_app(app_settings(peer), profile) as (app, host):
+    # No Redis and no state directory: no one could take the call on (tests/test_sip_handover.py).
+    async with peer_for(script, listen_s=10.0) as peer, \
+            running_app(app_settings(peer, state_dir=None), profile) as (app, host):
         call = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
         await until(lambda: len(app.state.calls) == 1 and call.received)
         await app.state.calls.drain(0.2)

@@ -260,9 +260,10 @@ async def test_without_redis_a_single_instance_reattaches_after_its_own_restart(
 
 
 async def test_without_a_place_to_park_sip_calls_are_hung_up_at_shutdown(profile):
-    """No Redis and no STATE_DIR: nobody could take the call on, so it is hung up as before."""
+    """No Redis and no state directory (off in code; STATE_DIR has a default): nobody could take
+    the call on, so it is hung up as before."""
     async with LiveSipPeer(LiveScript(dtmf="", tool=None, listen_s=10.0)) as peer, \
-            running_app(sip_settings(peer), profile) as (app, host):
+            running_app(sip_settings(peer, state_dir=None), profile) as (app, host):
         assert app.state.openai_sip.lot is None
         s = await peer.ring(f"http://{host}/openai/sip", LIVE_SIP_HEADERS)
         await until(lambda: s.sidebands == 1 and s.received, what="the sideband")
