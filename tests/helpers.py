@@ -188,3 +188,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+async def follow_feed(client, url: str, turns: list[dict], headers: dict[str, str], timeout_s: float = 60) -> bool:
+    """Follows a call's transcript feed (SSE), appending each turn as it comes; True once it
+    ended with ``event: end`` (a caller may cancel it and keep what came)."""
+    import json
+    event = None
+    async with client.stream("GET", url, headers=headers, timeout=timeout_s) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "transcript":
+                turns.append(json.loads(line[6:]))
+            elif line.startswith("data: ") and event == "end":
+                return True
+    return False

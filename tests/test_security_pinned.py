@@ -11,7 +11,6 @@ import json
 import logging
 
 import httpx
-import pytest
 from conftest import serve_app
 from starlette.applications import Starlette
 from starlette.requests import Request

@@ -4,14 +4,13 @@ instances, limits across instances, and Redis going away mid-call."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 import httpx
 import pytest
 from conftest import running_app
-from helpers import active_spans, simulated_call, twilio_post, ulaw_silence, ulaw_tone
+from helpers import active_spans, follow_feed, simulated_call, twilio_post, ulaw_silence, ulaw_tone
 
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.serve.shared_state import END, RedisState
@@ -33,17 +32,9 @@ async def until(check, timeout_s: float = 5.0, what: str = "condition"):
 
 async def sse_turns(client: httpx.AsyncClient, url: str) -> list[dict]:
     """Follows a transcript feed to its end; the turns it carried."""
-    turns, event = [], None
-    async with client.stream("GET", url, headers=AUTH, timeout=30) as response:
-        assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "transcript":
-                turns.append(json.loads(line[6:]))
-            elif line.startswith("data: ") and event == "end":
-                return turns
-    raise AssertionError("the feed ended without `event: end`")
+    turns: list[dict] = []
+    assert await follow_feed(client, url, turns, AUTH, 30), "the feed ended without `event: end`"
+    return turns
 
 
 async def test_two_instances_list_each_others_calls_and_follow_each_others_transcripts(redis_server):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 from conftest import ROOT, running_app
-from helpers import free_port, ulaw_silence, ulaw_tone
+from helpers import follow_feed, free_port, ulaw_silence, ulaw_tone
 from test_live_sip import SIP_HEADERS as LIVE_SIP_HEADERS
 from test_openai_sip import SIP_HEADERS, peer_for
 
@@ -37,21 +37,6 @@ async def until(check, timeout_s: float = 10.0, what: str = "condition"):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
     return result
-
-
-async def follow_feed(client: httpx.AsyncClient, url: str, turns: list[dict]) -> bool:
-    """Follows a transcript feed, appending each turn as it comes; True once it ended."""
-    event = None
-    async with client.stream("GET", url, headers=AUTH, timeout=60) as response:
-        assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "transcript":
-                turns.append(json.loads(line[6:]))
-            elif line.startswith("data: ") and event == "end":
-                return True
-    return False
 
 
 class ServeProcess:
@@ -140,7 +125,7 @@ async def test_a_live_sip_call_moves_to_another_instance_on_sigterm(profile, red
                 turns: list[dict] = []
                 await until(lambda: s.sidebands == 1, what="A's sideband")
                 feed = asyncio.create_task(follow_feed(client, f"http://{host_b}/calls/{s.session_id}/transcript",
-                                                       turns))
+                                                       turns, AUTH))
                 await until(lambda: any(t["speaker"] == "caller" for t in turns), what="the caller's turn on A")
                 log_a = await a.stop()
                 await until(lambda: s.sidebands == 2, 5, "B's sideband")
@@ -195,7 +180,7 @@ async def test_a_realtime_sip_call_moves_to_another_instance_on_sigterm(profile,
                 call = await peer.ring(f"http://{a.host}/openai/sip", SIP_HEADERS)
                 turns: list[dict] = []
                 feed = asyncio.create_task(follow_feed(client, f"http://{host_b}/calls/{call.call_id}/transcript",
-                                                       turns))
+                                                       turns, AUTH))
                 await until(lambda: call.when("output_audio_buffer.stopped") and turns, what="the greeting heard")
                 log_a = await a.stop()
                 await until(lambda: call.sidebands == 2, 5, "B's sideband")

@@ -4,7 +4,6 @@ and transfers to SIP (<Dial><Sip>, <Refer><Sip>) through a fake Twilio REST serv
 from __future__ import annotations
 
 import asyncio
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path

@@ -15,10 +15,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # SQLAlchemy is imported with the first row, not with the settings
     from sqlalchemy.ext.asyncio import AsyncEngine

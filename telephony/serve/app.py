@@ -271,6 +271,13 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
+    def refused_call(carrier: str, exc: CarrierError | TwilioError) -> JSONResponse:
+        """A carrier's refusal to place a call, for POST /calls: its 4xx passes on (a bad number),
+        except its auth errors, which are ours to fix (502, as when it cannot be reached)."""
+        status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
+        log.warning("%s refused a call: %s %s", carrier, exc.status, exc)
+        return error(status, f"{carrier}: {exc}")
+
     def xml(text: str) -> Response:
         return Response(text, media_type="application/xml")
 
@@ -497,9 +504,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             placed = await rest.place(req.to, req.from_, url, f"{base}{signalwire_wire.STATUS_CALLBACK_PATH}",
                                       f"{base}{signalwire_wire.AMD_CALLBACK_PATH}" if req.machine_detection else None)
         except CarrierError as exc:
-            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
-            log.warning("SignalWire refused a call: %s %s", exc.status, exc)
-            return error(status, f"SignalWire: {exc}")
+            return refused_call("SignalWire", exc)
         sid = signalwire_wire.call_sid_for(placed.sid)
         log.info("call %s placed on SignalWire", sid)
         return JSONResponse({"call_sid": sid, "carrier": "signalwire", "carrier_call_id": placed.sid,
@@ -602,9 +607,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             placed = await rest.place(req.to, req.from_, answer, status_url,
                                       status_url if req.machine_detection else None)
         except CarrierError as exc:
-            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
-            log.warning("Plivo refused a call: %s %s", exc.status, exc)
-            return error(status, f"Plivo: {exc}")
+            return refused_call("Plivo", exc)
         log.info("call %s placed on Plivo", sid)
         return JSONResponse({"call_sid": sid, "carrier": "plivo", "carrier_request_id": placed.request_uuid,
                              "status": "queued"}, status_code=201)
@@ -627,9 +630,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             placed = await rest.place(req.to, req.from_, url, state_text, f"{base}{texml.STATUS_PATH}",
                                       req.machine_detection)
         except CarrierError as exc:
-            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
-            log.warning("Telnyx refused a call: %s %s", exc.status, exc)
-            return error(status, f"Telnyx: {exc}")
+            return refused_call("Telnyx", exc)
         log.info("call %s placed on Telnyx", sid)
         return JSONResponse({"call_sid": sid, "carrier": "telnyx", "carrier_call_id": placed.call_control_id,
                              "status": "queued"}, status_code=201)
@@ -783,9 +784,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         try:
             placed = await outbound.place(rest, req, base, url)
         except TwilioError as exc:
-            status = exc.status if 400 <= exc.status < 500 and exc.status not in (401, 403) else 502
-            log.warning("Twilio refused a call to %s: %s %s", req.to, exc.status, exc)
-            return error(status, f"Twilio: {exc}")
+            return refused_call("Twilio", exc)
         log.info("call %s placed", placed.sid)  # not its number: README, Logs
         return JSONResponse({"call_sid": placed.sid, "status": placed.status}, status_code=201)
 

@@ -30,11 +30,11 @@ from telephony.core.actions import (
     Transfer,
 )
 from telephony.core.call import Call
+from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.direct_lane import DIRECT_LANE, payload
 from telephony.serve.realtime_client import RealtimeTransport
 from telephony.serve.recordings import Recorder, Recordings
 from telephony.serve.tools import CallTools, ToolRunner
-from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.upstream import Connector
 from telephony.wire import realtime as rt
 from telephony.wire import twilio as tw

@@ -23,7 +23,9 @@ media by sequence number and sends payloads of at least 20 ms) keeps it in its o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from telephony.wire import twilio as tw
 
@@ -61,3 +63,17 @@ class UnusedEvent(Exception):
 
 
 TWILIO_MEDIA = TwilioMedia()  # stateless: one for every Twilio stream
+
+
+def json_message(raw: str | bytes, label: str) -> dict[str, Any]:
+    """A carrier's text frame as a JSON object, or the protocol error the shell logs with the
+    call's id (the call goes on): a binary frame, text that is not JSON, JSON that is no object."""
+    if isinstance(raw, (bytes, bytearray)):
+        raise tw.TwilioProtocolError(f"binary frame: {label} sends JSON text")
+    try:
+        msg = orjson.loads(raw)
+    except ValueError as exc:
+        raise tw.TwilioProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise tw.TwilioProtocolError("JSON that is not an object")
+    return msg

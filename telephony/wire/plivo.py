@@ -30,10 +30,8 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-import orjson
-
 from telephony.wire import twilio as tw
-from telephony.wire.media import UnusedEvent
+from telephony.wire.media import UnusedEvent, json_message
 
 VOICE_PATH = "/plivo/voice"  # the Answer URL (POST, Plivo's default; GET too)
 STATUS_PATH = "/plivo/status"  # hang-up, machine detection and stream status callbacks
@@ -106,14 +104,7 @@ class PlivoMedia:
     # --- In ---
 
     def parse(self, raw: str | bytes) -> Sequence[tw.TwilioEvent]:
-        if isinstance(raw, (bytes, bytearray)):
-            raise tw.TwilioProtocolError("binary frame: Plivo sends JSON text")
-        try:
-            msg = orjson.loads(raw)
-        except ValueError as exc:
-            raise tw.TwilioProtocolError(f"not JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise tw.TwilioProtocolError("JSON that is not an object")
+        msg = json_message(raw, self.label)
         event = msg.get("event")
         if event == "media":
             media = msg.get("media")

@@ -19,10 +19,8 @@ import hashlib
 import re
 from collections.abc import Sequence
 
-import orjson
-
 from telephony.wire import twilio as tw
-from telephony.wire.media import UnusedEvent
+from telephony.wire.media import UnusedEvent, json_message
 
 VOICE_PATH = "/signalwire/voice"
 OUTBOUND_ANSWER_PATH = "/signalwire/outbound"
@@ -51,17 +49,12 @@ class SignalWireMedia:
         self._stream_sid = ""
 
     def parse(self, raw: str | bytes) -> Sequence[tw.TwilioEvent]:
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise tw.TwilioProtocolError("not JSON") from None
-        if not isinstance(msg, dict):
-            raise tw.TwilioProtocolError("message is not a JSON object")
+        msg = json_message(raw, self.label)
         if msg.get("event") == "start":
             return (self._start(msg),)
         if "streamSid" not in msg and self._stream_sid:
             msg["streamSid"] = self._stream_sid
-        event = tw.parse(orjson.dumps(msg).decode())
+        event = tw.parse_message(msg)
         if event is None:
             raise UnusedEvent(raw)
         return (event,)
@@ -75,7 +68,7 @@ class SignalWireMedia:
         call_id = start.get("callSid")
         if not isinstance(call_id, str) or not valid_call_id(call_id):
             raise tw.BadStart("start without a SignalWire callSid")
-        parsed = tw.parse(orjson.dumps({**msg, "start": {**start, "callSid": "CA" + "0" * 32}}).decode())
+        parsed = tw.parse_message({**msg, "start": {**start, "callSid": "CA" + "0" * 32}})
         assert isinstance(parsed, tw.Start)
         params = parsed.custom_parameters
         # An outbound call's sid was chosen (and signed) before SignalWire named the call.

@@ -24,10 +24,8 @@ import heapq
 import json
 from collections.abc import Sequence
 
-import orjson
-
 from telephony.wire import twilio as tw
-from telephony.wire.media import UnusedEvent
+from telephony.wire.media import UnusedEvent, json_message
 
 ULAW_SILENCE = 0xFF
 MIN_CHUNK_BYTES = 160  # 20 ms of PCMU at 8 kHz: Telnyx's smallest chunk sent back
@@ -80,14 +78,7 @@ class TelnyxMedia:
     # --- In ---
 
     def parse(self, raw: str | bytes) -> Sequence[tw.TwilioEvent]:
-        if isinstance(raw, (bytes, bytearray)):
-            raise tw.TwilioProtocolError("binary frame: Telnyx sends JSON text")
-        try:
-            msg = orjson.loads(raw)
-        except ValueError as exc:
-            raise tw.TwilioProtocolError(f"not JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise tw.TwilioProtocolError("JSON that is not an object")
+        msg = json_message(raw, self.label)
         event = msg.get("event")
         if event == "media":
             return self._ordered(msg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 import orjson
 
@@ -144,6 +144,11 @@ def parse(text: str | bytes) -> TwilioEvent | None:
         raise TwilioProtocolError(f"not JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise TwilioProtocolError("JSON that is not an object")
+    return parse_message(msg)
+
+
+def parse_message(msg: dict[str, Any]) -> TwilioEvent | None:
+    """``parse`` of a frame already decoded (a carrier whose frames are Twilio's, nearly)."""
     event = msg.get("event")
     if event == "media":
         stream_sid = _str(msg, "streamSid", "media")
