@@ -36,6 +36,7 @@ from helpers import dominant_freq, wait_until
 from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.serve.carriers import CarrierError
 from telephony.serve.carriers import vonage as vonage_rest
+from telephony.serve.direct_lane import PLAIN_ASGI, DirectWebSocketProtocol
 from telephony.settings import Settings
 from telephony.wire import twilio as tw
 from telephony.wire import vonage as vonage_wire
@@ -162,14 +163,20 @@ async def test_audio_both_ways_in_640_byte_frames_with_barge_in(profile):
     assert truncate["audio_end_ms"] == pytest.approx((g_end - g_start) * 1000, abs=100)
 
 
-async def test_keypad_digits_reach_the_model(profile):
+@pytest.mark.parametrize("ws", [DirectWebSocketProtocol, PLAIN_ASGI])
+async def test_keypad_digits_reach_the_model_and_the_greeting_goes_out_in_binary_frames(profile, ws):
+    # Both ways out of the bridge: the direct lane's write, and plain ASGI's send_bytes.
     script = Script(response_ms=400, speed=5.0, respond_to_turns=False)
-    async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server)) as (app, host):
+    async with ScriptedRealtimeServer(script) as server, running_app(settings_for(server), ws=ws) as (app, host):
         url, headers = await answered(host)
-        await FakeVonageCaller(url, headers, caller_audio=pcm_silence(3.0),
-                               dtmf_at={0.8: "4", 0.9: "2", 1.0: "#"}).run()
+        result = await FakeVonageCaller(url, headers, caller_audio=pcm_silence(3.0),
+                                        dtmf_at={0.8: "4", 0.9: "2", 1.0: "#"}).run()
     texts = [e["item"]["content"][0]["text"] for e in server.connections[0].of_type("conversation.item.create")]
     assert texts == ["The caller pressed 42# on the keypad."]
+    assert result.frames and all(len(frame) == FRAME for _, frame in result.frames)
+    (start, end), *answers = pcm_spans(result.agent)  # the greeting; then the answer to the keys
+    assert end - start == pytest.approx(0.4, abs=0.04) and len(answers) <= 1
+    assert pcm_dominant_freq(result.agent[int(start * 32000):int(end * 32000)]) == pytest.approx(440, abs=5)
 
 
 async def test_a_stream_with_edited_headers_or_another_rate_is_refused(profile):
