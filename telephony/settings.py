@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     plivo_auth_token: str = Field("", repr=False)  # signs Plivo's webhooks (V3) and authorises its REST API
     plivo_api_base_url: HttpUrl = None  # default https://api.plivo.com (tests: a loopback fake)
     plivo_validate_signatures: bool = True  # false: /plivo/* serves unsigned webhooks (development only)
+    # Vonage (Voice API: NCCO answers, L16 16 kHz websockets, REST with application JWTs).
+    vonage_application_id: str = ""
+    vonage_private_key: Path | None = None  # the application's private key (PEM file): signs REST JWTs
+    vonage_signature_secret: str = Field("", repr=False)  # signs Vonage's webhooks (HS256 JWTs)
+    vonage_api_base_url: HttpUrl = None  # default https://api.nexmo.com (tests: a loopback fake)
+    vonage_validate_signatures: bool = True  # false: /vonage/* serves unsigned webhooks (development only)
     # OpenAI's SIP route (POST /openai/sip): OpenAI answers SIP calls, we steer them.
     openai_webhook_secret: str = Field("", repr=False)
     openai_api_key: str = Field("", repr=False)  # OpenAI's key: never another provider's

@@ -1,9 +1,10 @@
-"""SignalWire and Plivo calls survive a deploy as Twilio's do. Two real app instances share a real
-Redis; A drains (as on SIGTERM) during a call and moves it through the carrier's REST API (a fake
-on loopback) by URL: SignalWire's LaML update ``Url``, Plivo's A-leg transfer ``aleg_url``. The
-test then does what the carrier does: stops the old stream, fetches that URL (signed, from B) and
-opens the stream its markup names. B's model gets the conversation so far, not a greeting, and the
-caller hears B. A carrier that cannot move a call by URL (Telnyx) is drained as before."""
+"""SignalWire, Plivo and Vonage calls survive a deploy as Twilio's do. Two real app instances
+share a real Redis; A drains (as on SIGTERM) during a call and moves it through the carrier's REST
+API (a fake on loopback): SignalWire's LaML update ``Url``, Plivo's A-leg transfer ``aleg_url``,
+Vonage's transfer to an inline NCCO. The test then does what the carrier does: stops the old
+stream, fetches that URL (signed, from B) or reads that NCCO, and opens the stream the markup
+names. B's model gets the conversation so far, not a greeting, and the caller hears B. A carrier
+that cannot move a call (Telnyx) is drained as before."""
 
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ async def test_a_signalwire_call_moves_to_another_instance_on_a_deploy(redis_ser
             r = await c.post(f"http://{host_a}{signalwire_wire.VOICE_PATH}", data=form,
                              headers=signed(signalwire_wire.VOICE_PATH, form))
             stream = ET.fromstring(r.text).find("./Connect/Stream")
+            parameters = {p.get("name"): p.get("value") for p in stream.iter("Parameter")}
             first = TwilioCallSimulator(local(stream.get("url"), host_a), call_sid=call_id, duration_s=30,
-                                        custom_parameters={p.get("name"): p.get("value") for p in stream.iter("Parameter")},
-                                        caller_audio=FIRST_CALLER)
+                                        custom_parameters=parameters, caller_audio=FIRST_CALLER)
             call_a = asyncio.create_task(first.run())
             await asyncio.sleep(4.0)  # the agent has greeted, heard the caller and answered
             drain = asyncio.create_task(a.state.calls.drain(3.0))  # what SIGTERM starts
@@ -117,6 +118,52 @@ async def test_a_plivo_call_moves_to_another_instance_on_a_deploy(redis_server, 
     assert body["legs"] == "aleg" and body["aleg_method"] == "POST"
     assert answer.geturl().startswith(PUBLIC + "/plivo/voice?")
     assert parameters["resume"] == "1" and parameters["call_sid"] == plivo_wire.call_sid_for(PLIVO_FORM["CallUUID"])
+    check_resumed(upstream, b, result_b)
+
+
+async def test_a_vonage_call_moves_to_another_instance_on_a_deploy(redis_server, profile, tmp_path):
+    """Vonage: the leg is transferred to an inline NCCO whose websocket (signed, resume=1) is B's."""
+    from fake_vonage import (
+        APPLICATION_ID,
+        FakeVonageCaller,
+        FakeVonageRest,
+        application_key,
+        pcm_silence,
+        pcm_tone,
+        websocket_of,
+    )
+    from test_vonage import CALL_UUID
+    from test_vonage import answered as vonage_answered
+    from test_vonage import settings_for as vonage_settings
+
+    from telephony.wire import vonage as vonage_wire
+    pem, public_key = application_key()
+    (tmp_path / "private.key").write_bytes(pem)
+    rest = FakeVonageRest(public_key)
+    async with ScriptedRealtimeServer(Script(response_ms=1000, speed=2.0)) as upstream, rest.running():
+        both = vonage_settings(upstream, public_url=PUBLIC, redis_url=redis_server.url, stream_secret=SECRET,
+                               vonage_application_id=APPLICATION_ID, vonage_private_key=tmp_path / "private.key",
+                               vonage_api_base_url=rest.base_url)
+        async with running_app(both) as (a, host_a), running_app(both) as (b, host_b):
+            url, headers = await vonage_answered(host_a)
+            first = FakeVonageCaller(url, headers, caller_audio=pcm_silence(1.0) + pcm_tone(500, 0.6), duration_s=30)
+            call_a = asyncio.create_task(first.run())
+            await asyncio.sleep(4.0)
+            drain = asyncio.create_task(a.state.calls.drain(3.0))
+            method, path, body, _ = await until(lambda: _first([q for q in rest.requests if q[0] == "PUT"]), 5,
+                                                "Vonage's transfer")
+            call_a.cancel()  # Vonage: the leg leaves the old websocket for the new NCCO's
+            url, endpoint = websocket_of(body["destination"]["ncco"], host_b)
+            second = FakeVonageCaller(url, endpoint["headers"], caller_audio=pcm_silence(0.8) + pcm_tone(700, 0.6),
+                                      duration_s=4.0)
+            result_b = await second.run()
+            await asyncio.wait_for(drain, 10)
+    parameters = endpoint["headers"]
+    assert path == f"/v1/calls/{CALL_UUID}" and body["action"] == "transfer"
+    assert endpoint["uri"].startswith("wss://bridge.example.com/vonage/media-stream/s1.")
+    assert endpoint["content-type"] == "audio/l16;rate=16000"
+    assert parameters["resume"] == "1" and parameters["uuid"] == CALL_UUID
+    assert parameters["call_sid"] == vonage_wire.call_sid_for(CALL_UUID) and parameters["token"]
     check_resumed(upstream, b, result_b)
 
 

@@ -75,17 +75,18 @@ def _with_history(history: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 class Upsampler:
-    """Streaming 8 kHz → 24 kHz. Keeps the filter's history across frames."""
+    """Streaming 8 kHz → 24 kHz (``ratio`` 3; 2 for a 16 kHz line, wire/vonage.py). Keeps the
+    filter's history across frames."""
 
-    def __init__(self) -> None:
-        taps = lowpass_taps() * RATIO  # zero-stuffing divides the level by RATIO
+    def __init__(self, ratio: int = RATIO) -> None:
+        taps = lowpass_taps(TWILIO_RATE * ratio) * ratio  # zero-stuffing divides the level by the ratio
         # Polyphase: output sample 3n+p = sum_k taps[3k+p] * x[n-k], one sub-filter per phase.
-        n_sub = -(-len(taps) // RATIO)
-        padded = np.zeros(n_sub * RATIO)
+        n_sub = -(-len(taps) // ratio)
+        padded = np.zeros(n_sub * ratio)
         padded[: len(taps)] = taps
-        phases = padded.reshape(n_sub, RATIO).T  # (RATIO, n_sub)
+        phases = padded.reshape(n_sub, ratio).T  # (ratio, n_sub)
         # All phases in one matrix product: window i of the input times the reversed sub-filters.
-        self._kernel = np.ascontiguousarray(phases[:, ::-1].T, dtype=np.float32)  # (n_sub, RATIO)
+        self._kernel = np.ascontiguousarray(phases[:, ::-1].T, dtype=np.float32)  # (n_sub, ratio)
         self._history = np.zeros(n_sub - 1, dtype=np.float32)
 
     def process(self, pcm8k: bytes) -> bytes:
@@ -95,7 +96,7 @@ class Upsampler:
         buf = _with_history(self._history, x)
         self._history = buf[len(x):]
         # np.dot, not @: it hands the strided view to BLAS as is (3x faster here, measured).
-        out = np.dot(_windows(buf, len(self._kernel)), self._kernel)  # (len(x), RATIO), interleaved
+        out = np.dot(_windows(buf, len(self._kernel)), self._kernel)  # (len(x), ratio), interleaved
         return _to_int16(out.ravel())
 
     def reset(self) -> None:
@@ -103,10 +104,12 @@ class Upsampler:
 
 
 class Downsampler:
-    """Streaming 24 kHz → 8 kHz, anti-aliased. Carries history and the decimation phase."""
+    """Streaming 24 kHz → 8 kHz (``ratio`` 3; 2 from a 16 kHz line), anti-aliased. Carries
+    history and the decimation phase."""
 
-    def __init__(self) -> None:
-        taps = lowpass_taps().astype(np.float32)
+    def __init__(self, ratio: int = RATIO) -> None:
+        taps = lowpass_taps(TWILIO_RATE * ratio).astype(np.float32)
+        self._ratio = ratio
         self._n_taps = len(taps)
         self._reversed = np.ascontiguousarray(taps[::-1])
         self._history = np.zeros(len(taps) - 1, dtype=np.float32)
@@ -118,8 +121,8 @@ class Downsampler:
             return b""
         buf = _with_history(self._history, x)
         # Only every third output is kept, so only those are computed.
-        kept = np.dot(_windows(buf, self._n_taps, self._phase, RATIO), self._reversed)
-        self._phase = (self._phase - len(x)) % RATIO
+        kept = np.dot(_windows(buf, self._n_taps, self._phase, self._ratio), self._reversed)
+        self._phase = (self._phase - len(x)) % self._ratio
         self._history = buf[len(x):]
         return _to_int16(kept)
 

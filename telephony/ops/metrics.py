@@ -107,8 +107,8 @@ class Metrics:
         self.active_calls_by_route = Gauge(
             "telephony_active_calls_by_route",
             "Calls in progress now, by route (the carrier whose media passes through us: twilio, "
-            "telnyx, signalwire; openai_sip: OpenAI's SIP route, controlled over the sideband)", ["route"],
-            registry=r)
+            "telnyx, signalwire, plivo, vonage; openai_sip: OpenAI's SIP route, controlled over the sideband)",
+            ["route"], registry=r)
         self.calls = Counter("telephony_calls", "Calls ended, by outcome (normal or abnormal)",
                              ["outcome"], registry=r)
         self.streams_refused = Counter(

@@ -43,6 +43,7 @@ from telephony.serve.bridge import Bridge
 from telephony.serve.carriers import CarrierControl, CarrierError
 from telephony.serve.carriers import plivo as plivo_rest
 from telephony.serve.carriers import telnyx as telnyx_rest
+from telephony.serve.carriers import vonage as vonage_rest
 from telephony.serve.carriers.signalwire import SignalWireControl, SignalWireSignatures
 from telephony.serve.claims import Claims
 from telephony.serve.dashboard import Dashboard
@@ -75,9 +76,11 @@ from telephony.wire import plivo as plivo_wire
 from telephony.wire import signalwire as signalwire_wire
 from telephony.wire import telnyx as telnyx_wire
 from telephony.wire import texml
+from telephony.wire import vonage as vonage_wire
 from telephony.wire.dialects import DIALECTS
 from telephony.wire.media import TWILIO_MEDIA, MediaWire
 from telephony.wire.openai_sip import OPENAI_SIP_PATH
+from telephony.wire.path_parameters import parameters_from_segment, parameters_segment
 from telephony.wire.twilio import BadStart
 from telephony.wire.twiml import (
     AMD_CALLBACK_PATH,
@@ -132,6 +135,11 @@ def check_configuration(settings: Settings, profiles: Profiles | None = None) ->
     ToolRunner(settings.tools_secret).check(profiles, settings.realtime_dialect)
     if settings.openai_webhook_secret:
         settings.require_openai_key()
+    if settings.vonage_private_key:
+        try:
+            vonage_rest.load_private_key(settings.vonage_private_key)
+        except CarrierError as exc:
+            raise SettingsError(str(exc)) from None
     if settings.recordings_url:
         try:
             recordings.open_store(settings.recordings_url)
@@ -253,19 +261,41 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 settings, plivo_transfer_url if settings.public_url else None))
         return plivo_control[0] if plivo_control else None
 
-    def resume_url(path: str) -> Callable[[dict[str, str], float], str]:
+    vonage_control: list[vonage_rest.VonageControl] = []
+    if not settings.vonage_validate_signatures:
+        log.warning("VONAGE_VALIDATE_SIGNATURES=false: Vonage webhook signatures are NOT checked (for local "
+                    "development only)")
+
+    def vonage_caller_id(call_uuid: str) -> str | None:
+        """Our number on a Vonage call (a transfer's caller id): the one called, or the one calling out."""
+        if (bridge := by_sid.get(call_uuid)) is None:
+            return None
+        parameters = bridge.call.parameters
+        return parameters.get("from" if parameters.get("direction", "").startswith("outbound") else "to")
+
+    def vonage_rest_api() -> vonage_rest.VonageControl | None:
+        if not vonage_control and settings.vonage_application_id and settings.vonage_private_key:
+            vonage_control.append(vonage_rest.VonageControl(settings, vonage_caller_id))
+        return vonage_control[0] if vonage_control else None
+
+    def resume_url(path: str) -> Callable[[dict[str, str], str, float], str]:
         """A carrier's answer route for a handed-over call: its parameters signed in the query, as
         an outbound call's answer URL (the route then streams with them, ``resume`` included)."""
-        def url(parameters: dict[str, str], now: float) -> str:
+        def url(parameters: dict[str, str], carrier_call_id: str, now: float) -> str:
             return f"{settings.public_url}{path}?{urlencode(outbound_signer.with_token(parameters, now, OUTBOUND_ANSWER))}"
         return url
+
+    def vonage_resume(parameters: dict[str, str], call_uuid: str, now: float) -> list[dict]:
+        """Vonage's transfer takes the NCCO inline (its NCCO URL is fetched unsigned by GET)."""
+        return vonage_stream_ncco(settings.public_url, {**parameters, "uuid": call_uuid, "carrier": "vonage"},
+                                  call_uuid, now)
 
     handoff = None  # calls move to another instance on shutdown: needs Redis, PUBLIC_URL and the carrier's REST API
     if state.shared and settings.public_url:
         handoff = Handoff(state, call_control, websocket_url(settings.public_url, MEDIA_STREAM_PATH), tokens,
                           transcripts, metrics, profile.fallback, settings.handoff_ttl_seconds,
-                          resume_urls={"signalwire": resume_url(signalwire_wire.OUTBOUND_ANSWER_PATH),
-                                       "plivo": resume_url(plivo_wire.VOICE_PATH)})
+                          resume_targets={"signalwire": resume_url(signalwire_wire.OUTBOUND_ANSWER_PATH),
+                                          "plivo": resume_url(plivo_wire.VOICE_PATH), "vonage": vonage_resume})
         calls.hand_over = handoff.hand_over
 
     def error(status: int, message: str) -> JSONResponse:
@@ -612,6 +642,120 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return JSONResponse({"call_sid": sid, "carrier": "plivo", "carrier_request_id": placed.request_uuid,
                              "status": "queued"}, status_code=201)
 
+    # --- Vonage: NCCO answer (inbound and outbound), event webhook, L16 16 kHz websocket ---
+
+    async def vonage_refusal(request: Request, body: bytes) -> str | None:
+        """An HS256 JWT whose payload_hash is the body's (a GET's: its query as JSON)."""
+        if request.method == "GET":
+            query = parse_qsl(request.url.query, keep_blank_values=True)
+            return vonage_rest.signature_refusal(settings.vonage_signature_secret, request.headers,
+                                                 vonage_rest.payload_of_query(query), time.time(),
+                                                 hash_required=False)
+        return vonage_rest.signature_refusal(settings.vonage_signature_secret, request.headers, body, time.time())
+
+    vonage_guard = carrier_webhook("Vonage", "VONAGE_SIGNATURE_SECRET",
+                                   vonage_refusal if settings.vonage_signature_secret else None,
+                                   settings.vonage_validate_signatures)
+
+    def vonage_signed(endpoint):
+        """Vonage's webhooks, guarded; the endpoint gets the fields (a POST's JSON body, a GET's query)."""
+        async def with_fields(request: Request) -> Response:
+            if request.method == "GET":
+                return await endpoint(request, dict(request.query_params))
+            try:
+                fields = json.loads(await request.body() or b"{}")
+            except ValueError:
+                return error(400, "body is not JSON")
+            if not isinstance(fields, dict):
+                return error(400, "body must be a JSON object")
+            return await endpoint(request, fields)
+        return vonage_guard(with_fields)
+
+    async def vonage_voice(request: Request, fields: dict) -> Response:
+        call_uuid = str(fields.get("uuid") or "")
+        if not vonage_wire.valid_uuid(call_uuid):
+            return error(400, "uuid (Vonage's call leg) is missing or not an id")
+        if request.method == "POST" and "token" in request.query_params:  # our outbound call, answered
+            parameters = dict(request.query_params)
+            if refused := outbound_signer.verify(parameters, None, time.time(), OUTBOUND_ANSWER):
+                log.warning("Vonage call: outbound answer URL refused: %s", refused)
+                return Response(f"answer URL refused: {refused}", status_code=403)
+            parameters.pop("token")
+            parameters["uuid"] = call_uuid
+            sid = parameters.get("call_sid", "")
+        else:
+            sid = vonage_wire.call_sid_for(call_uuid)
+            # Vonage writes numbers as E.164 digits without the "+".
+            to, from_ = (("+" + n if n.isdigit() else n) for n in (str(fields.get("to") or ""),
+                                                                   str(fields.get("from") or "")))
+            chosen = profiles.for_number(to)
+            offered = sip.headers_from_parameters({str(k): str(v) for k, v in fields.items()})
+            parameters = {"call_sid": sid, "uuid": call_uuid, "from": from_, "to": to, "direction": "inbound",
+                          "carrier": "vonage", **profile_parameter(chosen.name),
+                          **sip.header_parameters(sip.select_headers(chosen.sip_headers, offered.items()))}
+        if refused := await busy(sid):
+            log.warning("Vonage call %s rejected as busy: %s", sid, refused)
+            return JSONResponse(vonage_wire.busy_ncco())
+        return JSONResponse(vonage_stream_ncco(public_base_url(request, settings), parameters, call_uuid, time.time()))
+
+    def vonage_stream_ncco(base: str, parameters: dict[str, str], call_uuid: str, now: float) -> list[dict]:
+        """The NCCO that streams a Vonage call to us, its parameters signed in the headers."""
+        uri = signed_stream_url(websocket_url(base, vonage_wire.MEDIA_STREAM_PATH), tokens, AGENT_STREAM,
+                                parameters["call_sid"], now)
+        signed_parameters = tokens.with_token(parameters, now)
+        if vonage_wire.headers_fit(signed_parameters):
+            headers = signed_parameters
+        else:  # over the headers' 512 bytes (an outbound call's instructions): in the URL, as on Plivo
+            uri += "/" + parameters_segment(signed_parameters)
+            headers = {"uuid": call_uuid}
+        fallback = profiles.named(parameters.get("profile", "")).fallback
+        return vonage_wire.connect_ncco(uri, headers, f"{base}{vonage_wire.EVENT_PATH}", fallback)
+
+    async def vonage_event(request: Request, fields: dict) -> Response:
+        """Call progress, AMD and the websocket's own events: logged; AMD reaches the call."""
+        verdict = vonage_rest.amd_verdict(fields)
+        if verdict is not None:
+            call_uuid, answered_by = verdict
+            log.info("Vonage call answered by %s", answered_by)
+            if (bridge := by_sid.get(call_uuid)) is not None:
+                bridge.dispatch(bridge.call.on_answered_by(answered_by, bridge.now()))
+        else:
+            log.info("Vonage event %s", str(fields.get("status", ""))[:32])
+        return Response(status_code=204)
+
+    async def vonage_media_stream(ws: WebSocket) -> None:
+        segment, _, rest = (ws.path_params.get("segment") or "").partition("/")
+        parameters: dict[str, str] = {}
+        if rest:
+            try:
+                parameters = parameters_from_segment(rest)
+            except BadStart:  # a URL not ours: its start carries no token of ours, and the gate refuses it
+                pass
+        ws.path_params["segment"] = segment or None
+        await serve_stream(ws, vonage_wire.VonageMedia(parameters), vonage_rest_api())
+
+    async def place_vonage_call(req: outbound.OutboundRequest, base: str) -> Response:
+        rest = vonage_rest_api()
+        if rest is None:
+            return error(503, "Vonage outbound calls need VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY")
+        # Vonage names the call (its uuid) in the answer webhook: our sid is chosen now and rides,
+        # signed with the overrides, in the answer URL (as Twilio's outbound answer does).
+        sid, now = "CA" + uuid.uuid4().hex, time.time()
+        signed_params = outbound_signer.with_token({**req.stream_parameters(), "call_sid": sid, "carrier": "vonage"},
+                                                   now, OUTBOUND_ANSWER)
+        answer = f"{base}{vonage_wire.VOICE_PATH}?{urlencode(signed_params)}"
+        if len(answer) > outbound.URL_LIMIT:
+            return error(422, f"the call's answer URL would be {len(answer)} characters; keep it under "
+                              f"{outbound.URL_LIMIT}: shorten instructions, greeting or metadata")
+        try:
+            placed = await rest.place(req.to, req.from_, answer, f"{base}{vonage_wire.EVENT_PATH}",
+                                      req.machine_detection)
+        except CarrierError as exc:
+            return refused_call("Vonage", exc)
+        log.info("call %s placed on Vonage", sid)
+        return JSONResponse({"call_sid": sid, "carrier": "vonage", "carrier_call_id": placed.uuid,
+                             "status": placed.status}, status_code=201)
+
     async def telnyx_media_stream(ws: WebSocket) -> None:
         await serve_stream(ws, telnyx_wire.TelnyxMedia(), telnyx_rest_api())
 
@@ -775,6 +919,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
                 return await place_signalwire_call(req, base)
             if req.carrier == "plivo":
                 return await place_plivo_call(req, base)
+            if req.carrier == "vonage":
+                return await place_vonage_call(req, base)
             url = outbound.answer_url(req, base, outbound_signer, time.time())
         except RequestError as exc:
             return error(exc.status, str(exc))
@@ -890,7 +1036,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         await transcripts.close()
         await tool_runner.aclose()
         await state.close()
-        for rest in [*control, *telnyx_control, *signalwire_control, *plivo_control]:
+        for rest in [*control, *telnyx_control, *signalwire_control, *plivo_control, *vonage_control]:
             await rest.aclose()
 
     app = Starlette(lifespan=lifespan, routes=[
@@ -919,6 +1065,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         Route(plivo_wire.TRANSFER_PATH, plivo_signed(plivo_transfer), methods=["GET", "POST"]),
         WebSocketRoute(plivo_wire.MEDIA_STREAM_PATH + "/{segment:path}", plivo_media_stream),
         WebSocketRoute(plivo_wire.MEDIA_STREAM_PATH, plivo_media_stream),
+        Route(vonage_wire.VOICE_PATH, vonage_signed(vonage_voice), methods=["GET", "POST"]),
+        Route(vonage_wire.EVENT_PATH, vonage_signed(vonage_event), methods=["GET", "POST"]),
+        WebSocketRoute(vonage_wire.MEDIA_STREAM_PATH + "/{segment:path}", vonage_media_stream),
+        WebSocketRoute(vonage_wire.MEDIA_STREAM_PATH, vonage_media_stream),
         Route("/calls", place_call, methods=["POST"]),
         Route("/calls", list_calls, methods=["GET"]),
         Route("/calls/{call_sid}", call_detail, methods=["GET"]),

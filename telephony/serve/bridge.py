@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -120,7 +120,9 @@ class Bridge:
         # uvicorn through our protocol offers a synchronous lane; any other server, plain ASGI:
         # then a queue with one writer task, items (text, arrival of its cause, kind) or None.
         self._lane = ws.scope.get("extensions", {}).get(DIRECT_LANE)
-        self._twilio_out: asyncio.Queue[tuple[str, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._twilio_out: asyncio.Queue[tuple[str | bytes, float, str] | None] = asyncio.Queue(QUEUE_LIMIT)
+        # A wire that sends frames of its own accord after a parse (wire/media.py, ``released``).
+        self._wire_released: Callable[[], Sequence[str | bytes]] | None = getattr(wire, "released", None)
         self._upstream: RealtimeTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._twilio_writer_task: asyncio.Task | None = None
@@ -143,7 +145,7 @@ class Bridge:
     def dispatch(self, actions: list[Action], arrived: float | None = None) -> None:
         if arrived is None:
             arrived = self.now()
-        batch: list[tuple[str, str]] = []  # Twilio messages (text, kind), written together
+        batch: list[tuple[str | bytes, str]] = []  # carrier frames (text or bytes, kind), written together
         for action in actions:
             if isinstance(action, ToTwilio):
                 message = action.message
@@ -184,7 +186,18 @@ class Bridge:
         elif type(message) is tw.SendClear:
             self.recorder.tape.cleared(now)
 
-    def _to_twilio(self, batch: list[tuple[str, str]], arrived: float) -> None:
+    def _send_released(self, arrived: float) -> None:
+        """Frames the wire releases on its own (Vonage: held audio, padded, once playout reached it)."""
+        frames = self._wire_released()
+        if not frames:
+            return
+        if self._lane is None:
+            for frame in frames:
+                self._enqueue(self._twilio_out, (frame, arrived, "media"), self.wire.label)
+        else:
+            self._to_twilio([(frame, "media") for frame in frames], arrived)
+
+    def _to_twilio(self, batch: list[tuple[str | bytes, str]], arrived: float) -> None:
         # One write for a chunk and its mark: one syscall, one TCP segment, instead of two.
         if not self._lane.send_texts([text for text, _ in batch]):
             self._dropped("Twilio", len(batch))
@@ -280,10 +293,15 @@ class Bridge:
             if self.recorder is not None and type(event) is tw.Media and event.track in ("inbound", "inbound_track"):
                 self.recorder.tape.caller(event.payload, event.timestamp_ms, arrived)
             self.dispatch(self.call.on_twilio(event, arrived), arrived)
+        if self._wire_released is not None:
+            self._send_released(arrived)
 
     async def _twilio_writer(self) -> None:
         while (item := await self._twilio_out.get()) is not None:
-            await self.ws.send_text(item[0])
+            if isinstance(item[0], bytes):
+                await self.ws.send_bytes(item[0])
+            else:
+                await self.ws.send_text(item[0])
             self.stats.twilio_out += 1
             self.observer.sent("twilio", item[2], item[1], self.now())
 

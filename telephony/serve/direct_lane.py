@@ -121,9 +121,10 @@ class DirectLane:
             protocol.read_paused = False
             protocol.transport.resume_reading()
 
-    def send_texts(self, texts: list[str]) -> bool:
-        """Writes them at once, in one write. False: the caller's side is not reading and they were
-        dropped. On a closing socket they are dropped too: the ASGI reader sees the disconnect."""
+    def send_texts(self, texts: list[str | bytes]) -> bool:
+        """Writes them at once, in one write: text frames, and binary frames for bytes (Vonage's
+        audio). False: the caller's side is not reading and they were dropped. On a closing
+        socket they are dropped too: the ASGI reader sees the disconnect."""
         protocol = self._protocol
         if protocol.close_sent or protocol.disconnected or protocol.transport.is_closing():
             return True
@@ -133,9 +134,13 @@ class DirectLane:
             return True
         frames = []
         for text in texts:
-            data = text.encode()
-            frames.append(_text_header(len(data)))
-            frames.append(data)
+            if isinstance(text, bytes):
+                frames.append(_text_header(len(text), BINARY))
+                frames.append(text)
+            else:
+                data = text.encode()
+                frames.append(_text_header(len(data)))
+                frames.append(data)
         protocol.transport.write(b"".join(frames))
         return True
 
@@ -144,13 +149,16 @@ class DirectLane:
         self._protocol.transport.abort()
 
 
-def _text_header(n: int) -> bytes:
-    """A final, unmasked text frame's header (RFC 6455 5.2): servers never mask."""
+TEXT, BINARY = 0x81, 0x82  # FIN + opcode 1 (text) or 2 (binary)
+
+
+def _text_header(n: int, first: int = TEXT) -> bytes:
+    """A final, unmasked text (or binary) frame's header (RFC 6455 5.2): servers never mask."""
     if n < 126:
-        return bytes((0x81, n))
+        return bytes((first, n))
     if n < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, n)
-    return struct.pack("!BBQ", 0x81, 127, n)
+        return struct.pack("!BBH", first, 126, n)
+    return struct.pack("!BBQ", first, 127, n)
 
 
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -201,9 +209,9 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             if stop > end:
                 self._need = stop - pos  # the rest of the frame is still on its way
                 break
-            if b0 == 0x81 and not self.frames and not self.close_sent:
-                # A whole text message: what uvicorn's handle_text does, minus the parsing.
-                self.curr_msg_data_type = "text"
+            if b0 in (TEXT, BINARY) and not self.frames and not self.close_sent:
+                # A whole text (or binary) message: what uvicorn's handle_text/handle_bytes do, minus the parsing.
+                self.curr_msg_data_type = "text" if b0 == TEXT else "bytes"
                 self.frames = [apply_mask(buf[start + 4:stop], buf[start:start + 4])]
                 self.send_receive_event_to_app()
             else:

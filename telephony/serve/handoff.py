@@ -7,11 +7,11 @@ stops the old stream and opens the new one, on whichever instance its router pic
 bridge fetches the saved call while the Realtime handshake runs, and the new session gets the
 conversation instead of a greeting, as after a Realtime reconnect. The caller hears a short pause.
 
-Other carriers whose REST API can point a live call at new markup by URL (``MovableCall``:
-SignalWire's LaML update, Plivo's A-leg transfer) are moved the same way, except that the markup is
-fetched: the call is sent to that carrier's answer route with the call's sid and ``resume`` signed
-in the URL (as an outbound call's answer URL is), and the carrier verifies the fetch like any
-webhook. A carrier without it (Telnyx) is drained, as before.
+Other carriers whose REST API can point a live call at new markup (``MovableCall``) are moved the
+same way: SignalWire (LaML update) and Plivo (A-leg transfer) by URL, the call sent to that
+carrier's answer route with its sid and ``resume`` signed in the query (as an outbound call's answer
+URL is), which the carrier fetches signed like any webhook; Vonage by a transfer to an inline NCCO
+that connects the call to a new stream, as Twilio's inline TwiML. Telnyx is drained, as before.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from telephony.core.call import Call
 from telephony.ops.metrics import Metrics
@@ -51,10 +51,12 @@ def handoff_key(call_sid: str) -> str:
 class Handoff:
     def __init__(self, state: LocalState | RedisState, control: Callable[[], CallControl | None], stream_url: str,
                  tokens: StreamTokens, transcripts: TranscriptHub, metrics: Metrics, fallback: str,
-                 ttl_s: float, resume_urls: Mapping[str, Callable[[dict[str, str], float], str]] = {}) -> None:
+                 ttl_s: float, resume_targets: Mapping[str, Callable[[dict[str, str], str, float], Any]] = {}
+                 ) -> None:
         self.state = state
-        # Per carrier moved by URL: its signed answer URL for a call's parameters (MovableCall).
-        self.resume_urls = resume_urls
+        # Per carrier that can move a live call (MovableCall): what its move takes for a call's
+        # parameters and its id there (a signed answer URL, or Vonage's NCCO).
+        self.resume_targets = resume_targets
         self.control = control
         self.stream_url = stream_url
         self.tokens = tokens
@@ -77,14 +79,15 @@ class Handoff:
 
             def move():
                 return control.redirect(sid, twiml)
-        else:  # moved by URL, where the carrier can (else drained)
-            mover, resume_url = bridge.call_control, self.resume_urls.get(carrier)
-            if resume_url is None or not hasattr(mover, "move"):
+        else:  # where the carrier can move it (else drained)
+            mover, resume_target = bridge.call_control, self.resume_targets.get(carrier)
+            if resume_target is None or not hasattr(mover, "move"):
                 return False
-            url = resume_url(self.resume_parameters(call), time.time())
+            call_id = bridge.carrier_call_id or sid
+            target = resume_target(self.resume_parameters(call), call_id, time.time())
 
             def move():
-                return mover.move(bridge.carrier_call_id or sid, url)
+                return mover.move(call_id, target)
         saved = {**call.snapshot(), "transcript": self.transcripts.turns(sid)}
         if not await self.state.put(handoff_key(sid), saved, self.ttl_s):
             return self._failed(sid, "its state could not be saved")

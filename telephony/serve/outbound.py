@@ -17,7 +17,7 @@ from telephony.wire.twiml import (
     STATUS_CALLBACK_PATH,
 )
 
-CARRIERS = ("twilio", "telnyx", "signalwire", "plivo")  # POST /calls "carrier"
+CARRIERS = ("twilio", "telnyx", "signalwire", "plivo", "vonage")  # POST /calls "carrier"
 MAX_METADATA_BYTES = 512
 MAX_TEXT = {"instructions": 2000, "voice": 40, "greeting": 400, "voicemail": 400}
 # Twilio caps inline TwiML at 4000 characters (its error 32018); we hold the answer URL, which

@@ -18,6 +18,11 @@ media by sequence number and sends payloads of at least 20 ms) keeps it in its o
 - ``encode(message, stream_id)``: one neutral message → the frames to write, in order (none when
   a carrier's minimum payload holds audio back until more comes or a mark flushes it).
 - An event the carrier sends that we do not use raises ``UnusedEvent`` (the shell logs it).
+- Optionally ``released()``: frames the wire sends of its own accord, asked for after every
+  ``parse``. A carrier with no marks and a fixed frame size (Vonage) keeps a playout clock of
+  its own, advanced by the caller's frames: once playout reaches the end of what was sent, the
+  audio it held back (under one frame) goes out, padded. Frames are text, or bytes for a
+  carrier whose audio is binary.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class MediaWire(Protocol):
 
     def parse(self, raw: str | bytes) -> Sequence[tw.TwilioEvent]: ...
 
-    def encode(self, message: tw.TwilioMessage, stream_id: str) -> Sequence[str]: ...
+    def encode(self, message: tw.TwilioMessage, stream_id: str) -> Sequence[str | bytes]: ...
 
 
 class TwilioMedia:

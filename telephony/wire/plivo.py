@@ -23,8 +23,6 @@ pending, in order, and drops a late ``playedStream`` for one already released.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import xml.etree.ElementTree as ET
@@ -32,39 +30,23 @@ from collections.abc import Sequence
 
 from telephony.wire import twilio as tw
 from telephony.wire.media import UnusedEvent, json_message
+from telephony.wire.path_parameters import (  # noqa: F401 (the names Plivo's routes and tests use)
+    MAX_PARAMS_SEGMENT,
+    PARAMS_PREFIX,
+    parameters_from_segment,
+    parameters_segment,
+)
 
 VOICE_PATH = "/plivo/voice"  # the Answer URL (POST, Plivo's default; GET too)
 STATUS_PATH = "/plivo/status"  # hang-up, machine detection and stream status callbacks
 TRANSFER_PATH = "/plivo/transfer"  # the XML a transferred call fetches: <Dial> to the target
 MEDIA_STREAM_PATH = "/plivo/media-stream"
 CONTENT_TYPE = "audio/x-mulaw;rate=8000"
-PARAMS_PREFIX = "p."
-MAX_PARAMS_SEGMENT = 3000  # an outbound call's overrides fit (outbound.URL_LIMIT bounds them too)
 
 
 def call_sid_for(call_uuid: str) -> str:
     """Our sid for a Plivo call (its CallUUID is not the ``CA`` + 32 hex our files and claims take)."""
     return "CA" + hashlib.sha256(b"plivo:" + call_uuid.encode()).hexdigest()[:32]
-
-
-def parameters_segment(parameters: dict[str, str]) -> str:
-    raw = json.dumps(parameters, separators=(",", ":"), ensure_ascii=False).encode()
-    return PARAMS_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def parameters_from_segment(segment: str) -> dict[str, str]:
-    """The parameters of a stream URL's last segment; raises ``BadStart`` when it is not ours
-    (its token is checked later, with the ``start``)."""
-    if not segment.startswith(PARAMS_PREFIX) or len(segment) > MAX_PARAMS_SEGMENT:
-        raise tw.BadStart("stream URL without its parameters segment")
-    text = segment[len(PARAMS_PREFIX):]
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError):
-        raise tw.BadStart("stream URL whose parameters segment is not base64 JSON") from None
-    if not isinstance(decoded, dict):
-        raise tw.BadStart("stream URL whose parameters are not an object")
-    return {str(k): str(v) for k, v in decoded.items()}
 
 
 def stream_xml(stream_url: str, fallback: str) -> str:

@@ -39,7 +39,8 @@ class CarrierControl(Protocol):
 
 
 class MovableCall(CarrierControl, Protocol):
-    """A carrier that can point a live call at new markup by URL, so a call can be handed over on a
-    deploy (Twilio's own handoff sends its TwiML inline instead)."""
+    """A carrier that can point a live call at new markup, so a call can be handed over on a deploy:
+    ``target`` is an answer URL (SignalWire, Plivo) or the markup itself (Vonage's NCCO). Twilio's
+    own handoff sends its TwiML inline through ``redirect``."""
 
-    async def move(self, call_id: str, answer_url: str) -> None: ...
+    async def move(self, call_id: str, target) -> None: ...
