@@ -139,7 +139,8 @@ def _simulate(args: argparse.Namespace) -> int:
         from telephony.offline.sip_call import simulate_sip
 
         return simulate_sip(args.url, args.play, args.record, listen_s=args.listen, host=args.peer_host,
-                            port=args.peer_port, caller=args.caller, callee=args.callee, voice=args.voice)
+                            port=args.peer_port, caller=args.caller, callee=args.callee, voice=args.voice,
+                            engine=args.engine)
     from telephony.offline.dial import simulate
 
     return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--peer-port", type=int, default=8766, help="with --sip: its port (default 8766)")
     sim.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
                      help="with --sip: the agent's voice (espeak-ng when installed, or the synthesiser)")
+    sim.add_argument("--engine", choices=("realtime", "live"), default="realtime",
+                     help="with --sip: the engine OpenAI offers: realtime (realtime.call.incoming, "
+                          "/v1/realtime/calls) or live (GPT-Live: live.transport.incoming, "
+                          "/v1/live/sessions, the /attach sideband)")
     sim.set_defaults(func=_simulate)
 
     rts = sub.add_parser("realtime-server", help="run the local Realtime engine as a websocket server")

@@ -101,6 +101,10 @@ class LiveSession:
     greeted: asyncio.Event = field(default_factory=asyncio.Event)
     attached: asyncio.Condition = field(default_factory=asyncio.Condition)
     play: asyncio.Task | None = None
+    # With the local engine (local_live_sip): the SIP leg, frame for frame from the accept on.
+    caller: bytearray = field(default_factory=bytearray)  # what the caller said, μ-law
+    agent: bytearray = field(default_factory=bytearray)  # what the caller heard
+    unsent: list[str] = field(default_factory=list)  # server events the package's models refused
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.received if e.get("type") == kind]
