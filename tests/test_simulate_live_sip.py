@@ -6,6 +6,7 @@ crossed the sideband, which the openai package's Live models check message by me
 from __future__ import annotations
 
 import asyncio
+import audioop  # audioop-lts on Python 3.13
 import base64
 import json
 import re
@@ -25,8 +26,6 @@ from telephony.offline.voices import make_voice
 from telephony.offline.wavfile import read_call
 from telephony.ops.records import read_records, record_path
 from telephony.settings import Settings
-
-import audioop  # audioop-lts on Python 3.13
 
 FRAME = 160  # 20 ms at 8 kHz
 RATE = 8000
