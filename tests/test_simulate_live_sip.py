@@ -83,7 +83,7 @@ async def test_simulate_sip_engine_live_is_a_live_call_served_by_the_local_engin
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "telephony", "simulate", "--sip", "--engine", "live",
             "--url", f"http://{host}/openai/sip", "--play", str(played), "--record", str(record),
-            "--listen", "2", "--voice", "synth", "--peer-port", str(peer_port), cwd=ROOT,
+            "--listen", "2", "--voice", "synth", "--peer-port", str(peer_port), "--dtmf", "5.2:7", cwd=ROOT,
             env={**env(), "OPENAI_WEBHOOK_SECRET": secret, "OPENAI_API_KEY": key},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
@@ -117,6 +117,7 @@ async def test_simulate_sip_engine_live_is_a_live_call_served_by_the_local_engin
     assert said[0][0] == "agent" and said[0][1].startswith("Hello! Thanks for calling")  # the profile's greeting
     heard = caller_seconds(records)  # the caller's turn: the tone, and the quiet that ended it
     assert len(heard) == 1 and TONE[1] - TONE[0] <= heard[0] <= TONE[1] - TONE[0] + 0.7, said
+    assert [r["digits"] for r in records if r["kind"] == "dtmf"] == ["7"]  # --dtmf: transport.dtmf.received
     end = [r for r in records if r["kind"] == "end"][0]
     assert end["reason"] == "session closed: remote_hangup" and end["abnormal"] is False
     assert "ended: session.closed remote_hangup" in out  # the caller hung up after --listen
@@ -186,3 +187,26 @@ async def test_a_delegated_end_call_and_a_key_hang_up_once_the_goodbye_was_heard
     assert after["action"] == "HangUp" and after["timed_out"] is False
     end = [r for r in records if r["kind"] == "end"][0]  # OpenAI closes the session as it hangs up
     assert end["reason"] == "session closed: close_requested" and end["abnormal"] is False
+
+
+async def test_the_caller_talking_over_the_greeting_stops_it_on_the_line(tmp_path, profile):
+    """Live decides interruptions itself (``LIVE_INTERRUPT_MS`` into the caller's speech): the line
+    stops playing then, queued audio and all, and the service's transcript keeps what was heard."""
+    t = np.arange(int(RATE * 3.0)) / RATE
+    tone = np.where((t > 1.0) & (t < 2.0), 7000 * np.sin(2 * np.pi * 400 * t), 0).astype("<i2")
+    persona = SpeakingPersona(make_voice("synth"))
+    async with LocalLiveSipPeer(persona, caller_audio=audioop.lin2ulaw(tone.tobytes(), 2), listen_s=0.5) as peer, \
+            running_app(Settings(openai_webhook_secret=peer.secret, openai_base_url=peer.base_url,
+                                 openai_api_key=peer.api_key, twilio_validate_signatures=False,
+                                 call_records_dir=tmp_path), profile) as (app, host):
+        s = await peer.ring(f"http://{host}/openai/sip", SIP_HEADERS)
+        await asyncio.wait_for(s.ended.wait(), 30)
+    assert s.invalid == [] and s.unsent == [] and s.end_reason == "remote_hangup"
+    c = loud_frames(np.frombuffer(audioop.ulaw2lin(bytes(s.caller), 2), "<i2"))
+    a = loud_frames(np.frombuffer(audioop.ulaw2lin(bytes(s.agent), 2), "<i2"))
+    onset, stop = int(np.argmax(c)), len(c) - int(np.argmax(c[::-1]))
+    assert a[onset - 25:onset].any()  # the greeting was playing when the caller began
+    assert not a[onset + 10:stop].any()  # and stopped 200 ms in, for as long as the caller spoke
+    records = read_records(record_path(tmp_path, s.session_id))
+    greeting = transcripts(records)[0]
+    assert greeting[0] == "agent" and profile.greeting.startswith(greeting[1]) and greeting[1] != profile.greeting
