@@ -14,13 +14,14 @@ import sys
 import wave
 
 import numpy as np
+import pytest
 from conftest import ROOT, running_app
 from helpers import free_port
 from test_demo_and_simulate import env
 
 from telephony.offline.live_sip_peer import SERVER_EVENTS
-from telephony.offline.local_engine import SpeakingPersona, ToolCue, Utterance
-from telephony.offline.local_live_sip import LocalLiveSipPeer
+from telephony.offline.local_engine import EngineConfig, RealtimeEngine, SpeakingPersona, ToolCue, Utterance
+from telephony.offline.local_live_sip import LocalLiveSipPeer, start_session
 from telephony.offline.openai_side import new_webhook_secret
 from telephony.offline.voices import make_voice
 from telephony.offline.wavfile import read_call
@@ -59,7 +60,9 @@ def speech_like(x: np.ndarray) -> bool:
 
 
 def transcripts(records: list[dict]) -> list[tuple[str, str]]:
-    return [(r["speaker"], r["text"]) for r in records if r["kind"] == "transcript"]
+    """(speaker, words) in the order the words were said (their start on the session clock)."""
+    turns = sorted((r for r in records if r["kind"] == "transcript"), key=lambda r: r["start_ms"])
+    return [(r["speaker"], r["text"]) for r in turns]
 
 
 def caller_seconds(records: list[dict]) -> list[float]:
@@ -210,3 +213,37 @@ async def test_the_caller_talking_over_the_greeting_stops_it_on_the_line(tmp_pat
     records = read_records(record_path(tmp_path, s.session_id))
     greeting = transcripts(records)[0]
     assert greeting[0] == "agent" and profile.greeting.startswith(greeting[1]) and greeting[1] != profile.greeting
+
+
+def live_engine(**config) -> RealtimeEngine:
+    engine = RealtimeEngine(SpeakingPersona(make_voice("synth")), EngineConfig(dialect="live", **config), "live_1")
+    accepted = {"type": "live", "model": "gpt-live-1", "instructions": "Be brief.",
+                "audio": {"output": {"voice": "marin"}}}
+    (started,) = engine.receive(json.dumps({"type": "session.start", "session": start_session(accepted)}), 0.0)
+    assert SERVER_EVENTS.validate_python(started).session.audio.format.type == "audio/pcmu"
+    return engine
+
+
+@pytest.mark.parametrize("speaks", [True, False])
+def test_the_engine_speaks_on_instructions_only_when_asked(speaks):
+    """The SIP greeting recipe (session.instructions.append) makes the Live engine speak when the
+    SIP side asks for it; on the primary socket instructions only add context."""
+    engine = live_engine(speak_on_instructions=speaks)
+    greet = {"type": "session.instructions.append", "delegation_id": None,
+             "content": "Greet the caller by saying exactly this, then wait for them: Hi there."}
+    (appended,) = engine.receive(json.dumps(greet), 0.0)
+    assert appended["type"] == "session.instructions.appended"
+    audio = [e for e in engine.advance(60.0) if e["type"] == "session.output_audio.delta"]
+    assert bool(audio) is speaks
+    if speaks:
+        pcm = np.frombuffer(audioop.ulaw2lin(b"".join(base64.b64decode(e["delta"]) for e in audio), 2), "<i2")
+        assert speech_like(pcm)  # μ-law 8 kHz: the format SIP negotiated
+
+
+def test_the_engine_takes_tools_found_after_the_accept():
+    engine = live_engine()
+    tools = [{"type": "function", "name": "lookup", "description": "", "parameters": {"type": "object"}}]
+    delegation = {"type": "responses", "responses": {"model": "gpt-5-mini", "tools": tools}}
+    (updated,) = engine.receive(json.dumps({"type": "session.update", "session": {"delegation": delegation}}), 1.0)
+    assert SERVER_EVENTS.validate_python(updated).type == "session.updated"
+    assert updated["session"]["delegation"] == delegation and engine.session["tools"] == tools
