@@ -139,11 +139,27 @@ def _simulate(args: argparse.Namespace) -> int:
         from telephony.offline.sip_call import simulate_sip
 
         return simulate_sip(args.url, args.play, args.record, listen_s=args.listen, host=args.peer_host,
-                            port=args.peer_port, caller=args.caller, callee=args.callee, voice=args.voice)
+                            port=args.peer_port, caller=args.caller, callee=args.callee, voice=args.voice,
+                            engine=args.engine, dtmf=args.dtmf)
     from telephony.offline.dial import simulate
 
     return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
                     caller=args.caller, callee=args.callee)
+
+
+def _keys(text: str) -> tuple[tuple[float, str], ...]:
+    """``4.5:5,6:#`` → ((4.5, "5"), (6.0, "#")): keypad presses on a simulated SIP line."""
+    keys = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        at, _, key = part.partition(":")
+        try:
+            seconds = float(at)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: the time is not a number of seconds") from None
+        if len(key) != 1 or key not in "0123456789*#ABCD" or seconds < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected SECONDS:KEY, KEY one of 0-9 * # A-D")
+        keys.append((seconds, key))
+    return tuple(keys)
 
 
 def _realtime_server(args: argparse.Namespace) -> int:
@@ -227,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--peer-port", type=int, default=8766, help="with --sip: its port (default 8766)")
     sim.add_argument("--voice", choices=("auto", "espeak-ng", "synth"), default="auto",
                      help="with --sip: the agent's voice (espeak-ng when installed, or the synthesiser)")
+    sim.add_argument("--dtmf", type=_keys, default=(), metavar="SECONDS:KEY[,…]",
+                     help="with --sip: keys the caller presses, e.g. 4.5:5,6:# (seconds from the answer)")
+    sim.add_argument("--engine", choices=("realtime", "live"), default="realtime",
+                     help="with --sip: the engine OpenAI offers: realtime (realtime.call.incoming, "
+                          "/v1/realtime/calls) or live (GPT-Live: live.transport.incoming, "
+                          "/v1/live/sessions, the /attach sideband)")
     sim.set_defaults(func=_simulate)
 
     rts = sub.add_parser("realtime-server", help="run the local Realtime engine as a websocket server")

@@ -24,18 +24,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import uvicorn
 from openai.types.live import ConnectClientEvent, ConnectServerEvent
 from openai.types.live.session_accept_params import Session as AcceptSession
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from telephony.offline.openai_sip_peer import new_webhook_secret, sign_webhook
+from telephony.offline.openai_side import LoopbackServer, deliver, new_webhook_secret
 
 CLIENT_EVENTS = TypeAdapter(ConnectClientEvent)
 SERVER_EVENTS = TypeAdapter(ConnectServerEvent)
@@ -104,40 +101,41 @@ class LiveSession:
     greeted: asyncio.Event = field(default_factory=asyncio.Event)
     attached: asyncio.Condition = field(default_factory=asyncio.Condition)
     play: asyncio.Task | None = None
+    # With the local engine (local_live_sip): the SIP leg, frame for frame from the accept on.
+    caller: bytearray = field(default_factory=bytearray)  # what the caller said, μ-law
+    agent: bytearray = field(default_factory=bytearray)  # what the caller heard
+    unsent: list[str] = field(default_factory=list)  # server events the package's models refused
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.received if e.get("type") == kind]
 
 
-class LiveSipPeer:
-    """``async with LiveSipPeer() as peer:`` → ``peer.base_url`` for OPENAI_BASE_URL."""
+class LiveSipSide:
+    """OpenAI's Live SIP side without the call itself: the webhook, the REST endpoints, the
+    ``/attach`` sideband (``session.started`` first on each attach; several in turn; closing one
+    detaches only it), every client message checked, ``session.closed`` at the end. What the
+    session says is a subclass's: ``_accepted``, ``_attached``, ``_client`` and ``_ending``.
+    ``async with Side() as side:`` → ``side.base_url`` for OPENAI_BASE_URL."""
 
-    def __init__(self, script: LiveScript | None = None, *, api_key: str = "sk-peer", secret: str | None = None,
-                 host: str = "127.0.0.1") -> None:
-        self.script = script or LiveScript()
-        self.api_key, self.secret, self.host, self.port = api_key, secret or new_webhook_secret(), host, 0
+    def __init__(self, *, api_key: str = "sk-peer", secret: str | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.api_key, self.secret, self.host, self.port = api_key, secret or new_webhook_secret(), host, port
         self.sessions: dict[str, LiveSession] = {}
         self.authorizations: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (verb, id) of every REST request
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._server: LoopbackServer | None = None
         self._ws: dict[str, WebSocket] = {}
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    async def __aenter__(self) -> LiveSipPeer:
-        app = Starlette(routes=[Route("/v1/live/sessions/{sid}/{verb}", self._rest, methods=["POST"]),
-                                WebSocketRoute("/v1/live/sessions/{sid}/attach", self._attach)])
-        self._server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=0, log_level="warning",
-                                                     lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+    async def __aenter__(self):
+        self._server = LoopbackServer([Route("/v1/live/sessions/{sid}/{verb}", self._rest, methods=["POST"]),
+                                       WebSocketRoute("/v1/live/sessions/{sid}/attach", self._attach)],
+                                      self.host, self.port)
+        await self._server.start()
+        self.port = self._server.port
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -145,19 +143,35 @@ class LiveSipPeer:
             s.ended.set()
             if s.play is not None:
                 s.play.cancel()
-        self._server.should_exit = True
-        await self._task
+            self._ending(s)
+        await self._server.stop()
 
     async def ring(self, webhook_url: str, sip_headers: list[dict[str, str]], session_id: str | None = None, *,
                    kind: str = "live.transport.incoming", event_id: str | None = None) -> LiveSession:
         session_id = session_id or "live_" + uuid.uuid4().hex
         session = self.sessions.setdefault(session_id, LiveSession(session_id, sip_headers))
         body = incoming_event(session_id, sip_headers, kind, event_id)
-        headers = sign_webhook(self.secret, body, event_id or "wh_" + uuid.uuid4().hex, int(time.time()))
-        async with httpx.AsyncClient(timeout=15) as client:
-            r = await client.post(webhook_url, content=body, headers=headers)
-        session.webhook_statuses.append(r.status_code)
+        session.webhook_statuses.append(await deliver(webhook_url, body, self.secret, event_id))
         return session
+
+    # --- What the session does: the subclass's ---
+
+    def _accepted(self, s: LiveSession) -> None:
+        """The first accept went through (session time 0)."""
+
+    def _resource(self, s: LiveSession) -> dict[str, Any]:
+        """The session as ``session.started`` describes it on attach."""
+        return {"id": s.session_id, "object": "live.session", "expires_at": int(time.time()) + 3600,
+                "model": (s.accepted or {}).get("model", ""), "status": "active"}
+
+    def _attached(self, s: LiveSession) -> None:
+        """A sideband attached (after ``session.started``)."""
+
+    def _client(self, s: LiveSession, text: str) -> None:
+        """A client message on the sideband, already checked against the package's models."""
+
+    def _ending(self, s: LiveSession) -> None:
+        """The session is over: stop what plays it."""
 
     # --- REST ---
 
@@ -209,6 +223,7 @@ class LiveSipPeer:
         s.accepts += 1
         if s.accepted is None and s.rejected is None:
             s.accepted, s.t0 = session, asyncio.get_running_loop().time()
+            self._accepted(s)
         return Response(status_code=200)
 
     # --- The sideband ---
@@ -225,13 +240,10 @@ class LiveSipPeer:
         number = s.sidebands
         s.attached_at.append(self._now_ms(s))
         self._ws[s.session_id] = ws
-        await self._send(s, {"type": "session.started", "event_id": _eid(), "session": {
-            "id": s.session_id, "object": "live.session", "expires_at": int(time.time()) + 3600,
-            "model": s.accepted["model"], "status": "active"}})
+        await self._send(s, {"type": "session.started", "event_id": _eid(), "session": self._resource(s)})
         async with s.attached:
             s.attached.notify_all()
-        if s.play is None:  # the call plays on whoever is attached, and while no one is
-            s.play = asyncio.create_task(self._play(s))
+        self._attached(s)
         try:
             while True:
                 text = await ws.receive_text()
@@ -239,9 +251,7 @@ class LiveSipPeer:
                 self._check(s, text)
                 if len(s.received) > before:
                     s.received_on.append(number)
-                msg = s.received[-1] if s.received else {}
-                if msg.get("type") == "session.instructions.append":
-                    s.greeted.set()
+                self._client(s, text)
         except WebSocketDisconnect:
             pass
         finally:
@@ -264,6 +274,39 @@ class LiveSipPeer:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.send_text(json.dumps(event))
+
+    async def _close(self, s: LiveSession, reason: str) -> None:
+        if s.ended.is_set():
+            return
+        s.end_reason = reason
+        await self._send(s, {"type": "session.closed", "event_id": _eid(), "reason": reason,
+                             "session": {"id": s.session_id, "object": "live.session", "expires_at": 0,
+                                         "model": (s.accepted or {}).get("model", ""), "status": "active"},
+                             "usage": {"seconds": round(self._now_ms(s) / 1000, 3)}})
+        s.ended.set()
+        if s.play is not None and s.play is not asyncio.current_task():
+            s.play.cancel()  # the call is over: nothing more is said
+        self._ending(s)
+        ws = self._ws.get(s.session_id)
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(1000)
+
+
+class LiveSipPeer(LiveSipSide):
+    """The scripted call (``LiveScript``) on the Live SIP side: it starts once greeted."""
+
+    def __init__(self, script: LiveScript | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.script = script or LiveScript()
+
+    def _attached(self, s: LiveSession) -> None:
+        if s.play is None:  # the call plays on whoever is attached, and while no one is
+            s.play = asyncio.create_task(self._play(s))
+
+    def _client(self, s: LiveSession, text: str) -> None:
+        if s.received and s.received[-1].get("type") == "session.instructions.append":
+            s.greeted.set()
 
     async def _speak(self, s: LiveSession, words: str, ms: int, gap_at: int | None = None) -> None:
         """Reflects ``ms`` of agent audio at playout pace, its words as one transcript delta."""
@@ -302,22 +345,6 @@ class LiveSipPeer:
         await self._speak(s, "Goodbye, have a nice day.", sc.goodbye_ms, gap_at=sc.goodbye_ms // 3)
         await asyncio.sleep(sc.listen_s)
         await self._close(s, "remote_hangup")
-
-    async def _close(self, s: LiveSession, reason: str) -> None:
-        if s.ended.is_set():
-            return
-        s.end_reason = reason
-        await self._send(s, {"type": "session.closed", "event_id": _eid(), "reason": reason,
-                             "session": {"id": s.session_id, "object": "live.session", "expires_at": 0,
-                                         "model": (s.accepted or {}).get("model", ""), "status": "active"},
-                             "usage": {"seconds": round(self._now_ms(s) / 1000, 3)}})
-        s.ended.set()
-        if s.play is not None and s.play is not asyncio.current_task():
-            s.play.cancel()  # the call is over: nothing more is said
-        ws = self._ws.get(s.session_id)
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close(1000)
 
 
 def _eid() -> str:

@@ -240,6 +240,10 @@ class EngineConfig:
     # The real service refuses to truncate an item at 0 ms (none of it played): the client must
     # delete it instead (livekit/agents #6157). False: accept it, as this engine once did.
     refuse_unplayed_truncate: bool = True
+    # Live: a ``session.instructions.append`` makes it speak when it is silent, as the Live guide's
+    # SIP greeting recipe relies on ("greet immediately, then listen"). Off on the primary socket,
+    # where the bridge greets by commentary and instructions only add context (keypad digits).
+    speak_on_instructions: bool = False
 
 
 @dataclass
@@ -302,6 +306,9 @@ class RealtimeEngine:
         self._heard_caller = False  # a caller turn or user item: no more default greetings
         self._tool_output: str | None = None  # a function_call_output not yet answered
         self._live_session: dict[str, Any] = {}  # Live: the session as session.started described it
+        # Live: how often it stopped talking over the caller. No event says so; a shell that plays
+        # the audio itself (a SIP line) watches this to stop playing what is already queued.
+        self.interruptions = 0
 
     # --- Public surface ---
 
@@ -540,9 +547,21 @@ class RealtimeEngine:
         return out
 
     def _on_live_instructions(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        self._heard_caller = True
         at = int(self._vad.input_ms)
-        return [self._event("session.instructions.appended", start_ms=at, end_ms=at)]
+        out = [self._event("session.instructions.appended", start_ms=at, end_ms=at)]
+        if self.config.speak_on_instructions and self._response is None:
+            out += self._start_response(now, str(event.get("content") or ""), b"" if self._heard_caller else None)
+        self._heard_caller = True
+        return out
+
+    def _on_live_update(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Only ``delegation`` and ``triggers`` may change once started: the tools found later."""
+        session = event.get("session") if isinstance(event.get("session"), dict) else {}
+        delegation = session.get("delegation")
+        if isinstance(delegation, dict):
+            self.session["tools"] = (delegation.get("responses") or {}).get("tools") or []
+            self._live_session = {**self._live_session, "delegation": delegation}
+        return [self._event("session.updated", session=self._live_session)]
 
     def _on_live_item_create(self, event: dict[str, Any], now: float) -> list[dict[str, Any]]:
         item = event.get("item") if isinstance(event.get("item"), dict) else {}
@@ -564,6 +583,7 @@ class RealtimeEngine:
 
     _LIVE_HANDLERS = {
         "session.start": _on_live_start,
+        "session.update": _on_live_update,
         "session.input_audio.append": _on_append,
         "session.commentary.append": _on_live_commentary,
         "session.instructions.append": _on_live_instructions,
@@ -632,6 +652,7 @@ class RealtimeEngine:
         out = [self._event("session.input_transcript.delta", delta="[talking over the agent] ",
                            start_ms=int(vad.turn_start_ms), end_ms=int(vad.input_ms))]
         if r is not None and not r.cancelled:  # its own decision: nothing is in flight after it
+            self.interruptions += 1
             r.cancelled = "turn_detected"
             out += self._finish(r)
         return out

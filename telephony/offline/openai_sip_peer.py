@@ -15,19 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -35,33 +29,25 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from telephony.offline.local_engine import EngineConfig, Persona, RealtimeEngine
 from telephony.offline.local_realtime import EngineRunner
+from telephony.offline.openai_side import (  # noqa: F401 - sign_webhook, new_webhook_secret: used from here too
+    FRAME_BYTES,
+    LoopbackServer,
+    deliver,
+    new_webhook_secret,
+    run_line,
+    sign_webhook,
+)
 from telephony.serve.direct_lane import DIRECT_LANE, DirectWebSocketProtocol
 
 log = logging.getLogger("telephony.openai_sip_peer")
 
-FRAME_MS = 20
-FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz: the phone line's unit
-SILENCE = b"\xff" * FRAME_BYTES
 _LINE_FORMAT = {"type": "audio/pcmu"}  # the SIP leg is G.711 μ-law
-
-
-def sign_webhook(secret: str, body: bytes, webhook_id: str, timestamp: int) -> dict[str, str]:
-    """Standard-webhooks headers as OpenAI sends them: ``v1,`` base64 HMAC-SHA256 of
-    ``{id}.{timestamp}.{body}``, keyed by the base64 part of a ``whsec_`` secret."""
-    key = base64.b64decode(secret[len("whsec_"):]) if secret.startswith("whsec_") else secret.encode()
-    mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(mac).decode(), "content-type": "application/json"}
 
 
 def incoming_call_event(call_id: str, sip_headers: list[dict[str, str]], event_id: str | None = None) -> bytes:
     return json.dumps({"object": "event", "id": event_id or "evt_" + uuid.uuid4().hex,
                        "type": "realtime.call.incoming", "created_at": int(time.time()),
                        "data": {"call_id": call_id, "sip_headers": sip_headers}}).encode()
-
-
-def new_webhook_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 @dataclass
@@ -194,33 +180,27 @@ class PhoneLine:
     # --- The line's clock: 20 ms frames each way ---
 
     async def _run(self) -> None:
-        caller, dtmf = self.peer.caller_audio, sorted(self.peer.dtmf)
-        start = self._loop.time()
-        frames_total = len(caller) // FRAME_BYTES + int(self.peer.listen_s * 1000 / FRAME_MS)
-        n = 0
-        while not self.call.ended.is_set() and n < frames_total:
-            frame = caller[n * FRAME_BYTES:(n + 1) * FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
-            self.call.caller += frame
-            self.runner.feed(json.dumps({"type": "input_audio_buffer.append",
-                                         "audio": base64.b64encode(frame).decode()}))
-            while dtmf and dtmf[0][0] * 1000 <= n * FRAME_MS:
-                self.send({"type": "input_audio_buffer.dtmf_event_received", "event": dtmf.pop(0)[1],
-                           "received_at": int(time.time())})
-            self._play_frame()
-            n += 1
-            await asyncio.sleep(max(0.0, start + n * FRAME_MS / 1000 - self._loop.time()))
+        peer = self.peer
+        await run_line(peer.caller_audio, peer.dtmf, peer.listen_s, self.call.ended, self.call.caller,
+                       self.call.agent, hear=self._hear, press=self._press, play=self._play_frame)
         self.end("the caller hung up")
 
-    def _play_frame(self) -> None:
+    def _hear(self, frame: bytes, n: int) -> None:
+        self.runner.feed(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()}))
+
+    def _press(self, digit: str) -> None:
+        self.send({"type": "input_audio_buffer.dtmf_event_received", "event": digit, "received_at": int(time.time())})
+
+    def _play_frame(self, n: int) -> bytes:
         chunk = bytes(self._playout[:FRAME_BYTES])
         del self._playout[:FRAME_BYTES]
         if chunk and self._playing is None:
             self._playing = self._latest
             self.send({"type": "output_audio_buffer.started", "event_id": _event_id(), "response_id": self._playing})
-        self.call.agent += chunk.ljust(FRAME_BYTES, b"\xff")
         if self._playing is not None and not self._playout and self._playing not in self._producing:
             self.send({"type": "output_audio_buffer.stopped", "event_id": _event_id(), "response_id": self._playing})
             self._playing = None
+        return chunk
 
     def end(self, reason: str) -> None:
         if self.call.ended.is_set():
@@ -260,35 +240,26 @@ class OpenAISipPeer:
         self.authorizations: list[str] = []
         self.calls: dict[str, PeerCall] = {}
         self._lines: dict[str, PhoneLine] = {}
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._server: LoopbackServer | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     async def __aenter__(self) -> "OpenAISipPeer":
-        app = Starlette(routes=[
+        # The direct lane's protocol only for its abort(): a sideband cut without a close frame.
+        self._server = LoopbackServer([
             Route("/v1/realtime/calls/{call_id}/{verb}", self._rest, methods=["POST"]),
             WebSocketRoute("/v1/realtime", self._sideband),
-        ])
-        # The direct lane's protocol only for its abort(): a sideband cut without a close frame.
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off",
-                                ws=DirectWebSocketProtocol)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        ], self.host, self.port, ws=DirectWebSocketProtocol)
+        await self._server.start()
+        self.port = self._server.port
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for line in self._lines.values():
             line.end("the peer stopped")
-        self._server.should_exit = True
-        await self._task
+        await self._server.stop()
 
     # --- What the peer does on its own: ring the service ---
 
@@ -302,11 +273,7 @@ class OpenAISipPeer:
             {"name": "To", "value": "<sip:+15550100002@sip.api.openai.com>"}]
         call = self.calls.setdefault(call_id, PeerCall(call_id, headers))
         body = incoming_call_event(call_id, headers, event_id)
-        signed = sign_webhook(secret or self.secret, body, event_id or "wh_" + uuid.uuid4().hex,
-                              timestamp if timestamp is not None else int(time.time()))
-        async with httpx.AsyncClient(timeout=15) as client:
-            r = await client.post(webhook_url, content=body, headers=signed)
-        call.webhook_status = r.status_code
+        call.webhook_status = await deliver(webhook_url, body, secret or self.secret, event_id, timestamp)
         return call
 
     # --- OpenAI's REST API for calls ---
