@@ -87,6 +87,7 @@ class CallSimulator:
     """The carrier-neutral caller: pacing, playout, recording. Subclasses speak a carrier's wire."""
 
     carrier: ClassVar[str] = "carrier"  # the name the console shows
+    label: ClassVar[str] = "the carrier"  # the same, in a sentence
     # Twilio, Telnyx and SignalWire return the marks pending at a clear; Plivo does not (its
     # checkpoints are "only emitted if the preceding events were played successfully").
     clear_echoes_marks: ClassVar[bool] = True
@@ -100,7 +101,8 @@ class CallSimulator:
                  outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None,
                  before_start: list[str] | None = None,
                  media_format: dict[str, Any] | None = None,
-                 validate: MessageValidator | None = None) -> None:
+                 validate: MessageValidator | None = None,
+                 from_number: str = "+15550100001", to_number: str = "+15550100002") -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
         ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
@@ -121,6 +123,7 @@ class CallSimulator:
         self.call_sid = call_sid or self.new_call_id()
         self.stream_sid = self.new_stream_id()
         self.account_sid = "AC" + "0" * 32
+        self.from_number, self.to_number = from_number, to_number  # for carriers whose start names them
         self.custom_parameters = custom_parameters or {}
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
@@ -337,7 +340,7 @@ class TwilioCallSimulator(CallSimulator):
     """Twilio's Media Streams, exactly (``before_start``, ``media_format`` and ``validate`` let
     protocol tests bend or check it)."""
 
-    carrier = "twilio"
+    carrier, label = "twilio", "Twilio"
 
     def _message(self, event: str, **body: Any) -> str:
         self._seq += 1
