@@ -153,7 +153,8 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
     # so what the caller heard can be matched exactly against the greeting the engine sent.
     codec = {"audio_codec": "g711_ulaw"} if scenario == "backchannel" else {}
     chosen = carrier(carrier_name)
-    credentials, signer = chosen.generated()
+    credentials, simulator_env = chosen.generated()
+    signer = chosen.signer_from_env(simulator_env, {})
     settings = Settings(**{"realtime_url": "local", "host": LOOPBACK, "realtime_dialect": dialect,
                            "twilio_validate_signatures": False, **codec, **credentials})
     profile = load_profile(settings.profile_path())

@@ -41,8 +41,9 @@ class Carrier:
     # How the carrier signs, from the environment the simulator runs in (and its CLI options);
     # None: no credential there, the webhook goes unsigned (a service with validation off takes it).
     signer_from_env: Callable[[Mapping[str, str], Mapping[str, Any]], Signer | None]
-    # Fresh credentials for a self-contained run: (the service's settings, the matching signer).
-    generated: Callable[[], tuple[dict[str, Any], Signer]]
+    # Fresh credentials for a self-contained run: (the service's settings, the simulator's
+    # environment that ``signer_from_env`` reads the matching credential from).
+    generated: Callable[[], tuple[dict[str, Any], dict[str, str]]]
     parse_answer: Callable[[str], StreamInstructions]  # the markup the webhook answers with
 
 
@@ -75,3 +76,9 @@ def post_webhook(carrier: Carrier, base: str, fields: dict[str, str], signer: Si
         raise DialError(f"the {carrier.name} webhook {url} refused the call: HTTP {exc.code}: {reason}") from None
     except OSError as exc:
         raise DialError(f"cannot reach the {carrier.name} webhook {url}: {exc}") from None
+
+
+def service_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Settings as the environment variables the service reads them from (``telephony serve``)."""
+    return {name.upper(): (str(value).lower() if isinstance(value, bool) else str(value))
+            for name, value in settings.items()}

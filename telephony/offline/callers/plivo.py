@@ -97,9 +97,10 @@ def signer_from_env(env: Mapping[str, str], options: Mapping[str, Any]) -> Signe
     return signer(token) if token else None
 
 
-def generated() -> tuple[dict[str, Any], Signer]:
+def generated() -> tuple[dict[str, Any], dict[str, str]]:
     token = secrets.token_hex(20)
-    return {"plivo_auth_id": AUTH_ID, "plivo_auth_token": token, "plivo_validate_signatures": True}, signer(token)
+    return ({"plivo_auth_id": AUTH_ID, "plivo_auth_token": token, "plivo_validate_signatures": True},
+            {"PLIVO_AUTH_TOKEN": token})
 
 
 class PlivoCallSimulator(CallSimulator):

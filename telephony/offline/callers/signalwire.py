@@ -70,9 +70,9 @@ def signer_from_env(env: Mapping[str, str], options: Mapping[str, Any]) -> Signe
     return signer(key) if key else None
 
 
-def generated() -> tuple[dict[str, Any], Signer]:
+def generated() -> tuple[dict[str, Any], dict[str, str]]:
     key = "PSK_" + secrets.token_hex(16)
-    return {"signalwire_signing_key": key, "signalwire_validate_signatures": True}, signer(key)
+    return {"signalwire_signing_key": key, "signalwire_validate_signatures": True}, {"SIGNALWIRE_SIGNING_KEY": key}
 
 
 class SignalWireCallSimulator(CallSimulator):

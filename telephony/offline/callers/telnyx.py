@@ -79,6 +79,10 @@ class TelnyxKey:
         except (binascii.Error, ValueError):
             raise ValueError("the Telnyx private key must be a PEM Ed25519 key or base64 of its 32 raw bytes") from None
 
+    def private_b64(self) -> str:
+        """The private key as ``TELNYX_PRIVATE_KEY`` takes it (base64 of its 32 raw bytes)."""
+        return base64.b64encode(self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode()
+
     def pem(self) -> bytes:
         return self.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
@@ -131,9 +135,10 @@ def signer_from_env(env: Mapping[str, str], options: Mapping[str, Any]) -> Signe
         raise DialError(f"TELNYX_PRIVATE_KEY: {exc}") from None
 
 
-def generated() -> tuple[dict[str, Any], Signer]:
+def generated() -> tuple[dict[str, Any], dict[str, str]]:
     key = TelnyxKey.generate()
-    return {"telnyx_public_key": key.public_b64, "telnyx_validate_signatures": True}, key
+    return ({"telnyx_public_key": key.public_b64, "telnyx_validate_signatures": True},
+            {"TELNYX_PRIVATE_KEY": key.private_b64()})
 
 
 class TelnyxCallSimulator(CallSimulator):

@@ -43,9 +43,9 @@ def signer_from_env(env: Mapping[str, str], options: Mapping[str, Any]) -> Signe
     return signer(token) if token else None
 
 
-def generated() -> tuple[dict[str, Any], Signer]:
+def generated() -> tuple[dict[str, Any], dict[str, str]]:
     token = secrets.token_hex(16)
-    return {"twilio_auth_token": token, "twilio_validate_signatures": True}, signer(token)
+    return {"twilio_auth_token": token, "twilio_validate_signatures": True}, {"TWILIO_AUTH_TOKEN": token}
 
 
 CARRIER = Carrier("twilio", VOICE_PATH, MEDIA_STREAM_PATH, TwilioCallSimulator, "TWILIO_AUTH_TOKEN",
