@@ -69,9 +69,13 @@ class Credentials:
             simulator_key = Ed25519PrivateKey.generate() if wrong else service_key
             self.settings["telnyx_public_key"] = base64.b64encode(
                 service_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-            pem = tmp_path / "telnyx-key.pem"
-            pem.write_bytes(simulator_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-            self.args = ["--telnyx-private-key", str(pem)]
+            if wrong:  # the key itself in TELNYX_PRIVATE_KEY: base64 of its 32 raw bytes
+                self.env["TELNYX_PRIVATE_KEY"] = base64.b64encode(
+                    simulator_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode()
+            else:  # a PEM file named on the command line
+                pem = tmp_path / "telnyx-key.pem"
+                pem.write_bytes(simulator_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+                self.args = ["--telnyx-private-key", str(pem)]
 
 
 def write_caller(path, seconds: float = 2.0) -> None:
@@ -156,6 +160,7 @@ async def test_simulate_with_the_wrong_credential_is_refused(tmp_path, carrier):
         code, out, err = await simulate(host, carrier, credentials, played, record)
     assert code == 1, out
     assert "refused the call: HTTP 403" in err, err
+    assert "signed for" in out  # it did sign (with the wrong credential), not post unsigned
     if carrier != "twilio":  # the carrier routes say why (Twilio's says only "Forbidden")
         assert "signature does not match" in err, err
     assert not server.connections and not record.exists()  # no stream was opened

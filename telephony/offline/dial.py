@@ -17,6 +17,7 @@ from telephony.offline.callers import Carrier, DialError, Signer, StreamInstruct
 from telephony.offline.callers.base import http_base, post_webhook
 from telephony.offline.callers.twilio import parse_twiml
 from telephony.offline.simulator import CallResult, CallSimulator
+from telephony.serve.stream_paths import redact_segments
 
 try:
     import audioop
@@ -79,7 +80,9 @@ def simulate(url: str, play: str | None, record: str, *, listen_s: float = 8.0,
         console = CallConsole()
 
         def dialled(answer: StreamInstructions, sim: CallSimulator) -> None:
-            print(f"{chosen.name} answer: stream {answer.url} parameters {answer.parameters}")
+            # The stream's MAC and token are credentials for this call: masked, as the service's logs do.
+            shown = {k: ("[redacted]" if k == "token" else v) for k, v in answer.parameters.items()}
+            print(f"{chosen.name} answer: stream {redact_segments(answer.url)} parameters {shown}")
             console.attach(sim, turns)
 
         try:
