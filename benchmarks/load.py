@@ -11,11 +11,15 @@
         # with OTEL_EXPORTER_OTLP_ENDPOINT set to a local OTLP/HTTP receiver, against without it
     python benchmarks/load.py --calls 30 --seconds 15 --runs 3 --codec g711_ulaw --dialect beta --recording
         # every call recorded to a directory, against not recorded (CPU and RSS per call)
+    python benchmarks/load.py --calls 20 --seconds 10 --codec g711_ulaw --dialect beta --carrier twilio telnyx plivo signalwire
+        # each carrier's webhook and media stream, CPU per call beside Twilio's (and its ratio to it)
 
 Three more processes on loopback: the server under test (`python -m telephony serve`), a scripted
-Realtime server, and the callers (TwilioCallSimulator: Media Streams exactly, real-time paced,
-20 ms caller frames; every caller talks over the agent every few seconds, so both directions carry
-audio and barge-ins happen throughout). The figures come from the server process only: CPU time
+Realtime server, and the callers (the carrier's caller from telephony/offline/callers, Twilio's by
+default: its signed webhook, with credentials made up for the run, then its media stream exactly,
+real-time paced, 20 ms caller frames; every caller talks over the agent every few seconds, so both
+directions carry audio and barge-ins happen throughout). The webhooks are all posted during the
+ramp, before the measured window. The figures come from the server process only: CPU time
 from /proc/<pid>/stat, RSS from /proc/<pid>/status, bridge-added latency from its own /metrics
 histograms, all over the window when every call is up.
 """
@@ -62,7 +66,7 @@ async def realtime_role(port_file: str, dialect: str) -> None:
         await asyncio.Event().wait()
 
 
-STREAM_SECRET = "benchmark-stream-secret"  # shared by the server and the callers it spawns
+STREAM_SECRET = "benchmark-stream-secret"  # the server's stream key, the same every run
 
 
 def caller_audio(seconds: float, offset: float) -> bytes:
@@ -79,30 +83,23 @@ def caller_audio(seconds: float, offset: float) -> bytes:
     return audio[: int(seconds * 8000)]
 
 
-async def callers_role(url: str, calls: int, seconds: float, ramp: float) -> None:
-    import time
-    import uuid
-
-    from telephony.offline.simulator import TwilioCallSimulator
-    from telephony.serve.security import AGENT_STREAM, StreamTokens
-    from telephony.serve.stream_paths import signed_stream_url
+async def callers_role(url: str, calls: int, seconds: float, ramp: float, carrier: str) -> None:
+    from telephony.offline.callers import CARRIERS
+    from telephony.offline.dial import place_call
 
     rng = random.Random(8)
-    # The server shares STREAM_SECRET with us, so each caller has the URL and token its TwiML would.
-    tokens = StreamTokens(STREAM_SECRET.encode(), 3600)
+    chosen = CARRIERS[carrier]
+    signer = chosen.signer_from_env(os.environ, {})  # the credential run_one made up for this run
 
     async def one(i: int) -> dict:
         await asyncio.sleep(ramp * i / calls)
-        sid = "CA" + uuid.uuid4().hex
-        sim = TwilioCallSimulator(signed_stream_url(url, tokens, AGENT_STREAM, sid, time.time()),
-                                  caller_audio=caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
-                                  duration_s=seconds, call_sid=sid,
-                                  custom_parameters=tokens.with_token({"call_sid": sid}, time.time()))
         try:
-            result = await sim.run()
+            # The carrier's signed webhook, then its stream for exactly ``seconds`` (no early hang-up).
+            _, result = await place_call(url, caller_audio(seconds, 1.0 + rng.random() * CYCLE_S),
+                                         carrier_name=carrier, signer=signer, tail_s=0.0, hang_up_when_quiet_s=None)
         except Exception as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        media = sum(1 for m in result.received if m.get("event") == "media")
+        media = sum(1 for m in result.received if m.get("event") == "media")  # agent audio, any carrier
         # Held: the bridge never closed on us (we hung up) and the agent's audio kept coming.
         return {"ok": result.close_code in (None, 1000) and media > 0, "clears": len(result.clears),
                 "media": media}
@@ -313,11 +310,17 @@ class OtlpSink:
 
 def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin: bool = False,
             dialect: str = "beta", instances: int = 1, redis: bool = False, history: str = "sqlite",
-            traces: bool = False, recording: bool = False) -> dict:
+            traces: bool = False, recording: bool = False, carrier: str = "twilio", named: bool = False) -> dict:
+    from telephony.offline.callers import CARRIERS
+    from telephony.offline.callers.base import service_env
+
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, LOG_LEVEL="WARNING", LOG_FORMAT="text",
-               STREAM_SECRET=STREAM_SECRET, MAX_CONCURRENT_CALLS="0",
-               TWILIO_VALIDATE_SIGNATURES="false")  # the callers skip the webhook (no Twilio here)
+    # The carrier's credential, made up for the run: the server checks every webhook with it (its
+    # service_env), the callers sign with it (their env); Twilio's routes are off for the others.
+    credentials, signing = CARRIERS[carrier].generated()
+    env = {**os.environ, "PYTHONPATH": path, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
+           "STREAM_SECRET": STREAM_SECRET, "MAX_CONCURRENT_CALLS": "0", "TWILIO_VALIDATE_SIGNATURES": "false",
+           **service_env(credentials), **signing}
     here = Path(__file__).resolve()
     procs: list[subprocess.Popen] = []
     port_file = Path(f"/tmp/telephony-bench-{os.getpid()}.port")
@@ -368,9 +371,9 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         callers = []  # one process of callers per instance, the calls shared out
         for i, port in enumerate(ports):
             callers.append(subprocess.Popen(
-                [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}/twilio/media-stream",
+                [sys.executable, str(here), "--role", "callers", "--url", f"ws://127.0.0.1:{port}",
                  "--calls", str(calls // instances + (i < calls % instances)), "--seconds", str(seconds + ramp),
-                 "--ramp", str(ramp)], env=env, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pinned(helper_cpus)))
+                 "--ramp", str(ramp), "--carrier", carrier], env=env, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pinned(helper_cpus)))
             procs.append(callers[-1])
 
         def server_cpu() -> tuple[float, float]:
@@ -407,7 +410,8 @@ def run_one(codec: str, calls: int, seconds: float, profile_out: str | None, pin
         per_call_rate = messages / (t1 - t0) / max(active, 1)
         lat = "telephony_bridge_added_latency_seconds"
         figures = {
-            "codec": f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
+            "carrier": carrier,
+            "codec": (f"{carrier} " if named else "") + f"{dialect} {codec}" + (f" ×{instances}" if instances > 1 else "")
                      + (" +redis" if redis else "") + f" db:{history}" + (" +traces" if traces else "")
                      + (" +rec" if recording else ""),
             "calls": calls, "redis_cpu_pct": 100 * (r1 - r0) / (t1 - t0),
@@ -474,14 +478,35 @@ ROWS = [
 ]
 
 
+# Shown when other carriers ran beside Twilio: each one's median CPU per call over Twilio's, same settings.
+RATIO_ROW = ("CPU per call ÷ Twilio's (same settings)",
+             lambda f: f"{f['cpu_ratio_to_twilio']:.2f}" if "cpu_ratio_to_twilio" in f else "—")
+
+
+def with_ratios(results: list[dict]) -> list[dict]:
+    """Adds ``cpu_ratio_to_twilio`` to each result that has a Twilio run with the same settings."""
+    def settings(r: dict) -> str:
+        return r["codec"].split(" ", 1)[1] if r["codec"].startswith(r["carrier"] + " ") else r["codec"]
+
+    twilio = {settings(r): r["cpu_pct_per_call"] for r in results if r["carrier"] == "twilio"}
+    for r in results:
+        base = twilio.get(settings(r))
+        if base:
+            r["cpu_ratio_to_twilio"] = r["cpu_pct_per_call"] / base
+    return results
+
+
 def print_table(results: list[dict]) -> None:
-    width = max(len(name) for name, _ in ROWS)
+    rows = ROWS[:6] + [RATIO_ROW] + ROWS[6:] if any(r["carrier"] != "twilio" for r in results) else ROWS
+    width = max(len(name) for name, _ in rows)
     print(f"\n{'':{width}}  " + "  ".join(f"{r['codec']:>16}" for r in results))
-    for name, show in ROWS:
+    for name, show in rows:
         print(f"{name:{width}}  " + "  ".join(f"{show(r):>16}" for r in results))
 
 
 def main() -> None:
+    from telephony.offline.callers import CARRIERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window is this minus 2 s")
@@ -504,6 +529,9 @@ def main() -> None:
                         help="also run each with OTEL_EXPORTER_OTLP_ENDPOINT set to a local receiver, alternating")
     parser.add_argument("--recording", action="store_true",
                         help="also run each with every call recorded (RECORDINGS_URL=file://…), alternating")
+    parser.add_argument("--carrier", nargs="+", default=["twilio"], choices=list(CARRIERS),
+                        help="whose webhook and media stream the callers speak; several: side by side, Twilio "
+                             "always among them, with each one's CPU per call as a ratio to Twilio's")
     parser.add_argument("--role", choices=["realtime", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -513,7 +541,7 @@ def main() -> None:
         asyncio.run(realtime_role(args.port_file, args.dialect[0]))
         return
     if args.role == "callers":
-        asyncio.run(callers_role(args.url, args.calls, args.seconds, args.ramp))
+        asyncio.run(callers_role(args.url, args.calls, args.seconds, args.ramp, args.carrier[0]))
         return
     print(f"machine: {os.cpu_count()} CPUs, {platform_cpu()}, Python {sys.version.split()[0]}"
           + (", server pinned to CPU 0, load generators to the rest" if args.pin else ""))
@@ -522,23 +550,25 @@ def main() -> None:
     sharing = (False, True) if args.redis else (False,)
     tracing = (False, True) if args.traces else (False,)
     recording = (False, True) if args.recording else (False,)
-    combos = [(d, c, r, h, t, rec) for d in args.dialect for c in args.codec for r in sharing for h in args.history
-              for t in tracing for rec in recording]
+    carriers = list(dict.fromkeys(["twilio", *args.carrier]))  # Twilio first: the others are compared to it
+    named = carriers != ["twilio"]  # the carrier leads each column's name once there is a choice
+    combos = [(d, c, r, h, t, rec, car) for d in args.dialect for c in args.codec for r in sharing
+              for h in args.history for t in tracing for rec in recording for car in carriers]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     # Run i of every configuration, then run i+1 of each: on a machine others use too, a busy
     # spell then weighs on the configurations alike instead of on one.
     for _ in range(args.runs):
-        for dialect, codec, redis, history, traces, recorded in combos:
-            profile = f"{args.profile}.{dialect}.{codec}" if args.profile else None
+        for dialect, codec, redis, history, traces, recorded, carrier in combos:
+            profile = f"{args.profile}.{carrier}.{dialect}.{codec}" if args.profile else None
             run = run_one(codec, args.calls, args.seconds, profile, args.pin, dialect, args.instances, redis,
-                          history, traces, recorded)
+                          history, traces, recorded, carrier, named)
             # Measured with the other processes gone, so they do not compete for the CPU.
             run["conv_up_us"], run["conv_down_us"] = conversion_cost_us(codec)
-            runs[(dialect, codec, redis, history, traces, recorded)].append(run)
+            runs[(dialect, codec, redis, history, traces, recorded, carrier)].append(run)
             if args.json:
                 print(json.dumps(run))
-    print_table([{k: (statistics.median(r[k] for r in done) if not isinstance(done[0][k], str) else done[0][k])
-                  for k in done[0]} for done in runs.values()])
+    print_table(with_ratios([{k: (statistics.median(r[k] for r in done) if not isinstance(done[0][k], str)
+                                  else done[0][k]) for k in done[0]} for done in runs.values()]))
 
 
 def platform_cpu() -> str:

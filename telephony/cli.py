@@ -131,7 +131,8 @@ def _call(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from telephony.offline import demo
 
-    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool, args.dialect, args.scenario)
+    return demo.main(args.output, args.play, args.verbose, args.voice, args.tool, args.dialect, args.scenario,
+                     args.carrier)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -144,7 +145,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from telephony.offline.dial import simulate
 
     return simulate(args.url, args.play, args.record, listen_s=args.listen, hang_up_after_s=args.hang_up_after,
-                    caller=args.caller, callee=args.callee)
+                    caller=args.caller, callee=args.callee, carrier_name=args.carrier,
+                    options={"telnyx_private_key": args.telnyx_private_key})
 
 
 def _keys(text: str) -> tuple[tuple[float, str], ...]:
@@ -185,6 +187,9 @@ def _realtime_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from telephony.offline.callers import CARRIERS
+
+    carrier_names = tuple(CARRIERS)
     parser = argparse.ArgumentParser(prog="telephony", description="Phone calls ⇄ Realtime voice models.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the web service (Twilio webhooks and media streams)")
@@ -221,13 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--scenario", choices=("call", "backchannel"), default="call",
                       help='call: the bundled caller talks over the greeting and gets an answer; backchannel: '
                            'the caller only says "mm-hmm" over the greeting (is it still heard whole?)')
+    demo.add_argument("--carrier", choices=carrier_names, default="twilio",
+                      help="the carrier whose webhook and media stream the call goes over (its credentials "
+                           "are generated for the run: the webhook is signed and checked)")
     demo.set_defaults(func=_demo)
 
-    sim = sub.add_parser("simulate", help="place a simulated Twilio call (or, with --sip, a call through "
-                                          "OpenAI's SIP route) to a running service")
-    sim.add_argument("--url", required=True, help="media stream URL, e.g. ws://127.0.0.1:8000/twilio/media-stream"
-                                                  " (the TwiML is fetched from /twilio/voice on that host); with"
-                                                  " --sip the webhook URL, e.g. http://127.0.0.1:8000/openai/sip")
+    sim = sub.add_parser("simulate", help="place a simulated call over a carrier (Twilio by default; or, with "
+                                          "--sip, a call through OpenAI's SIP route) to a running service")
+    sim.add_argument("--url", required=True, help="the service, e.g. ws://127.0.0.1:8000/twilio/media-stream: the "
+                                                  "carrier's webhook is posted to its voice path on that host "
+                                                  "(/twilio/voice, /telnyx/voice…) and the stream URL taken from "
+                                                  "the answer; with --sip the webhook URL, e.g. "
+                                                  "http://127.0.0.1:8000/openai/sip")
+    sim.add_argument("--carrier", choices=carrier_names, default="twilio",
+                     help="whose protocol to speak: its signed webhook (TWILIO_AUTH_TOKEN, PLIVO_AUTH_TOKEN, "
+                          "SIGNALWIRE_SIGNING_KEY from the environment, as the service reads them; Telnyx: "
+                          "--telnyx-private-key), its markup and its media websocket")
+    sim.add_argument("--telnyx-private-key", metavar="FILE", default=None,
+                     help="with --carrier telnyx: the Ed25519 private key to sign the webhook with (PEM, or base64 "
+                          "of its 32 raw bytes; default: TELNYX_PRIVATE_KEY, the key itself); the service's "
+                          "TELNYX_PUBLIC_KEY must be its public half")
     sim.add_argument("--play", default=None, help="WAV the caller says (any rate, width, channels)")
     sim.add_argument("--record", default="call.wav", help="stereo WAV to write (caller left, agent right)")
     sim.add_argument("--listen", type=float, default=8.0, help="seconds to stay on after the WAV ends")

@@ -16,26 +16,24 @@ import httpx
 import websockets
 from conftest import serve_app
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from telephony.offline.callers.telnyx import TelnyxKey
+
 FRAME = 160  # 20 ms of PCMU
 
 
-class TelnyxKeys:
+class TelnyxKeys(TelnyxKey):
+    """A fresh signing key: the offline Telnyx caller's (``telephony simulate --carrier telnyx`` signs so)."""
+
     def __init__(self) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.public_b64 = base64.b64encode(raw).decode()
+        super().__init__(Ed25519PrivateKey.generate())
 
     def headers(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-        timestamp = int(time.time()) if timestamp is None else timestamp
-        signature = self.private.sign(f"{timestamp}|".encode() + body)
-        return {"telnyx-signature-ed25519": base64.b64encode(signature).decode(),
-                "telnyx-timestamp": str(timestamp)}
+        return self("POST", "", {}, body, timestamp)
 
 
 async def post_webhook(host: str, path: str, form: dict[str, str], keys: TelnyxKeys | None,

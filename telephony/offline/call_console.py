@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from telephony.offline.call_analysis import CallMeasurements
-from telephony.offline.simulator import TimelineEntry, TwilioCallSimulator
+from telephony.offline.simulator import CallSimulator, TimelineEntry
 
 PROGRESS_S = 0.1
 
@@ -28,14 +28,14 @@ class CallConsole:
     def __init__(self, out: TextIO | None = None, progress: bool | None = None) -> None:
         self.out = out or sys.stdout
         self.progress = self.out.isatty() if progress is None else progress
-        self._sim: TwilioCallSimulator | None = None
+        self._sim: CallSimulator | None = None
         self._limit_s = 0.0
         self._tasks: list[asyncio.Task] = []
         self._status_shown = False
 
     # --- sources ---
 
-    def attach(self, sim: TwilioCallSimulator, caller_turns: list[tuple[float, float]]) -> None:
+    def attach(self, sim: CallSimulator, caller_turns: list[tuple[float, float]]) -> None:
         """Starts following a call about to run."""
         self._sim = sim
         self._limit_s = sim.duration_s
@@ -72,7 +72,7 @@ class CallConsole:
             self.line("engine", f"response {response['id']} {response['status']}"
                                 + (f" ({reason})" if reason else "") + (f': "{_clip(said)}"' if said else ""))
 
-    async def _follow(self, sim: TwilioCallSimulator) -> None:
+    async def _follow(self, sim: CallSimulator) -> None:
         while True:
             entry: TimelineEntry = await sim.events.get()
             if entry.kind == "agent_audio_start":
@@ -80,8 +80,8 @@ class CallConsole:
             elif entry.kind == "agent_audio_stop":
                 self.line("caller", "agent audio stops", entry.t)
             elif entry.kind == "clear":
-                self.line("twilio", f"BARGE-IN: clear, {entry.detail['dropped_ms']:.0f} ms of queued agent "
-                                    f"audio dropped after {entry.detail['played_ms']:.0f} ms played", entry.t)
+                self.line(sim.carrier, f"BARGE-IN: clear, {entry.detail['dropped_ms']:.0f} ms of queued agent "
+                                       f"audio dropped after {entry.detail['played_ms']:.0f} ms played", entry.t)
             elif entry.kind == "caller_audio_end":
                 self.line("caller", "recording finished; listening", entry.t)
 
@@ -107,7 +107,7 @@ class CallConsole:
         if t is None:
             t = self._sim.elapsed() if self._sim is not None and self._sim.started.is_set() else 0.0
         self._erase_status()
-        print(f"{t:6.2f} s  {who:<7} {what}", file=self.out, flush=True)
+        print(f"{t:6.2f} s  {who:<10} {what}", file=self.out, flush=True)
         if self.progress:
             self._status()
 
@@ -142,7 +142,8 @@ class CallConsole:
                   file=self.out)
             clear = next((c for c in clears or [] if c >= started - 0.05), None)
             if clear is not None:  # the sound can stop earlier, in a pause between words
-                print(f"    (and Twilio was told to clear its buffer {(clear - started) * 1000:.0f} ms after "
+                carrier = self._sim.label if self._sim is not None else "the carrier"
+                print(f"    (and {carrier} was told to clear its buffer {(clear - started) * 1000:.0f} ms after "
                       "the caller began)", file=self.out)
         for stopped, latency in m.response_latencies:
             print(f"  caller stopped at {stopped:5.2f} s → first agent audio after {latency * 1000:4.0f} ms"

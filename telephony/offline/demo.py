@@ -1,8 +1,10 @@
 """``telephony demo``: a whole call, offline, in one process, in about fifteen seconds.
 
 The app runs under uvicorn on a free loopback port with the local Realtime engine; a simulated
-Twilio caller fetches the TwiML, plays the bundled recording (it talks over the greeting, then
-waits for the answer), and records both sides. The latency figures come from that recording.
+caller (Twilio's, or ``--carrier``'s: Telnyx, Plivo, SignalWire) posts the carrier's webhook,
+signed with a credential made up for the run, opens the stream its answer names, plays the
+bundled recording (it talks over the greeting, then waits for the answer), and records both
+sides. The latency figures come from that recording.
 
 ``--scenario backchannel``: the caller only says "mm-hmm" over the greeting, as a listener
 does, and the report says whether the greeting was still heard whole (a bridge that takes any
@@ -35,6 +37,7 @@ from telephony.offline.call_analysis import (
     spans,
 )
 from telephony.offline.call_console import CallConsole
+from telephony.offline.callers import DialError, carrier
 from telephony.offline.demo_tools import LOOKUP_ORDER
 from telephony.offline.dial import place_call
 from telephony.offline.heard import Heard, compare
@@ -131,9 +134,11 @@ async def serving(app: Any) -> AsyncIterator[int]:
 
 async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | None = None,
                    progress: bool | None = None, voice: Voice | None = None, tool: bool = False,
-                   dialect: str = "beta", scenario: str = "call") -> DemoReport:
+                   dialect: str = "beta", scenario: str = "call", carrier_name: str = "twilio") -> DemoReport:
     """``tool``: the agent answers the caller's first turn by calling a Python tool (lookup_order).
-    ``scenario``: "call" (the bundled caller, or ``caller_wav``) or "backchannel" (see the module)."""
+    ``scenario``: "call" (the bundled caller, or ``caller_wav``) or "backchannel" (see the module).
+    ``carrier_name``: whose webhook and media stream the call goes over; its credentials are made
+    up for the run, so the webhook is signed and checked as on a real line."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown demo scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
     if scenario == "backchannel" and (caller_wav is not None or dialect == "live"):
@@ -142,12 +147,16 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
     started = time.monotonic()
     caller_pcm = backchannel_caller() if scenario == "backchannel" else read_pcm8k(caller_wav or demo_caller_wav())
     caller_audio = audioop.lin2ulaw(caller_pcm.astype("<i2").tobytes(), 2)
-    # Loopback only, no Twilio account: the demo's own simulated caller posts the webhook unsigned.
+    # Loopback only, no carrier account: the carrier's credential is generated for this run, the
+    # service checks the webhook with it and the simulated caller signs with it.
     # The backchannel scenario has the model speak μ-law, which the bridge forwards byte for byte,
     # so what the caller heard can be matched exactly against the greeting the engine sent.
     codec = {"audio_codec": "g711_ulaw"} if scenario == "backchannel" else {}
-    settings = Settings(realtime_url="local", host=LOOPBACK, realtime_dialect=dialect,
-                        twilio_validate_signatures=False, **codec)
+    chosen = carrier(carrier_name)
+    credentials, simulator_env = chosen.generated()
+    signer = chosen.signer_from_env(simulator_env, {})
+    settings = Settings(**{"realtime_url": "local", "host": LOOPBACK, "realtime_dialect": dialect,
+                           "twilio_validate_signatures": False, **codec, **credentials})
     profile = load_profile(settings.profile_path())
     cue = None
     if tool:
@@ -166,18 +175,19 @@ async def run_demo(output: Path, caller_wav: Path | None = None, out: TextIO | N
             console.line("bridge", f"tool output to the model: {event['item']['output']}")
         console.engine_event(direction, event)
 
-    print(f"telephony demo: a simulated phone call to the bridge, with the local Realtime engine "
+    print(f"telephony demo: a simulated {chosen.name} phone call to the bridge, with the local Realtime engine "
           f"(agent voice: {voice.name}, {dialect} dialect).", file=out)
     app = create_app(settings, profile, lambda s: local_connector(voice, observer=observe,
                                                                   greeting=profile.greeting, tool_cue=cue,
                                                                   dialect=s.realtime_dialect))
     turns = spans(caller_pcm, 8000, CALLER_GAP_S)
     async with serving(app) as port:
-        url = f"ws://{LOOPBACK}:{port}/twilio/media-stream"
-        print(f"Calling {url} (TwiML from http://{LOOPBACK}:{port}/twilio/voice)\n", file=out)
+        url = f"ws://{LOOPBACK}:{port}{chosen.media_path}"
+        print(f"Calling {url} (signed webhook to http://{LOOPBACK}:{port}{chosen.voice_path})\n", file=out)
         try:
-            _, result = await place_call(url, caller_audio, tail_s=8.0, hang_up_when_quiet_s=1.0,
-                                         on_dialled=lambda twiml, sim: console.attach(sim, turns))
+            _, result = await place_call(url, caller_audio, carrier_name=chosen.name, signer=signer, tail_s=8.0,
+                                         hang_up_when_quiet_s=1.0,
+                                         on_dialled=lambda answer, sim: console.attach(sim, turns))
         finally:
             await console.close()
     write_call(output, result.caller, result.agent)
@@ -205,15 +215,17 @@ def print_greeting(greeting: Heard, out: TextIO) -> None:
 
 
 def main(output: str = "demo-call.wav", caller_wav: str | None = None, verbose: bool = False,
-         voice: str = "auto", tool: bool = False, dialect: str = "beta", scenario: str = "call") -> int:
+         voice: str = "auto", tool: bool = False, dialect: str = "beta", scenario: str = "call",
+         carrier_name: str = "twilio") -> int:
     # The engine answers the bridge's own response.cancel after a VAD interrupt with an error,
     # as the real service does; the bridge logs it. Not news in a demo: quiet unless asked.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         report = asyncio.run(run_demo(Path(output), Path(caller_wav) if caller_wav else None,
-                                      voice=make_voice(voice), tool=tool, dialect=dialect, scenario=scenario))
-    except ValueError as exc:
+                                      voice=make_voice(voice), tool=tool, dialect=dialect, scenario=scenario,
+                                      carrier_name=carrier_name))
+    except (ValueError, DialError) as exc:
         print(f"telephony demo: {exc}", file=sys.stderr)
         return 2
     if scenario == "backchannel":

@@ -1,11 +1,16 @@
-"""A simulated Twilio caller that speaks the Media Streams protocol as Twilio does.
+"""A simulated phone caller on a carrier's media websocket; Twilio's Media Streams here.
 
-It sends ``connected`` and ``start`` (with the TwiML's ``<Parameter>``s), then one 20 ms
-μ-law ``media`` frame every 20 ms at real time, timestamped like Twilio's. It plays the
-agent's audio back at real time from a buffer: a ``mark`` is echoed when playback reaches
-it, and ``clear`` drops the buffer and echoes every pending mark at once, as Twilio does.
-Both tracks are recorded frame by frame on one clock, so what the caller said and what the
-caller heard line up in time.
+``CallSimulator`` is the carrier-neutral part: one 20 ms μ-law caller frame every 20 ms at real
+time, the agent's audio played back at real time from a buffer (a mark, or a carrier's
+checkpoint, is echoed when playback reaches it; a clear drops the buffer), and both tracks
+recorded frame by frame on one clock, so what the caller said and what the caller heard line up
+in time. A carrier's subclass says what goes on the wire: its opening messages, its media
+frames, its echoes, its hang-up, and what each message it receives means. Twilio's is
+``TwilioCallSimulator`` below; the other carriers' are in ``telephony/offline/callers/``.
+
+Twilio: ``connected`` and ``start`` (with the TwiML's ``<Parameter>``s), then ``media`` frames
+timestamped like Twilio's; a ``mark`` is echoed when played, and ``clear`` echoes every pending
+mark at once, as Twilio does; ``stop`` at the end.
 """
 
 from __future__ import annotations
@@ -49,13 +54,45 @@ class CallResult:
     played: bytes = b""
 
 
-# Checks one message the bridge sent (and the stream's sid); raises when Twilio would reject it.
+# Checks one message the bridge sent (and the stream's sid); raises when the carrier would reject it.
 MessageValidator = Callable[[dict[str, Any], str], None]
 
 
-class TwilioCallSimulator:
+class CarrierProtocolError(RuntimeError):
+    """The bridge sent what the carrier would refuse (ends the simulated call, out of ``run()``)."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Agent audio to queue for playback (μ-law 8 kHz, whatever the carrier's codec on the wire)."""
+    ulaw: bytes
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A position to echo once the audio queued before it has played (Twilio's mark, Plivo's checkpoint)."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Drop the queued audio (barge-in)."""
+
+
+Action = Audio | Mark | Clear | None  # None: a message with nothing to play (kept in ``received``)
+Frame = str | bytes  # one websocket message
+
+
+class CallSimulator:
+    """The carrier-neutral caller: pacing, playout, recording. Subclasses speak a carrier's wire."""
+
+    carrier: ClassVar[str] = "carrier"  # the name the console shows
+    label: ClassVar[str] = "the carrier"  # the same, in a sentence
+    # Twilio, Telnyx and SignalWire return the marks pending at a clear; Plivo does not (its
+    # checkpoints are "only emitted if the preceding events were played successfully").
+    clear_echoes_marks: ClassVar[bool] = True
     # Used when no ``validate`` is given: tests set it so that every simulated call checks the
-    # bridge's messages against Twilio's documented shapes.
+    # bridge's messages against the carrier's documented shapes.
     default_validate: ClassVar[MessageValidator | None] = None
 
     def __init__(self, url: str, *, caller_audio: bytes = b"", call_sid: str | None = None,
@@ -64,7 +101,8 @@ class TwilioCallSimulator:
                  outbound_audio: bytes | None = None, hang_up_when_quiet_s: float | None = None,
                  before_start: list[str] | None = None,
                  media_format: dict[str, Any] | None = None,
-                 validate: MessageValidator | None = None) -> None:
+                 validate: MessageValidator | None = None,
+                 from_number: str = "+15550100001", to_number: str = "+15550100002") -> None:
         """``caller_audio``: μ-law 8 kHz; silence is sent after it until ``duration_s``.
 
         ``outbound_audio``: makes this a one-way ``both_tracks`` fork (as ``<Start><Stream>``):
@@ -82,9 +120,10 @@ class TwilioCallSimulator:
         """
         self.url = url
         self.caller_audio = caller_audio
-        self.call_sid = call_sid or "CA" + uuid.uuid4().hex
-        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.call_sid = call_sid or self.new_call_id()
+        self.stream_sid = self.new_stream_id()
         self.account_sid = "AC" + "0" * 32
+        self.from_number, self.to_number = from_number, to_number  # for carriers whose start names them
         self.custom_parameters = custom_parameters or {}
         self.duration_s = duration_s if duration_s is not None else len(caller_audio) / 8000 + 1.0
         self.hang_up = hang_up
@@ -115,6 +154,46 @@ class TwilioCallSimulator:
         self.started = asyncio.Event()  # set when the stream opens: ``elapsed`` counts from then
         self._redirected = False
 
+    # --- The carrier's wire: subclasses ---
+
+    @classmethod
+    def new_call_id(cls) -> str:
+        """The carrier's id for a new call (Twilio's CallSid shape by default)."""
+        return "CA" + uuid.uuid4().hex
+
+    @classmethod
+    def new_stream_id(cls) -> str:
+        return "MZ" + uuid.uuid4().hex
+
+    def opening(self) -> list[Frame]:
+        """What the carrier sends once the socket is open (``connected``, ``start``…)."""
+        raise NotImplementedError
+
+    def media(self, frame: bytes, k: int, track: str) -> Frame:
+        """The ``k``-th 20 ms caller frame (μ-law) as the carrier sends it."""
+        raise NotImplementedError
+
+    def echo(self, name: str) -> Frame:
+        """The carrier telling the app that playback reached mark ``name``."""
+        raise NotImplementedError
+
+    def cleared(self) -> list[Frame]:
+        """What the carrier answers a clear with, beyond returning marks (Plivo: ``clearedAudio``)."""
+        return []
+
+    def hang_up_frames(self) -> list[Frame]:
+        """Sent when the caller hangs up, before the socket closes (``stop``; nothing on Plivo)."""
+        return []
+
+    def interpret(self, raw: str | bytes) -> tuple[dict[str, Any], Action]:
+        """One message from the app: (the message, payload elided, for ``received``; what it asks).
+        Raises ``CarrierProtocolError`` for what the carrier would refuse."""
+        raise NotImplementedError
+
+    def check(self, msg: dict[str, Any]) -> None:
+        if self.validate is not None:
+            self.validate(msg, self.stream_sid)
+
     def redirect(self) -> None:
         """The call got new TwiML (a REST call update): as Twilio does, this stream stops; the new
         TwiML's stream is another simulator's to open."""
@@ -132,24 +211,13 @@ class TwilioCallSimulator:
         self._timeline.append(entry)
         self.events.put_nowait(entry)
 
-    def _message(self, event: str, **body: Any) -> str:
-        self._seq += 1
-        return json.dumps({"event": event, "sequenceNumber": str(self._seq),
-                           "streamSid": self.stream_sid, **body})
-
     async def run(self) -> CallResult:
         close_code = None
         async with websockets.connect(self.url, max_size=2**24, compression=None, max_queue=None) as ws:
             self._t0 = time.monotonic()
             self.started.set()
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            self._seq = 1
-            for raw in self.before_start:
-                await ws.send(raw)
-            await ws.send(self._message("start", start={
-                "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-                "tracks": ["inbound", "outbound"] if self.outbound_audio is not None else ["inbound"],
-                "customParameters": self.custom_parameters, "mediaFormat": self.media_format}))
+            for frame in self.opening():
+                await ws.send(frame)
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._pace(ws, receiver)
@@ -184,15 +252,11 @@ class TwilioCallSimulator:
                 await ws.send(extra.popleft()[1])
             frame = self._frame(self.caller_audio, k)
             self._caller += frame
-            await ws.send(self._message("media", media={
-                "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
-                "payload": base64.b64encode(frame).decode("ascii")}))
+            await ws.send(self.media(frame, k, "inbound"))
             if self.outbound_audio is not None:
                 other = self._frame(self.outbound_audio, k)
                 self._agent += other
-                await ws.send(self._message("media", media={
-                    "track": "outbound", "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
-                    "payload": base64.b64encode(other).decode("ascii")}))
+                await ws.send(self.media(other, k, "outbound"))
             else:
                 await self._play_frame(ws)
             if self.hang_up_when_quiet_s is not None and k * FRAME_BYTES >= len(self.caller_audio):
@@ -203,8 +267,8 @@ class TwilioCallSimulator:
                 if answered and quiet_frames * FRAME_MS >= self.hang_up_when_quiet_s * 1000:
                     break
         if self.hang_up or self._redirected:
-            await ws.send(self._message("stop", stop={"accountSid": self.account_sid,
-                                                      "callSid": self.call_sid}))
+            for frame in self.hang_up_frames():
+                await ws.send(frame)
 
     def _frame(self, audio: bytes, k: int) -> bytes:
         frame = audio[k * FRAME_BYTES:(k + 1) * FRAME_BYTES]
@@ -220,7 +284,7 @@ class TwilioCallSimulator:
         while self._marks and self._marks[0][0] <= self._played_total:
             name = self._marks.popleft()[1]
             self._echoed.append(name)
-            await ws.send(self._message("mark", mark={"name": name}))
+            await ws.send(self.echo(name))
         played = bytes(self._buffer[:FRAME_BYTES])
         del self._buffer[:FRAME_BYTES]
         self._played_total += len(played)
@@ -249,29 +313,67 @@ class TwilioCallSimulator:
         self._note("closed_by_bridge")
 
     async def _receive_messages(self, ws) -> None:
-        async for text in ws:
-            msg = json.loads(text)
-            if self.validate is not None:
-                self.validate(msg, self.stream_sid)
-            event = msg.get("event")
-            if event == "media":
-                audio = base64.b64decode(msg["media"]["payload"])
-                self._buffer += audio
-                self._queued_total += len(audio)
-                self._received.append({"event": "media", "bytes": len(audio)})
-            elif event == "mark":
-                self._marks.append((self._queued_total, msg["mark"]["name"]))
-                self._received.append(msg)
-            elif event == "clear":
-                self._received.append(msg)
+        async for raw in ws:
+            msg, action = self.interpret(raw)
+            self._received.append(msg)
+            if type(action) is Audio:
+                self._buffer += action.ulaw
+                self._queued_total += len(action.ulaw)
+            elif type(action) is Mark:
+                self._marks.append((self._queued_total, action.name))
+            elif type(action) is Clear:
                 self._clears.append(self._now())
                 dropped = len(self._buffer)
                 self._buffer.clear()
                 self._queued_total = self._played_total
                 self._note("clear", dropped_ms=dropped / 8, played_ms=self._heard_ms())
-                while self._marks:  # Twilio echoes every pending mark on clear
+                while self._marks:  # returned at once (Twilio's rule), or dropped (Plivo's)
                     name = self._marks.popleft()[1]
-                    self._echoed_by_clear.append(name)
-                    await ws.send(self._message("mark", mark={"name": name}))
-            else:
-                self._received.append(msg)
+                    if self.clear_echoes_marks:
+                        self._echoed_by_clear.append(name)
+                        await ws.send(self.echo(name))
+                for frame in self.cleared():
+                    await ws.send(frame)
+
+
+class TwilioCallSimulator(CallSimulator):
+    """Twilio's Media Streams, exactly (``before_start``, ``media_format`` and ``validate`` let
+    protocol tests bend or check it)."""
+
+    carrier, label = "twilio", "Twilio"
+
+    def _message(self, event: str, **body: Any) -> str:
+        self._seq += 1
+        return json.dumps({"event": event, "sequenceNumber": str(self._seq),
+                           "streamSid": self.stream_sid, **body})
+
+    def opening(self) -> list[Frame]:
+        self._seq = 1
+        return [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), *self.before_start,
+                self._message("start", start={
+                    "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
+                    "tracks": ["inbound", "outbound"] if self.outbound_audio is not None else ["inbound"],
+                    "customParameters": self.custom_parameters, "mediaFormat": self.media_format})]
+
+    def media(self, frame: bytes, k: int, track: str) -> Frame:
+        return self._message("media", media={"track": track, "chunk": str(k + 1), "timestamp": str(k * FRAME_MS),
+                                             "payload": base64.b64encode(frame).decode("ascii")})
+
+    def echo(self, name: str) -> Frame:
+        return self._message("mark", mark={"name": name})
+
+    def hang_up_frames(self) -> list[Frame]:
+        return [self._message("stop", stop={"accountSid": self.account_sid, "callSid": self.call_sid})]
+
+    def interpret(self, raw: str | bytes) -> tuple[dict[str, Any], Action]:
+        msg = json.loads(raw)
+        self.check(msg)
+        event = msg.get("event")
+        if event == "media":
+            audio = base64.b64decode(msg["media"]["payload"])
+            return {"event": "media", "bytes": len(audio)}, Audio(audio)
+        if event == "mark":
+            return msg, Mark(msg["mark"]["name"])
+        if event == "clear":
+            return msg, Clear()
+        return msg, None
