@@ -31,9 +31,9 @@ from telephony.offline.scripted_realtime import Script, ScriptedRealtimeServer
 from telephony.offline.wavfile import read_call
 from telephony.settings import Settings
 
-CARRIER_NAMES = ("twilio", "telnyx", "plivo", "signalwire")
+CARRIER_NAMES = ("twilio", "telnyx", "plivo", "signalwire", "vonage")
 CREDENTIAL_VARIABLES = ("TWILIO_AUTH_TOKEN", "PLIVO_AUTH_TOKEN", "SIGNALWIRE_SIGNING_KEY", "TELNYX_PRIVATE_KEY",
-                        "TELNYX_PUBLIC_KEY", "PUBLIC_URL")
+                        "TELNYX_PUBLIC_KEY", "VONAGE_SIGNATURE_SECRET", "PUBLIC_URL")
 RATE = 8000
 TONE_AT_S, TONE_S, TONE_HZ = 1.0, 0.6, 500.0
 
@@ -64,6 +64,8 @@ class Credentials:
             self.settings["plivo_auth_token"], self.env["PLIVO_AUTH_TOKEN"] = secret, other
         elif carrier == "signalwire":
             self.settings["signalwire_signing_key"], self.env["SIGNALWIRE_SIGNING_KEY"] = secret, other
+        elif carrier == "vonage":
+            self.settings["vonage_signature_secret"], self.env["VONAGE_SIGNATURE_SECRET"] = secret, other
         else:
             service_key = Ed25519PrivateKey.generate()
             simulator_key = Ed25519PrivateKey.generate() if wrong else service_key

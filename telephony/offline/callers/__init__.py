@@ -5,11 +5,11 @@ here and one more entry in ``CARRIERS``; ``telephony simulate --carrier``, ``tel
 
 from __future__ import annotations
 
-from telephony.offline.callers import plivo, signalwire, telnyx, twilio
+from telephony.offline.callers import plivo, signalwire, telnyx, twilio, vonage
 from telephony.offline.callers.base import Carrier, DialError, Signer, StreamInstructions
 
 CARRIERS: dict[str, Carrier] = {c.name: c for c in (twilio.CARRIER, telnyx.CARRIER, plivo.CARRIER,
-                                                    signalwire.CARRIER)}
+                                                    signalwire.CARRIER, vonage.CARRIER)}
 
 __all__ = ["CARRIERS", "Carrier", "DialError", "Signer", "StreamInstructions", "carrier"]
 

@@ -4,6 +4,7 @@ look a carrier up by. A new carrier is one more module with one more ``Carrier``
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,6 +46,7 @@ class Carrier:
     # environment that ``signer_from_env`` reads the matching credential from).
     generated: Callable[[], tuple[dict[str, Any], dict[str, str]]]
     parse_answer: Callable[[str], StreamInstructions]  # the markup the webhook answers with
+    webhook_json: bool = False  # the webhook's body is JSON (Vonage), not a form
 
 
 def http_base(url: str) -> str:
@@ -58,13 +60,15 @@ def http_base(url: str) -> str:
 
 def post_webhook(carrier: Carrier, base: str, fields: dict[str, str], signer: Signer | None,
                  public_url: str | None = None) -> StreamInstructions:
-    """POSTs an incoming call's webhook as the carrier does (form-encoded, signed over the URL the
+    """POSTs an incoming call's webhook as the carrier does (form-encoded or JSON, signed over the URL the
     service is published at: ``public_url`` when given, else the one called). Blocking: run it off
     the event loop. A refusal raises ``DialError`` with the service's status and reason."""
     url = base.rstrip("/") + carrier.voice_path
     signed = (public_url.rstrip("/") + carrier.voice_path) if public_url else url
-    body = urllib.parse.urlencode(fields).encode()
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if carrier.webhook_json:
+        body, headers = json.dumps(fields).encode(), {"Content-Type": "application/json"}
+    else:
+        body, headers = urllib.parse.urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
     if signer is not None:
         headers.update(signer("POST", signed, fields, body))
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
