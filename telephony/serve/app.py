@@ -282,7 +282,8 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         """A carrier's answer route for a handed-over call: its parameters signed in the query, as
         an outbound call's answer URL (the route then streams with them, ``resume`` included)."""
         def url(parameters: dict[str, str], carrier_call_id: str, now: float) -> str:
-            return f"{settings.public_url}{path}?{urlencode(outbound_signer.with_token(parameters, now, OUTBOUND_ANSWER))}"
+            signed = outbound_signer.with_token(parameters, now, OUTBOUND_ANSWER)
+            return f"{settings.public_url}{path}?{urlencode(signed)}"
         return url
 
     def vonage_resume(parameters: dict[str, str], call_uuid: str, now: float) -> list[dict]:
@@ -300,6 +301,17 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
+
+    def signed_answer_url(req: outbound.OutboundRequest, sid: str, carrier: str, url: str) -> str | Response:
+        """An outbound call's answer URL on a carrier that names the call only when it answers: our
+        sid, chosen now, rides signed with the call's overrides (as Twilio's outbound answer does)."""
+        signed = outbound_signer.with_token({**req.stream_parameters(), "call_sid": sid, "carrier": carrier},
+                                            time.time(), OUTBOUND_ANSWER)
+        answer = f"{url}?{urlencode(signed)}"
+        if len(answer) > outbound.URL_LIMIT:
+            return error(422, f"the call's answer URL would be {len(answer)} characters; keep it under "
+                              f"{outbound.URL_LIMIT}: shorten instructions, greeting or metadata")
+        return answer
 
     def refused_call(carrier: str, exc: CarrierError | TwilioError) -> JSONResponse:
         """A carrier's refusal to place a call, for POST /calls: its 4xx passes on (a bad number),
@@ -625,13 +637,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return error(503, "Plivo outbound calls need PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN")
         # Plivo names the call (CallUUID) only in the answer webhook: our sid is chosen now and
         # rides, signed with the overrides, in the answer URL (as Twilio's outbound answer does).
-        sid, now = "CA" + uuid.uuid4().hex, time.time()
-        signed_params = outbound_signer.with_token({**req.stream_parameters(), "call_sid": sid, "carrier": "plivo"},
-                                                   now, OUTBOUND_ANSWER)
-        answer = f"{base}{plivo_wire.VOICE_PATH}?{urlencode(signed_params)}"
-        if len(answer) > outbound.URL_LIMIT:
-            return error(422, f"the call's answer URL would be {len(answer)} characters; keep it under "
-                              f"{outbound.URL_LIMIT}: shorten instructions, greeting or metadata")
+        sid = "CA" + uuid.uuid4().hex
+        answer = signed_answer_url(req, sid, "plivo", f"{base}{plivo_wire.VOICE_PATH}")
+        if isinstance(answer, Response):
+            return answer
         status_url = f"{base}{plivo_wire.STATUS_PATH}"
         try:
             placed = await rest.place(req.to, req.from_, answer, status_url,
@@ -740,13 +749,10 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return error(503, "Vonage outbound calls need VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY")
         # Vonage names the call (its uuid) in the answer webhook: our sid is chosen now and rides,
         # signed with the overrides, in the answer URL (as Twilio's outbound answer does).
-        sid, now = "CA" + uuid.uuid4().hex, time.time()
-        signed_params = outbound_signer.with_token({**req.stream_parameters(), "call_sid": sid, "carrier": "vonage"},
-                                                   now, OUTBOUND_ANSWER)
-        answer = f"{base}{vonage_wire.VOICE_PATH}?{urlencode(signed_params)}"
-        if len(answer) > outbound.URL_LIMIT:
-            return error(422, f"the call's answer URL would be {len(answer)} characters; keep it under "
-                              f"{outbound.URL_LIMIT}: shorten instructions, greeting or metadata")
+        sid = "CA" + uuid.uuid4().hex
+        answer = signed_answer_url(req, sid, "vonage", f"{base}{vonage_wire.VOICE_PATH}")
+        if isinstance(answer, Response):
+            return answer
         try:
             placed = await rest.place(req.to, req.from_, answer, f"{base}{vonage_wire.EVENT_PATH}",
                                       req.machine_detection)

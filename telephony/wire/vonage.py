@@ -40,11 +40,9 @@ import re
 from collections import deque
 from collections.abc import Sequence
 
-import orjson
-
 from telephony.core.audio import Downsampler, Upsampler
 from telephony.wire import twilio as tw
-from telephony.wire.media import UnusedEvent
+from telephony.wire.media import UnusedEvent, json_message
 
 VOICE_PATH = "/vonage/voice"  # the answer URL (GET, Vonage's default, or POST with a JSON body)
 EVENT_PATH = "/vonage/event"  # call progress, machine detection and the websocket's own events
@@ -161,12 +159,7 @@ class VonageMedia:
         self._released = []
         if isinstance(raw, (bytes, bytearray)):
             return events + self._audio(bytes(raw))
-        try:
-            msg = orjson.loads(raw)
-        except ValueError as exc:
-            raise tw.TwilioProtocolError(f"not JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise tw.TwilioProtocolError("JSON that is not an object")
+        msg = json_message(raw, self.label)
         event = msg.get("event")
         if event == "websocket:connected":
             return events + [self._start(msg)]
