@@ -40,9 +40,9 @@ import re
 from collections import deque
 from collections.abc import Sequence
 
-from telephony.core.audio import Downsampler, Upsampler
 from telephony.wire import twilio as tw
 from telephony.wire.media import UnusedEvent, json_message
+from telephony.wire.resample import Downsampler, Upsampler
 
 VOICE_PATH = "/vonage/voice"  # the answer URL (GET, Vonage's default, or POST with a JSON body)
 EVENT_PATH = "/vonage/event"  # call progress, machine detection and the websocket's own events
