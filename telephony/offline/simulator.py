@@ -368,12 +368,18 @@ class TwilioCallSimulator(CallSimulator):
     def interpret(self, raw: str | bytes) -> tuple[dict[str, Any], Action]:
         msg = json.loads(raw)
         self.check(msg)
-        event = msg.get("event")
-        if event == "media":
-            audio = base64.b64decode(msg["media"]["payload"])
-            return {"event": "media", "bytes": len(audio)}, Audio(audio)
-        if event == "mark":
-            return msg, Mark(msg["mark"]["name"])
-        if event == "clear":
-            return msg, Clear()
-        return msg, None
+        return media_stream_action(msg)
+
+
+def media_stream_action(msg: dict[str, Any]) -> tuple[dict[str, Any], Action]:
+    """What a message in Media Streams' vocabulary asks (Twilio's; Telnyx and SignalWire speak it
+    too): ``media`` to play (its payload elided in what is kept), a ``mark``, a ``clear``."""
+    event = msg.get("event")
+    if event == "media":
+        audio = base64.b64decode(msg["media"]["payload"])
+        return {"event": "media", "bytes": len(audio)}, Audio(audio)
+    if event == "mark":
+        return msg, Mark(msg["mark"]["name"])
+    if event == "clear":
+        return msg, Clear()
+    return msg, None

@@ -622,14 +622,20 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
             return error(400, "'to' must be an E.164 number or a sip: URI")
         return xml(plivo_wire.dial_xml(target))
 
-    async def plivo_media_stream(ws: WebSocket) -> None:
+    def parameters_in_path(ws: WebSocket) -> dict[str, str]:
+        """A stream URL that carries its signed parameters past the signed segment (Plivo always,
+        Vonage when they outgrow its headers): those parameters, and the signed segment left in
+        place for the gate. A URL not ours gives none: its start carries no token, and the gate
+        refuses it."""
         segment, _, rest = (ws.path_params.get("segment") or "").partition("/")
-        try:
-            parameters = plivo_wire.parameters_from_segment(rest)
-        except BadStart:  # a URL not ours: its start carries no token, and the gate refuses it
-            parameters = {}
         ws.path_params["segment"] = segment or None
-        await serve_stream(ws, plivo_wire.PlivoMedia(parameters), plivo_rest_api())
+        try:
+            return parameters_from_segment(rest)
+        except BadStart:
+            return {}
+
+    async def plivo_media_stream(ws: WebSocket) -> None:
+        await serve_stream(ws, plivo_wire.PlivoMedia(parameters_in_path(ws)), plivo_rest_api())
 
     async def place_plivo_call(req: outbound.OutboundRequest, base: str) -> Response:
         rest = plivo_rest_api()
@@ -733,15 +739,7 @@ def create_app(settings: Settings | None = None, profile: Profile | Profiles | N
         return Response(status_code=204)
 
     async def vonage_media_stream(ws: WebSocket) -> None:
-        segment, _, rest = (ws.path_params.get("segment") or "").partition("/")
-        parameters: dict[str, str] = {}
-        if rest:
-            try:
-                parameters = parameters_from_segment(rest)
-            except BadStart:  # a URL not ours: its start carries no token of ours, and the gate refuses it
-                pass
-        ws.path_params["segment"] = segment or None
-        await serve_stream(ws, vonage_wire.VonageMedia(parameters), vonage_rest_api())
+        await serve_stream(ws, vonage_wire.VonageMedia(parameters_in_path(ws)), vonage_rest_api())
 
     async def place_vonage_call(req: outbound.OutboundRequest, base: str) -> Response:
         rest = vonage_rest_api()

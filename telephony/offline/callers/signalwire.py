@@ -23,12 +23,10 @@ from telephony.offline.callers.base import Carrier, DialError, Signer, StreamIns
 from telephony.offline.simulator import (
     FRAME_MS,
     Action,
-    Audio,
     CallSimulator,
     CarrierProtocolError,
-    Clear,
     Frame,
-    Mark,
+    media_stream_action,
 )
 from telephony.wire.signalwire import MEDIA_STREAM_PATH, VOICE_PATH
 
@@ -114,15 +112,7 @@ class SignalWireCallSimulator(CallSimulator):
         self.check(msg)
         if msg.get("streamSid") != self.stream_sid:
             raise CarrierProtocolError(f"{msg.get('event')} without this stream's streamSid")
-        event = msg.get("event")
-        if event == "media":
-            audio = base64.b64decode(msg["media"]["payload"])
-            return {"event": "media", "bytes": len(audio)}, Audio(audio)
-        if event == "mark":
-            return msg, Mark(msg["mark"]["name"])
-        if event == "clear":
-            return msg, Clear()
-        return msg, None
+        return media_stream_action(msg)
 
 
 CARRIER = Carrier("signalwire", VOICE_PATH, MEDIA_STREAM_PATH, SignalWireCallSimulator, "SIGNALWIRE_SIGNING_KEY",

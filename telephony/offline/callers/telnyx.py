@@ -42,9 +42,8 @@ from telephony.offline.simulator import (
     Audio,
     CallSimulator,
     CarrierProtocolError,
-    Clear,
     Frame,
-    Mark,
+    media_stream_action,
 )
 from telephony.wire.texml import MEDIA_STREAM_PATH, VOICE_PATH
 
@@ -180,17 +179,10 @@ class TelnyxCallSimulator(CallSimulator):
             raise CarrierProtocolError("a binary frame: Telnyx takes JSON text")
         msg = json.loads(raw)
         self.check(msg)
-        event = msg.get("event")
-        if event == "media":
-            audio = base64.b64decode(msg["media"]["payload"])
-            if len(audio) < MIN_CHUNK_BYTES:
-                raise CarrierProtocolError(f"a media chunk of {len(audio)} B: Telnyx takes 20 ms (160 B) or more")
-            return {"event": "media", "bytes": len(audio)}, Audio(audio)
-        if event == "mark":
-            return msg, Mark(msg["mark"]["name"])
-        if event == "clear":
-            return msg, Clear()
-        return msg, None
+        kept, action = media_stream_action(msg)
+        if isinstance(action, Audio) and len(action.ulaw) < MIN_CHUNK_BYTES:
+            raise CarrierProtocolError(f"a media chunk of {len(action.ulaw)} B: Telnyx takes 20 ms (160 B) or more")
+        return kept, action
 
 
 CARRIER = Carrier("telnyx", VOICE_PATH, MEDIA_STREAM_PATH, TelnyxCallSimulator,
